@@ -1,0 +1,25 @@
+# The two commands in the README: `make demo` runs the daemon on the local demo stack,
+# `make test` runs every test. Both set up what they need on a fresh machine.
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bootstrap bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	$(VENV)/bin/lkbridge demo
+
+lint: bootstrap
+	$(VENV)/bin/ruff check lkbridge tests plugins bench
+	$(VENV)/bin/mypy
+
+test: bootstrap lint
+	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: bootstrap
+	scripts/netns-run $(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache

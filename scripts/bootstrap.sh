@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Set up everything the tests and the demo need on a fresh machine, idempotently:
+# a virtualenv with lkbridge and its plugins, Mosquitto, and the LiveKit server binary
+# (built once from the Go module proxy, cached outside the repository by version).
+# With CI=true, anything missing is a hard failure; otherwise it warns and the e2e tests skip.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV="${VENV:-.venv}"
+ci=0; case "${CI:-}" in true|1|yes) ci=1 ;; esac
+fail() { echo "bootstrap: ERROR: $*" >&2; exit 1; }
+warn() { if [ "$ci" = 1 ]; then fail "$*"; else echo "bootstrap: WARNING: $*" >&2; fi; }
+step() { echo "bootstrap: $*" >&2; }
+
+# --- Python ------------------------------------------------------------------------
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+    for cand in python3.13 python3.12 python3.11 python3; do
+        if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            PY="$cand"; break
+        fi
+    done
+fi
+[ -n "$PY" ] || fail "Python 3.11 or newer is needed"
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating $VENV with $PY"
+    "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.lkbridge-installed"
+want="$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    step "installing lkbridge, its plugins and the test tools into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # livekit ships its native library in wheels; never let pip build the sdist (it downloads).
+    plugin_args=()
+    for dir in plugins/*/; do [ -f "$dir/pyproject.toml" ] && plugin_args+=("./$dir"); done
+    "$VENV/bin/python" -m pip install -q --only-binary=livekit -e ".[test]" "${plugin_args[@]}"
+    echo "$want" > "$stamp"
+fi
+
+# --- system packages (Debian), only when missing and we are root ------------------
+need_pkgs=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need_pkgs+=(mosquitto-clients)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v unshare >/dev/null || need_pkgs+=(util-linux)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing ${need_pkgs[*]} from Debian's packages"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null \
+            || warn "apt-get install ${need_pkgs[*]} failed"
+    else
+        warn "missing ${need_pkgs[*]}: install them (Debian: sudo apt-get install ${need_pkgs[*]})"
+    fi
+fi
+# The Debian package may start a system broker on 1883; the tests use their own on free ports.
+
+# --- the LiveKit server -------------------------------------------------------------
+if [ -d /usr/local/go/bin ]; then export PATH="$PATH:/usr/local/go/bin"; fi
+if ! "$VENV/bin/python" -m lkbridge.devstack.livekit_server --ensure; then
+    warn "the LiveKit server could not be built (see above); e2e tests need it"
+fi
+step "ready"
