@@ -4,6 +4,7 @@
 # (built once from the Go module proxy, cached outside the repository by version).
 # With CI=true, anything missing is a hard failure; otherwise it warns and the e2e tests skip.
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV="${VENV:-.venv}"
@@ -15,8 +16,8 @@ step() { echo "bootstrap: $*" >&2; }
 # --- Python ------------------------------------------------------------------------
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
-    for cand in python3.13 python3.12 python3.11 python3; do
-        if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    for cand in python3.11 python3 python3.12 python3.13; do
+        if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             PY="$cand"; break
         fi
     done
