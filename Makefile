@@ -12,7 +12,7 @@ demo: bootstrap
 	$(VENV)/bin/lkbridge demo
 
 lint: bootstrap
-	$(VENV)/bin/ruff check lkbridge tests plugins bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test: bootstrap lint
