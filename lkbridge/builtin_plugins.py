@@ -1,0 +1,32 @@
+"""lkbridge's own plugins, registered through its entry points like any third party's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lkbridge.hookspecs import TransportContext, hookimpl
+
+
+class ChatPlugin:
+    """`chat`: the lk.chat sender, which also loops back what it sent as a receiver."""
+
+    @hookimpl
+    def register_transports(self, register: Any) -> None:
+        from lkbridge.transports.chat import TextMessageSender
+
+        register("chat", lambda ctx: TextMessageSender(), sender=True, receiver=True)
+
+
+class TranscriptionPlugin:
+    """`transcription`: agent and user transcripts from lk.transcription."""
+
+    @hookimpl
+    def register_transports(self, register: Any) -> None:
+        from lkbridge.transports.transcription import TranscriptionStreamReceiver
+
+        register("transcription", lambda ctx: TranscriptionStreamReceiver(), receiver=True)
+
+
+chat = ChatPlugin()
+transcription = TranscriptionPlugin()
+_unused: TransportContext | None = None
