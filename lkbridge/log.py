@@ -1,0 +1,199 @@
+"""Structured logging: the one structlog.configure, stdlib routing, session context, redaction."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime, time
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = [
+    "LEVELS",
+    "bind_session",
+    "clear_registered_secrets",
+    "configure_logging",
+    "get_logger",
+    "redact_event",
+    "redact_text",
+    "register_secret",
+]
+
+LEVELS: Mapping[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+FORMATS = ("auto", "json", "console")
+REDACTED = "***"
+
+# Keys whose values are never logged: password, api_secret, participant_token, Authorization…
+_SECRET_KEY = re.compile(
+    r"(^|[_.-])(password|passwd|secret|token|api_?key|authorization|credentials?|cookie)$",
+    re.IGNORECASE,
+)
+# A JWT: three base64url parts, the header starting with eyJ ('{"' encoded).
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{8,}=*")
+# Shorter registered secrets would scrub ordinary words.
+MIN_SECRET_LENGTH = 4
+
+_secrets_lock = threading.Lock()
+_secrets: set[str] = set()
+_secrets_pattern: re.Pattern[str] | None = None
+
+
+def register_secret(value: str) -> None:
+    """Scrub this exact string from every log line from now on (short values are ignored)."""
+    global _secrets_pattern
+    if len(value) < MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        alternatives = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in alternatives))
+
+
+def clear_registered_secrets() -> None:
+    """Forget every registered secret (for tests)."""
+    global _secrets_pattern
+    with _secrets_lock:
+        _secrets.clear()
+        _secrets_pattern = None
+
+
+def redact_text(text: str) -> str:
+    """The text with registered secrets, JWTs and bearer credentials replaced by ***."""
+    pattern = _secrets_pattern
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEY.search(key))
+
+
+def _redact(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if _is_secret_key(k) and v is not None else _redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact(v) for v in value]
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}")
+    return redact_text(repr(value))
+
+
+def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: replace secret-named keys and secret-looking values by ***."""
+    for key, value in list(event_dict.items()):
+        if key.startswith("_"):
+            continue  # structlog's own metadata (the stdlib record), never rendered
+        if _is_secret_key(key) and value is not None:
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _redact(value)
+    return event_dict
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler configure_logging installs on the root logger (replaced on reconfigure)."""
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "auto", *, stream: TextIO | None = None
+) -> None:
+    """Send structlog and stdlib logging (livekit, paho…) through one redacting formatter.
+
+    `fmt` is "json", "console" or "auto" (console on a terminal, JSON otherwise, e.g. journald).
+    Calling it again replaces the previous configuration.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = sys.stderr if stream is None else stream
+    if fmt == "auto":
+        fmt = "console" if _is_tty(out) else "json"
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_is_tty(out), exception_formatter=structlog.dev.plain_traceback
+        )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            redact_event,
+            renderer,
+        ],
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached, so a reload may change the level and tests may reconfigure.
+        cache_logger_on_first_use=False,
+    )
+    handler = _Handler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A structlog logger; usable before configure_logging (structlog's defaults apply then)."""
+    return structlog.stdlib.get_logger(name)
+
+
+@contextlib.contextmanager
+def bind_session(session_id: str) -> Iterator[None]:
+    """Within the block (and tasks created in it) every log line carries `session=session_id`."""
+    with structlog.contextvars.bound_contextvars(session=session_id):
+        yield
