@@ -1,0 +1,50 @@
+"""The exception hierarchy of lkbridge; foreign exceptions are wrapped into these at the edges."""
+
+from __future__ import annotations
+
+
+class LkbridgeError(Exception):
+    """Base class of every error lkbridge raises on purpose."""
+
+
+class TokenSourceError(LkbridgeError):
+    """A token source could not produce credentials (HTTP failure, bad response, bad options).
+
+    `status` is the HTTP status when an endpoint answered with one, else None. `body_excerpt`
+    is a short, printable prefix of the response body (never the participant token).
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body_excerpt: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class InvalidTokenError(TokenSourceError):
+    """A participant token is not usable: not a JWT, expired, or not valid yet."""
+
+
+class ConnectionFailedError(LkbridgeError):
+    """Connecting to the LiveKit server failed; the message says why in plain words."""
+
+
+class TransportError(LkbridgeError):
+    """A message sender or receiver failed."""
+
+
+class NotConnectedError(TransportError):
+    """A transport needs a connected room and there is none."""
+
+
+class AgentUnavailableError(TransportError):
+    """Held text could not be delivered because the agent never became active."""
+
+
+class SendQueueFullError(TransportError):
+    """Too many messages are already held waiting for the agent."""
+
+
+class SessionClosedError(LkbridgeError):
+    """The session was closed with aclose() and cannot be used any more."""
