@@ -1,0 +1,309 @@
+"""Durable per-session message history and send-id memory in SQLite (the only sqlite3 user).
+
+Durability contract: a write returns only after SQLite committed it (WAL, synchronous=FULL by
+default, so it also survives power loss). Callers must store a message *before* publishing it;
+then a `kill -9` at any moment never loses something that was already published.
+
+One connection, used from the thread that opened it (the asyncio loop thread): each call is a
+short local transaction, fast enough to run on the loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from lkbridge.messages import MessageType, ReceivedMessage
+
+__all__ = ["DATABASE_NAME", "MessageStore", "StoreError"]
+
+DATABASE_NAME = "lkbridge.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    session_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp TEXT NOT NULL,
+    type TEXT NOT NULL,
+    text TEXT NOT NULL,
+    final INTEGER NOT NULL,
+    PRIMARY KEY (session_id, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_seq ON messages (session_id, seq);
+CREATE TABLE IF NOT EXISTS send_ids (
+    session_id TEXT NOT NULL,
+    send_id TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    PRIMARY KEY (session_id, send_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS send_ids_by_time ON send_ids (session_id, accepted_at);
+"""
+
+
+class StoreError(Exception):
+    """The history database could not be opened, read or written."""
+
+
+class MessageStore:
+    """Message history per session (first-arrival order, bounded) and accepted send ids."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        history_limit: int = 1000,
+        send_id_limit: int = 10_000,
+        send_id_ttl: float = 7 * 24 * 3600.0,
+        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+    ) -> None:
+        if history_limit < 0 or send_id_limit < 1 or send_id_ttl <= 0:
+            raise ValueError("history_limit >= 0, send_id_limit >= 1 and send_id_ttl > 0")
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self.history_limit = history_limit
+        self.send_id_limit = send_id_limit
+        self.send_id_ttl = send_id_ttl
+        try:
+            # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE … COMMIT) below.
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self.path, isolation_level=None, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open history database {self.path}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            with self._transaction() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"history database {self.path} has schema version {version}; this"
+                        f" lkbridge understands up to {SCHEMA_VERSION}"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (sqlite3.Error, StoreError) as exc:
+            self._db.close()
+            self._db = None
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot use history database {self.path}: {exc}") from exc
+
+    @classmethod
+    def in_directory(cls, directory: str | Path, *, history_limit: int = 1000) -> MessageStore:
+        """Open (creating if needed) the database in the daemon's state directory."""
+        folder = Path(directory)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create state directory {folder}: {exc}") from exc
+        return cls(folder / DATABASE_NAME, history_limit=history_limit)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the history store is closed")
+        return self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"history database {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"history database {self.path}: {exc}") from exc
+
+    @property
+    def journal_mode(self) -> str:
+        return str(self._read("PRAGMA journal_mode", ())[0][0])
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def upsert(self, session_id: str, message: ReceivedMessage) -> None:
+        """Insert a message, or update it in place (keeping its first-arrival position)."""
+        self.upsert_many(session_id, (message,))
+
+    def upsert_many(self, session_id: str, messages: Iterable[ReceivedMessage]) -> None:
+        """Upsert several messages in one transaction, in order."""
+        with self._transaction() as db:
+            inserted = False
+            for message in messages:
+                inserted |= _upsert(db, session_id, message)
+            if inserted:
+                self._evict(db, session_id)
+
+    def _evict(self, db: sqlite3.Connection, session_id: str) -> None:
+        if self.history_limit == 0:
+            db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            return
+        db.execute(
+            "DELETE FROM messages WHERE session_id = ? AND seq <= ("
+            " SELECT seq FROM messages WHERE session_id = ?"
+            " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (session_id, session_id, self.history_limit),
+        )
+
+    def load(self, session_id: str) -> list[ReceivedMessage]:
+        """The session's history in first-arrival order (at most history_limit, newest kept)."""
+        rows = self._read(
+            "SELECT id, timestamp, type, text, final FROM ("
+            " SELECT * FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?"
+            ") ORDER BY seq",
+            (session_id, self.history_limit),
+        )
+        messages: list[ReceivedMessage] = []
+        for msg_id, timestamp, msg_type, text, final in rows:
+            try:
+                messages.append(
+                    ReceivedMessage(
+                        id=str(msg_id),
+                        timestamp=datetime.fromisoformat(str(timestamp)),
+                        type=MessageType(str(msg_type)),
+                        text=str(text),
+                        final=bool(final),
+                    )
+                )
+            except ValueError:
+                continue  # a row this version cannot read (written by a newer one): skip it
+        return messages
+
+    def replace(self, session_id: str, messages: Iterable[ReceivedMessage]) -> None:
+        """Make the session's history exactly these messages (restore); later ids win."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            for message in messages:
+                _upsert(db, session_id, message)
+            self._evict(db, session_id)
+
+    def count(self, session_id: str) -> int:
+        """How many messages are stored for the session."""
+        rows = self._read("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
+        return int(str(rows[0][0]))
+
+    def session_ids(self) -> list[str]:
+        """Sessions that have stored messages or send ids."""
+        rows = self._read(
+            "SELECT session_id FROM messages UNION SELECT session_id FROM send_ids ORDER BY 1", ()
+        )
+        return [str(row[0]) for row in rows]
+
+    def delete_session(self, session_id: str) -> None:
+        """Forget everything stored for a session."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM send_ids WHERE session_id = ?", (session_id,))
+
+    # -- idempotent sends -------------------------------------------------------------------
+
+    def seen_send_id(self, session_id: str, send_id: str, *, now: float | None = None) -> bool:
+        """Whether a send with this id was already accepted (within the TTL)."""
+        cutoff = (time.time() if now is None else now) - self.send_id_ttl
+        rows = self._read(
+            "SELECT 1 FROM send_ids WHERE session_id = ? AND send_id = ? AND accepted_at > ?",
+            (session_id, send_id, cutoff),
+        )
+        return bool(rows)
+
+    def remember_send_id(self, session_id: str, send_id: str, *, now: float | None = None) -> bool:
+        """Record an accepted send id; False if it was already recorded (a duplicate).
+
+        Keeps at most send_id_limit ids per session and none older than send_id_ttl.
+        """
+        at = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM send_ids WHERE session_id = ? AND accepted_at <= ?",
+                (session_id, at - self.send_id_ttl),
+            )
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO send_ids (session_id, send_id, accepted_at)"
+                " VALUES (?, ?, ?)",
+                (session_id, send_id, at),
+            )
+            if cursor.rowcount == 0:
+                return False
+            db.execute(
+                "DELETE FROM send_ids WHERE session_id = ? AND send_id IN ("
+                " SELECT send_id FROM send_ids WHERE session_id = ?"
+                " ORDER BY accepted_at DESC LIMIT -1 OFFSET ?)",
+                (session_id, session_id, self.send_id_limit),
+            )
+            return True
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's integrity check: an empty list when the database is sound."""
+        rows = self._read("PRAGMA integrity_check", ())
+        problems = [str(row[0]) for row in rows]
+        return [] if problems == ["ok"] else problems
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close; safe to call twice."""
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # another connection may hold the WAL; closing is still clean
+        finally:
+            db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def __enter__(self) -> MessageStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _upsert(db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> bool:
+    """Upsert one message; True when it was new."""
+    values = (message.timestamp.isoformat(), message.type.value, message.text, int(message.final))
+    cursor = db.execute(
+        "UPDATE messages SET timestamp = ?, type = ?, text = ?, final = ?"
+        " WHERE session_id = ? AND id = ?",
+        (*values, session_id, message.id),
+    )
+    if cursor.rowcount:
+        return False
+    db.execute(
+        "INSERT INTO messages (session_id, id, seq, timestamp, type, text, final) VALUES"
+        " (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?),"
+        " ?, ?, ?, ?)",
+        (session_id, message.id, session_id, *values),
+    )
+    return True
