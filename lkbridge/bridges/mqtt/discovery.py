@@ -1,0 +1,259 @@
+"""Home Assistant MQTT discovery: a device per session, linked to a bridge device."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from lkbridge import __version__
+from lkbridge.agent import AgentLifecycle, AgentState
+from lkbridge.bridges.mqtt.router import Command
+from lkbridge.bridges.mqtt.topics import SessionLeaf, Topics
+from lkbridge.messages import MessageType
+
+ORIGIN_NAME = "lkbridge"
+SUPPORT_URL = "https://github.com/lkbridge/lkbridge"
+"""Where Home Assistant's origin info points users for help (shown in HA's logs)."""
+
+STATE_MAX_LENGTH = 255
+"""Home Assistant caps entity states at 255 characters."""
+
+AGENT_STATE_OPTIONS: tuple[str, ...] = (
+    AgentLifecycle.DISCONNECTED.value,
+    AgentLifecycle.CONNECTING.value,
+    AgentLifecycle.CONNECTED.value,
+    AgentLifecycle.FAILED.value,
+    *(state.value for state in AgentState),
+)
+"""Every value the `agent_state` topic can carry (see agent_display_state)."""
+
+EVENT_TYPES: tuple[str, ...] = tuple(t.value for t in MessageType)
+
+_AGENT_STATES = frozenset(state.value for state in AgentState)
+_NODE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def agent_display_state(agent: Mapping[str, Any] | None) -> str:
+    """One word for the agent, always one of AGENT_STATE_OPTIONS.
+
+    failed > the agent's own state (when connected and known) > the lifecycle; anything
+    unexpected reads as disconnected, so the Home Assistant enum sensor never gets a stray value.
+    """
+    if not agent:
+        return AgentLifecycle.DISCONNECTED.value
+    lifecycle = agent.get("lifecycle")
+    if lifecycle == AgentLifecycle.FAILED:
+        return AgentLifecycle.FAILED.value
+    if lifecycle == AgentLifecycle.CONNECTED:
+        state = agent.get("state")
+        return state if state in _AGENT_STATES else AgentLifecycle.CONNECTED.value
+    if lifecycle == AgentLifecycle.CONNECTING:
+        return AgentLifecycle.CONNECTING.value
+    return AgentLifecycle.DISCONNECTED.value
+
+
+def base_node_id(base: str) -> str:
+    """The base topic made safe for a discovery node id ([A-Za-z0-9_-])."""
+    return _NODE_UNSAFE.sub("_", base)
+
+
+def bridge_node_id(topics: Topics) -> str:
+    """Node id and device identifier of the bridge device: `<base>_bridge`."""
+    return f"{base_node_id(topics.base)}_bridge"
+
+
+def session_node_id(topics: Topics, session_id: str) -> str:
+    """Node id and device identifier of a session device: `<base>_<session_id>`.
+
+    "bridge" is never a session id, so the two kinds cannot collide.
+    """
+    return f"{base_node_id(topics.base)}_{session_id}"
+
+
+def _origin() -> dict[str, Any]:
+    return {"name": ORIGIN_NAME, "sw_version": __version__, "support_url": SUPPORT_URL}
+
+
+def _bridge_availability(topics: Topics) -> dict[str, Any]:
+    return {
+        "topic": topics.bridge_state,
+        "value_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+
+
+def bridge_device_config(topics: Topics) -> dict[str, Any]:
+    """The bridge device: its connectivity and a config reload button."""
+    node = bridge_node_id(topics)
+    name = "lkbridge" if topics.base == "lkbridge" else f"lkbridge {topics.base}"
+    return {
+        "device": {
+            "identifiers": [node],
+            "name": name,
+            "manufacturer": "lkbridge",
+            "model": "lkbridge daemon",
+            "sw_version": __version__,
+        },
+        "origin": _origin(),
+        "components": {
+            "connectivity": {
+                "platform": "binary_sensor",
+                "unique_id": f"{node}_connectivity",
+                "name": "Connectivity",
+                "device_class": "connectivity",
+                "entity_category": "diagnostic",
+                "state_topic": topics.bridge_state,
+                "value_template": "{{ value_json.state }}",
+                "payload_on": "online",
+                "payload_off": "offline",
+                "qos": 1,
+            },
+            "reload": {
+                "platform": "button",
+                "unique_id": f"{node}_reload",
+                "name": "Reload configuration",
+                "entity_category": "config",
+                "command_topic": topics.request("config/reload"),
+                "payload_press": "{}",
+                "availability": [_bridge_availability(topics)],
+                "qos": 1,
+            },
+        },
+    }
+
+
+def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
+    """The device of one session, with every entity wired to the session's own topics."""
+    node = session_node_id(topics, session_id)
+
+    def topic(leaf: SessionLeaf) -> str:
+        return topics.session(session_id, leaf)
+
+    def entity(key: str, platform: str, name: str, **options: Any) -> dict[str, Any]:
+        return {
+            "platform": platform,
+            "unique_id": f"{node}_{key}",
+            "name": name,
+            **options,
+            "qos": 1,
+        }
+
+    components = {
+        "agent_state": entity(
+            "agent_state",
+            "sensor",
+            "Agent state",
+            device_class="enum",
+            options=list(AGENT_STATE_OPTIONS),
+            state_topic=topic(SessionLeaf.AGENT_STATE),
+            icon="mdi:robot",
+        ),
+        "connectivity": entity(
+            "connectivity",
+            "binary_sensor",
+            "Room connectivity",
+            device_class="connectivity",
+            state_topic=topic(SessionLeaf.CONNECTION_STATE),
+            value_template="{{ 'ON' if value == 'connected' else 'OFF' }}",
+            payload_on="ON",
+            payload_off="OFF",
+        ),
+        "last_message": entity(
+            "last_message",
+            "sensor",
+            "Last message",
+            state_topic=topic(SessionLeaf.MESSAGE),
+            value_template=f"{{{{ value_json.text[:{STATE_MAX_LENGTH}] }}}}",
+            json_attributes_topic=topic(SessionLeaf.MESSAGE),
+            icon="mdi:message-text",
+        ),
+        "message": entity(
+            "message",
+            "event",
+            "Messages",
+            state_topic=topic(SessionLeaf.MESSAGE),
+            event_types=list(EVENT_TYPES),
+            # Fires once per finished message; interim updates render empty, which HA ignores.
+            value_template=(
+                "{% if value_json.final %}"
+                "{{ {'event_type': value_json.type, 'id': value_json.id,"
+                " 'text': value_json.text, 'timestamp': value_json.timestamp,"
+                " 'session': value_json.session} | to_json }}"
+                "{% endif %}"
+            ),
+        ),
+        "send": entity("send", "notify", "Send", command_topic=topic(SessionLeaf.SEND)),
+        "text": entity(
+            "text",
+            "text",
+            "Send text",
+            command_topic=topic(SessionLeaf.SEND),
+            min=0,
+            max=STATE_MAX_LENGTH,
+            mode="text",
+        ),
+        "error": entity(
+            "error",
+            "sensor",
+            "Error",
+            entity_category="diagnostic",
+            state_topic=topic(SessionLeaf.STATE),
+            value_template="{{ ((value_json.error or {}).message or 'none')[:255] }}",
+            json_attributes_topic=topic(SessionLeaf.STATE),
+            json_attributes_template="{{ (value_json.error or {}) | to_json }}",
+            icon="mdi:alert-circle-outline",
+        ),
+    }
+    for command, name in (
+        (Command.START, "Start"),
+        (Command.END, "End"),
+        (Command.DISMISS_ERROR, "Dismiss error"),
+    ):
+        components[command.value] = entity(
+            command.value,
+            "button",
+            name,
+            command_topic=topic(SessionLeaf.COMMAND),
+            payload_press=command.value,
+        )
+    return {
+        "device": {
+            "identifiers": [node],
+            "name": f"lkbridge {session_id}",
+            "manufacturer": "lkbridge",
+            "model": "LiveKit agent session",
+            "sw_version": __version__,
+            "via_device": bridge_node_id(topics),
+        },
+        "origin": _origin(),
+        "availability": [
+            _bridge_availability(topics),
+            {
+                "topic": topic(SessionLeaf.AVAILABILITY),
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            },
+        ],
+        "availability_mode": "all",
+        "components": components,
+    }
+
+
+def discovery_messages(topics: Topics, session_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(topic, payload) of the bridge device first, then one per session."""
+    messages = [(topics.discovery(bridge_node_id(topics)), bridge_device_config(topics))]
+    for session_id in session_ids:
+        messages.append(
+            (
+                topics.discovery(session_node_id(topics, session_id)),
+                session_device_config(topics, session_id),
+            )
+        )
+    return messages
+
+
+def removal_topic(topics: Topics, session_id: str) -> str:
+    """Where an empty retained payload removes a session's device from Home Assistant."""
+    return topics.discovery(session_node_id(topics, session_id))

@@ -1,0 +1,341 @@
+"""Request routing and payload checks: payload bytes in, hub calls and response dicts out."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from lkbridge.bridges.mqtt.topics import json_type_name, session_id_problem
+from lkbridge.hub import Hub, HubError
+from lkbridge.messages import ReceivedMessage
+
+log = structlog.get_logger(__name__)
+
+MAX_SEND_ID_LENGTH = 200
+
+
+class BadPayload(ValueError):
+    """A payload could not be used; str() says what was wrong, for the sender."""
+
+
+class Command(StrEnum):
+    """What the `{base}/{id}/command` topic accepts."""
+
+    START = "start"
+    END = "end"
+    DISMISS_ERROR = "dismiss_error"
+
+
+@dataclass(frozen=True, slots=True)
+class SendPayload:
+    """A parsed `send` payload: the text and an optional idempotency key."""
+
+    text: str
+    send_id: str | None = None
+
+
+_Kind = type | tuple[type, ...]
+_KIND_NAMES: dict[_Kind, str] = {
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    bool: "true or false",
+    (str, int, float): "a string or a number",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """The fields of a JSON object: required and optional ones with their types."""
+
+    required: Mapping[str, _Kind] = field(default_factory=dict)
+    optional: Mapping[str, _Kind] = field(default_factory=dict)
+    extra: tuple[str, ...] = ("transaction",)
+    """Fields allowed without checks (their names are listed in error messages too)."""
+
+    def check(self, body: Mapping[str, Any], what: str) -> None:
+        """Raise BadPayload for an unknown field, a missing one, or one of the wrong type."""
+        takes = ", ".join([*self.required, *self.optional, *self.extra])
+        for key in body:
+            if key not in self.required and key not in self.optional and key not in self.extra:
+                raise BadPayload(f"unknown field {key!r}; {what} takes {takes}")
+        for key in self.required:
+            if key not in body:
+                raise BadPayload(f"{key}: missing ({what} takes {takes})")
+        for key, kind in (*self.required.items(), *self.optional.items()):
+            value = body.get(key)
+            if key in body and (not isinstance(value, kind) or _is_bool_as_number(value, kind)):
+                raise BadPayload(
+                    f"{key}: expected {_KIND_NAMES[kind]}, got {json_type_name(value)}"
+                )
+
+
+def _is_bool_as_number(value: object, kind: _Kind) -> bool:
+    return isinstance(value, bool) and kind is not bool
+
+
+_SESSION = {"session": str}
+SPECS: dict[str, _Spec] = {
+    "session/start": _Spec(_SESSION),
+    "session/end": _Spec(_SESSION),
+    "session/send": _Spec({"session": str, "text": str}, {"id": str}),
+    "session/history": _Spec(_SESSION),
+    "session/restore": _Spec({"session": str, "messages": list}),
+    "session/dismiss_error": _Spec(_SESSION),
+    "session/add": _Spec({"session": str, "config": dict}),
+    "session/remove": _Spec(_SESSION),
+    "config/reload": _Spec(),
+    "health_check": _Spec(),
+}
+ACTIONS = tuple(SPECS)
+"""Every action `{base}/bridge/request/<action>` accepts."""
+
+_SEND_TOPIC = _Spec({"text": str}, {"id": str}, extra=())
+_COMMAND_TOPIC = _Spec({"command": str}, extra=())
+_MESSAGE = _Spec(
+    {"id": str, "timestamp": (str, int, float), "type": str, "text": str},
+    {"final": bool, "session": str},
+    extra=(),
+)
+
+
+def decode_text(payload: bytes, max_payload_bytes: int) -> str:
+    """The payload as text; raises BadPayload when too large or not UTF-8."""
+    if len(payload) > max_payload_bytes:
+        raise BadPayload(
+            f"payload is {len(payload)} bytes, over the limit of {max_payload_bytes}"
+            " (mqtt.max_payload_bytes)"
+        )
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = payload[exc.start]
+        raise BadPayload(
+            f"payload is not valid UTF-8 (byte 0x{bad:02x} at position {exc.start})"
+        ) from None
+
+
+def decode_object(text: str) -> dict[str, Any]:
+    """Parse text as a JSON object; raises BadPayload naming what was wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadPayload(
+            f"payload is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise BadPayload("payload is not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise BadPayload(f"payload must be a JSON object, got {json_type_name(value)}")
+    return value
+
+
+def _check_send_id(send_id: str | None) -> None:
+    if send_id is not None and not 0 < len(send_id) <= MAX_SEND_ID_LENGTH:
+        raise BadPayload(f"id: must be 1 to {MAX_SEND_ID_LENGTH} characters, got {len(send_id)}")
+
+
+def parse_send(payload: bytes, max_payload_bytes: int) -> SendPayload:
+    """A `send` topic payload: UTF-8 text, or a JSON object {"text": ..., "id": ...}.
+
+    Text that does not start with "{" is always plain text; text that starts with "{" and parses
+    as a JSON object must be the object form. Raises BadPayload.
+    """
+    text = decode_text(payload, max_payload_bytes)
+    if text.lstrip().startswith("{"):
+        try:
+            body = decode_object(text)
+        except BadPayload:
+            body = None
+        if body is not None:
+            _SEND_TOPIC.check(body, "the send topic")
+            _check_send_id(body.get("id"))
+            text, send_id = body["text"], body.get("id")
+            if not text:
+                raise BadPayload("text: must not be empty")
+            return SendPayload(text, send_id)
+    if not text:
+        raise BadPayload("payload is empty; expected the text to send")
+    return SendPayload(text)
+
+
+def parse_command(payload: bytes, max_payload_bytes: int) -> Command:
+    """A `command` topic payload: start | end | dismiss_error, plain or {"command": ...}."""
+    text = decode_text(payload, max_payload_bytes).strip()
+    value = text
+    if text.startswith("{"):
+        body = decode_object(text)
+        _COMMAND_TOPIC.check(body, "the command topic")
+        value = body["command"]
+    try:
+        return Command(value)
+    except ValueError:
+        choices = ", ".join(c.value for c in Command)
+        raise BadPayload(f"unknown command {value!r}; expected one of {choices}") from None
+
+
+def _parse_message(index: int, raw: object) -> dict[str, Any]:
+    """One restored message in the message event shape, normalised; raises BadPayload."""
+    where = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise BadPayload(f"{where}: expected an object, got {json_type_name(raw)}")
+    try:
+        _MESSAGE.check(raw, "a message")
+        return ReceivedMessage.from_dict(raw).to_dict()
+    except ValueError as exc:
+        raise BadPayload(f"{where}: {exc}") from None
+
+
+def ok(data: Any, transaction: Any = None, *, has_transaction: bool = False) -> dict[str, Any]:
+    """An ok response."""
+    response: dict[str, Any] = {"status": "ok", "data": data}
+    if has_transaction:
+        response["transaction"] = transaction
+    return response
+
+
+def error(text: str, transaction: Any = None, *, has_transaction: bool = False) -> dict[str, Any]:
+    """An error response."""
+    response: dict[str, Any] = {"status": "error", "error": text}
+    if has_transaction:
+        response["transaction"] = transaction
+    return response
+
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
+EXPIRED = "request expired (MQTT message expiry) before it could be carried out; nothing was done"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded request: its body when valid, else the problem to answer with."""
+
+    action: str
+    body: Mapping[str, Any] | None = None
+    problem: str | None = None
+    transaction: Any = None
+    has_transaction: bool = False
+
+    @property
+    def session_id(self) -> str | None:
+        """The session a valid request names, if any (requests to one session run in order)."""
+        if self.body is None:
+            return None
+        session_id = self.body.get("session")
+        return session_id if isinstance(session_id, str) else None
+
+
+class Router:
+    """Routes `bridge/request/<action>` payloads to the hub; every outcome is a response dict."""
+
+    def __init__(self, hub: Hub, *, max_payload_bytes: int = 65_536) -> None:
+        self._hub = hub
+        self._max = max_payload_bytes
+        self._handlers: dict[str, Handler] = {
+            "session/start": self._start,
+            "session/end": self._end,
+            "session/send": self._send,
+            "session/history": self._history,
+            "session/restore": self._restore,
+            "session/dismiss_error": self._dismiss_error,
+            "session/add": self._add,
+            "session/remove": self._remove,
+            "config/reload": self._reload,
+            "health_check": self._health_check,
+        }
+
+    def prepare(self, action: str, payload: bytes) -> Request:
+        """Decode and check a request without acting on it (pure, cheap, never raises)."""
+        try:
+            text = decode_text(payload, self._max)
+            # An empty payload is an empty request: fine for health_check, else "missing".
+            body = decode_object(text) if text.strip() else {}
+        except BadPayload as exc:
+            return Request(action, problem=str(exc))
+        has_tx = "transaction" in body
+        tx = body.get("transaction")
+        if action not in self._handlers:
+            known = ", ".join(ACTIONS)
+            problem = f"unknown action {action!r}; known actions: {known}"
+            return Request(action, problem=problem, transaction=tx, has_transaction=has_tx)
+        try:
+            SPECS[action].check(body, action)
+            if "session" in body:
+                session_problem = session_id_problem(body["session"])
+                if session_problem:
+                    raise BadPayload(f"session: {session_problem}")
+        except BadPayload as exc:
+            return Request(action, problem=str(exc), transaction=tx, has_transaction=has_tx)
+        return Request(action, body, transaction=tx, has_transaction=has_tx)
+
+    async def run(self, request: Request, *, deadline: float | None = None) -> dict[str, Any]:
+        """Carry out a prepared request; never raises.
+
+        deadline is a time.monotonic() instant (from an MQTT v5 message expiry) after which the
+        request is refused instead of carried out late.
+        """
+        tx, has_tx = request.transaction, request.has_transaction
+        if request.problem is not None or request.body is None:
+            return error(request.problem or "bad request", tx, has_transaction=has_tx)
+        if deadline is not None and time.monotonic() >= deadline:
+            return error(EXPIRED, tx, has_transaction=has_tx)
+        try:
+            data = await self._handlers[request.action](request.body)
+        except (BadPayload, HubError) as exc:
+            return error(str(exc), tx, has_transaction=has_tx)
+        except Exception as exc:
+            log.exception("request_failed", action=request.action)
+            return error(f"internal error: {type(exc).__name__}", tx, has_transaction=has_tx)
+        return ok(data, tx, has_transaction=has_tx)
+
+    async def handle(
+        self, action: str, payload: bytes, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """prepare() then run(): one request from payload bytes to response dict."""
+        return await self.run(self.prepare(action, payload), deadline=deadline)
+
+    async def _start(self, body: Mapping[str, Any]) -> Any:
+        return await self._hub.start_session(body["session"])
+
+    async def _end(self, body: Mapping[str, Any]) -> Any:
+        return await self._hub.end_session(body["session"])
+
+    async def _send(self, body: Mapping[str, Any]) -> Any:
+        text, send_id = body["text"], body.get("id")
+        if not text:
+            raise BadPayload("text: must not be empty")
+        _check_send_id(send_id)
+        return await self._hub.send(body["session"], text, send_id=send_id)
+
+    async def _history(self, body: Mapping[str, Any]) -> Any:
+        session_id = body["session"]
+        return {"session": session_id, "messages": self._hub.history(session_id)}
+
+    async def _restore(self, body: Mapping[str, Any]) -> Any:
+        messages: list[dict[str, Any]] = []
+        for index, raw in enumerate(body["messages"]):
+            messages.append(_parse_message(index, raw))
+        session_id = body["session"]
+        return {"session": session_id, "kept": self._hub.restore(session_id, messages)}
+
+    async def _dismiss_error(self, body: Mapping[str, Any]) -> Any:
+        self._hub.dismiss_error(body["session"])
+        return {"session": body["session"]}
+
+    async def _add(self, body: Mapping[str, Any]) -> Any:
+        return await self._hub.add_session(body["session"], body["config"])
+
+    async def _remove(self, body: Mapping[str, Any]) -> Any:
+        return await self._hub.remove_session(body["session"])
+
+    async def _reload(self, body: Mapping[str, Any]) -> Any:
+        return await self._hub.reload()
+
+    async def _health_check(self, body: Mapping[str, Any]) -> Any:
+        return self._hub.health()
