@@ -20,6 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file ({DEFAULT_CONFIG})")
+
+    check = sub.add_parser("check", help="validate a config file; exit 2 listing every problem")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file ({DEFAULT_CONFIG})")
+
+    init = sub.add_parser("init", help="write a starter config (never overwrites)")
+    init.add_argument("file", help="where to write it")
+
     plugins = sub.add_parser("plugins", help="list the plugins found and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", help="config file (for its [plugins] disable list)")
@@ -42,7 +51,50 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins}
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lkbridge.config import load_config
+    from lkbridge.config_models import ConfigError
+    from lkbridge.daemon import Daemon
+    from lkbridge.log import configure_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"lkbridge: {args.config}: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or config.log.level, config.log.format)
+
+    async def main() -> int:
+        daemon = Daemon(args.config)
+        return await daemon.run()
+
+    return asyncio.run(main())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lkbridge.checks import check_config_file
+
+    ok, text = check_config_file(args.config)
+    print(text, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 2
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from lkbridge.config import write_starter_config
+    from lkbridge.config_models import ConfigError
+
+    try:
+        write_starter_config(args.file)
+    except ConfigError as exc:
+        print(f"lkbridge init: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.file}; check it with: lkbridge check -c {args.file}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "init": cmd_init, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,202 @@
+"""Runs one daemon session: supervision with backoff, history persistence, and hub events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from lkbridge.config_models import SessionConfig
+from lkbridge.hub import HubError, HubEvent, HubEventKind
+from lkbridge.messages import ReceivedMessage, utcnow
+from lkbridge.session import Session
+from lkbridge.session_events import (
+    AgentChanged,
+    ConnectionState,
+    ConnectionStateChanged,
+    ErrorChanged,
+    HistoryRestored,
+    MessageReceived,
+    SessionEvent,
+)
+from lkbridge.store import MessageStore
+
+log = structlog.get_logger(__name__)
+
+
+class Backoff:
+    """Jittered exponential backoff: initial * 2^(n-1), capped, times a factor in [0.5, 1]."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next(self) -> float:
+        self.attempt += 1
+        base = min(self.maximum, self.initial * 2 ** (self.attempt - 1))
+        return float(base * random.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class SessionRunner:
+    """Owns one Session for the daemon and keeps it running while it is wanted."""
+
+    def __init__(
+        self,
+        cfg: SessionConfig,
+        session: Session,
+        store: MessageStore,
+        emit: Callable[[HubEvent], None],
+        *,
+        backoff: Backoff | None = None,
+        stable_after: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.store = store
+        self._emit = emit
+        self.backoff = backoff or Backoff()
+        self.stable_after = stable_after
+        self.wanted = False
+        self.retry_at: float | None = None
+        self.restarts = 0
+        self._wake = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._inflight_sends: set[str] = set()
+        self._log = log.bind(session=cfg.id)
+        session.add_listener(self._on_event)
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_event(self, event: SessionEvent) -> None:
+        self._wake.set()
+        if isinstance(event, MessageReceived):
+            # Persist first: a message is on disk before anyone is told about it.
+            self.store.upsert(self.id, event.message)
+            self._emit(HubEvent(HubEventKind.MESSAGE, self.id, self.message_event(event.message)))
+        elif isinstance(event, ConnectionStateChanged | AgentChanged):
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+        elif isinstance(event, ErrorChanged):
+            data = event.error.to_dict() if event.error is not None else None
+            self._emit(HubEvent(HubEventKind.ERROR, self.id, data))
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+        elif isinstance(event, HistoryRestored):
+            self.store.replace(self.id, event.messages)
+
+    def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
+        data = message.to_dict()
+        data["session"] = self.id
+        return data
+
+    def snapshot(self) -> dict[str, Any]:
+        session = self.session
+        error = session.error
+        return {
+            "session": self.id,
+            "connection_state": session.connection_state.value,
+            "is_connected": session.is_connected,
+            "agent": session.agent.to_dict(),
+            "error": error.to_dict() if error is not None else None,
+            "room": session.room_name,
+            "wanted": self.wanted,
+            "restarts": self.restarts,
+            "timestamp": utcnow().isoformat(timespec="milliseconds"),
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def restore_from_store(self) -> int:
+        messages = self.store.load(self.id)
+        if messages:
+            self.session.restore_message_history(messages)
+        return len(messages)
+
+    def start(self) -> None:
+        """Want the session running: start it now and keep restarting it until end()."""
+        self.wanted = True
+        self.backoff.reset()
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"session-supervisor-{self.id}"
+            )
+        else:
+            self._wake.set()
+
+    async def end(self) -> None:
+        """Stop wanting it: cancel supervision and leave the room."""
+        self.wanted = False
+        task, self._supervisor = self._supervisor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.retry_at = None
+        await self.session.end()
+        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+
+    async def aclose(self) -> None:
+        await self.end()
+        await self.session.aclose()
+
+    def _trouble(self) -> str | None:
+        session = self.session
+        if session.connection_state == ConnectionState.DISCONNECTED:
+            return "disconnected"
+        if session.agent.failure is not None:
+            return f"agent {session.agent.failure.value}"
+        return None
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.wanted:
+            self._wake.clear()
+            started = loop.time()
+            await self.session.start()
+            reason = self._trouble()
+            while reason is None:
+                await self._wake.wait()
+                self._wake.clear()
+                reason = self._trouble()
+            if not self.wanted:
+                return
+            if loop.time() - started > self.stable_after:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            self.restarts += 1
+            self.retry_at = loop.time() + delay
+            self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
+            if self.session.connection_state != ConnectionState.DISCONNECTED:
+                await self.session.end()  # leave the room the agent failed in; start afresh
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
+            await asyncio.sleep(delay)
+            self.retry_at = None
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+        if send_id is not None:
+            if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
+                return {"id": send_id, "duplicate": True}
+            self._inflight_sends.add(send_id)
+        try:
+            sent = await self.session.send_text(text)
+        finally:
+            if send_id is not None:
+                self._inflight_sends.discard(send_id)
+        if sent is None:
+            error = self.session.error
+            raise HubError(error.message if error is not None else "the message was not sent")
+        if send_id is not None:
+            self.store.remember_send_id(self.id, send_id)
+        return sent.to_dict() | {"duplicate": False, "send_id": send_id}
