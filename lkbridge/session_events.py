@@ -214,7 +214,7 @@ class EventHub:
                 log.error(
                     "session_listener_failed",
                     listener=getattr(listener, "__qualname__", repr(listener)),
-                    event=type(event).__name__,
+                    event_type=type(event).__name__,
                     error=repr(exc),
                 )
         for stream in list(self._streams):
