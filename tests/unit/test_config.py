@@ -96,7 +96,7 @@ def minted(**extra: Any) -> dict[str, Any]:
     return {"token": token, **extra}
 
 
-# -- defaults and the full schema -------------------------------------------------------------
+# -- defaults and the full schema -----------------------------------------------------------------
 
 
 def test_empty_config_has_documented_defaults() -> None:
@@ -264,7 +264,7 @@ def test_state_directory_from_systemd_environment() -> None:
     )
 
 
-# -- the example file -------------------------------------------------------------------------
+# -- the example file -----------------------------------------------------------------------------
 
 
 def test_example_config_is_valid() -> None:
@@ -280,10 +280,9 @@ def test_example_config_resolves_with_the_secret_set() -> None:
     config = load_config(
         EXAMPLE, environ={"LIVEKIT_API_SECRET": "s3cret-value"}, resolve_secrets=True
     )
-    assert (
-        config.sessions["kitchen"].token.api_secret.reveal({"LIVEKIT_API_SECRET": "x1234"})
-        == "x1234"
-    )  # type: ignore[union-attr]
+    token = config.sessions["kitchen"].token
+    assert isinstance(token, MintedTokenConfig)
+    assert token.api_secret.reveal({"LIVEKIT_API_SECRET": "x1234"}) == "x1234"
 
 
 def _documented_keys(text: str) -> set[str]:
@@ -328,7 +327,7 @@ def test_configuration_doc_describes_every_key() -> None:
         assert f'`source = "{source}"`' in doc
 
 
-# -- errors, with paths ------------------------------------------------------------------------
+# -- errors, with paths ---------------------------------------------------------------------------
 
 
 def test_config_error_lists_every_problem_one_per_line() -> None:
@@ -657,7 +656,7 @@ def test_missing_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
-# -- secrets ----------------------------------------------------------------------------------
+# -- secrets --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -895,13 +894,14 @@ def test_frozen_map_behaves_like_a_read_only_mapping() -> None:
     assert repr(frozen) == "FrozenMap({'a': 1, 'b': (2,)})"
 
 
-# -- sessions added at runtime ------------------------------------------------------------------
+# -- sessions added at runtime --------------------------------------------------------------------
 
 
 def test_session_from_table_accepts_references() -> None:
     session = session_from_table("porch", minted(agent_name="a"))
     assert session.id == "porch" and session.agent_name == "a"
-    assert session.token.api_secret.path == "sessions.porch.token.api_secret"  # type: ignore[union-attr]
+    assert isinstance(session.token, MintedTokenConfig)
+    assert session.token.api_secret.path == "sessions.porch.token.api_secret"
 
 
 def test_session_from_table_refuses_inline_secrets_with_paths() -> None:
@@ -924,7 +924,8 @@ def test_session_from_table_refuses_inline_secrets_with_paths() -> None:
         f"sessions.porch.transports.chat.password: {reason}",
     ]
     allowed = session_from_table("porch", table, allow_inline_secrets=True)
-    assert allowed.token.headers["Authorization"].is_inline  # type: ignore[union-attr]
+    assert isinstance(allowed.token, EndpointTokenConfig)
+    assert allowed.token.headers["Authorization"].is_inline
 
 
 @pytest.mark.parametrize(
@@ -1084,7 +1085,7 @@ def test_overrides_win_per_session_and_user_file_is_untouched(tmp_path: Path) ->
     assert "porch" not in overrides.without_session("porch", base_ids=base.sessions).sessions
 
 
-# -- starter config --------------------------------------------------------------------------------
+# -- starter config -------------------------------------------------------------------------------
 
 
 def test_starter_config_is_valid_and_never_overwrites(tmp_path: Path) -> None:
@@ -1108,7 +1109,7 @@ def test_starter_config_is_valid_and_never_overwrites(tmp_path: Path) -> None:
         write_starter_config(tmp_path / "no" / "such" / "dir.toml")
 
 
-# -- diffs and plugin names -------------------------------------------------------------------------
+# -- diffs and plugin names -----------------------------------------------------------------------
 
 
 def test_diff_configs_classifies_sessions_and_sections() -> None:
@@ -1161,11 +1162,10 @@ def test_unknown_transport_and_token_source_names() -> None:
         "sessions.a.receivers[0]: unknown receiver 'transcripton' (did you mean 'transcription'?);"
         " known: chat, transcription",
     ]
-    assert (
-        [str(p) for p in unknown_name_problems(config, senders=(), receivers=(), token_sources=())][
-            -1
-        ]
-        == "sessions.b.token.source: unknown token source 'vault'; known: development, endpoint, literal, minted"
+    nothing_known = unknown_name_problems(config, senders=(), receivers=(), token_sources=())
+    assert str(nothing_known[-1]) == (
+        "sessions.b.token.source: unknown token source 'vault';"
+        " known: development, endpoint, literal, minted"
     )
 
 
