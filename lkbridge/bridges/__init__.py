@@ -1,0 +1,1 @@
+"""Daemon-wide integrations that observe sessions and command them."""

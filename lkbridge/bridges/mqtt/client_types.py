@@ -1,0 +1,242 @@
+"""Paho-free parts of the MQTT client: settings, message types, errors, validation, the outbox."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict, cast
+
+from lkbridge.errors import LkbridgeError
+
+Payload = bytes | bytearray | str
+
+
+class MqttError(LkbridgeError):
+    """An MQTT operation failed; `reason_code` is the broker's numeric reason code, if any."""
+
+    def __init__(self, message: str, reason_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class PublishProperties(TypedDict, total=False):
+    """MQTT v5 publish properties as plain values (not sent on 3.1.1)."""
+
+    response_topic: str
+    correlation_data: bytes
+    message_expiry_interval: int  # seconds; also honoured while queued in our outbox
+    content_type: str
+    user_properties: Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS files; `insecure` skips the hostname check only (like mosquitto_pub --insecure)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class WillMessage:
+    """What the broker publishes for us if we vanish without a clean DISCONNECT."""
+
+    topic: str
+    payload: Payload = b""
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Plain connection settings; the password is never logged and not shown by repr()."""
+
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = 60
+    tls: TlsSettings | None = None
+    will: WillMessage | None = None
+    queue_limit: int = 1000  # outgoing messages held while disconnected; more are dropped
+    incoming_limit: int = 1000  # received messages waiting for messages(); more are dropped
+    max_inflight: int = 20  # unacknowledged QoS>0 publishes (capped by the broker's maximum)
+    reconnect_min: float = 0.5  # backoff doubles from here, with jitter, up to reconnect_max
+    reconnect_max: float = 30.0
+    connect_timeout: float = 5.0
+    persistent_session: bool = True  # only with a client_id; see MqttClient's docstring
+    session_expiry: int = 600  # v5: seconds the broker keeps our session while we are away
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("5", "3.1.1"):
+            raise MqttError(f"MQTT protocol must be '5' or '3.1.1', not {self.protocol!r}")
+        if self.queue_limit < 0 or self.incoming_limit < 1 or self.max_inflight < 1:
+            raise MqttError("MQTT queue_limit must be >= 0, incoming_limit and max_inflight >= 1")
+        if not 0 < self.reconnect_min <= self.reconnect_max:
+            raise MqttError("MQTT reconnect backoff needs 0 < reconnect_min <= reconnect_max")
+        if self.will is not None:
+            check_topic(self.will.topic, is_filter=False)
+            check_qos(self.will.qos)
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A received message; v5 properties as plain values (None or () when absent)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    message_expiry_interval: int | None = None  # seconds left when it reached us
+    content_type: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    received_at: float = field(default_factory=time.monotonic)  # time.monotonic() clock
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the message expiry interval has run out since the message arrived."""
+        if self.message_expiry_interval is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self.received_at >= self.message_expiry_interval
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to publish, e.g. the final offline state handed to aclose()."""
+
+    topic: str
+    payload: Payload = b""
+    qos: int = 1
+    retain: bool = False
+    properties: PublishProperties | None = None
+
+
+@dataclass(frozen=True)
+class ConnectInfo:
+    """Given to on_connect hooks on every (re)connect."""
+
+    session_present: bool  # the broker still had our session (subscriptions, queued messages)
+    first: bool  # the first connection of this client
+    dropped: int  # outgoing messages dropped (outbox full) since the previous connection
+
+
+ConnectHook = Callable[[ConnectInfo], Awaitable[None]]
+DisconnectHook = Callable[[str], Awaitable[None]]  # receives the reason in words
+
+
+def check_topic(topic: str, *, is_filter: bool) -> None:
+    """Raise MqttError unless topic is a valid MQTT topic name (or filter)."""
+    what = "topic filter" if is_filter else "topic"
+    if not topic or "\0" in topic or len(topic.encode()) > 65535:
+        raise MqttError(f"invalid MQTT {what} {topic!r}: empty, too long or contains NUL")
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if not is_filter and ("+" in level or "#" in level):
+            raise MqttError(f"invalid MQTT topic {topic!r}: wildcards are only for filters")
+        misplaced_hash = "#" in level and (level != "#" or i < len(levels) - 1)
+        if ("+" in level and level != "+") or misplaced_hash:
+            raise MqttError(f"invalid MQTT topic filter {topic!r}: misplaced wildcard")
+
+
+def check_qos(qos: int) -> None:
+    if qos not in (0, 1, 2):
+        raise MqttError(f"invalid MQTT QoS {qos!r}: must be 0, 1 or 2")
+
+
+_PROPERTY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "response_topic": str,
+    "correlation_data": (bytes, bytearray),
+    "message_expiry_interval": int,
+    "content_type": str,
+    "user_properties": (Mapping, list, tuple),
+}
+
+
+def check_properties(props: Mapping[str, Any]) -> PublishProperties:
+    """Validate publish properties; returns a copy with user_properties as a tuple of pairs."""
+    for key, value in props.items():
+        expected = _PROPERTY_TYPES.get(key)
+        if expected is None:
+            known = ", ".join(_PROPERTY_TYPES)
+            raise MqttError(f"unknown MQTT property {key!r} (known: {known})")
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise MqttError(f"MQTT property {key!r} must not be a {type(value).__name__}")
+    out = cast(PublishProperties, dict(props))
+    if "response_topic" in out:
+        check_topic(out["response_topic"], is_filter=False)
+    if not 0 <= out.get("message_expiry_interval", 0) <= 0xFFFFFFFF:
+        raise MqttError("MQTT property 'message_expiry_interval' must fit in 0..4294967295")
+    if "user_properties" in out:
+        raw = out["user_properties"]
+        pairs = list(raw.items()) if isinstance(raw, Mapping) else list(raw)
+        if not all(len(p) == 2 and all(isinstance(s, str) for s in p) for p in pairs):
+            raise MqttError("MQTT property 'user_properties' must hold (str, str) pairs")
+        out["user_properties"] = tuple((k, v) for k, v in pairs)
+    return out
+
+
+@dataclass
+class QueuedMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: PublishProperties | None
+    queued_at: float = field(default_factory=time.monotonic)
+
+    def expiry_left(self, now: float) -> int | None:
+        """Seconds of message expiry left (rounded up), 0 when spent, None when it never expires."""
+        interval = self.properties.get("message_expiry_interval") if self.properties else None
+        if not interval:  # absent, or 0 which Mosquitto also reads as "no expiry"
+            return None
+        return max(0, math.ceil(interval - (now - self.queued_at)))
+
+
+class Outbox:
+    """Outgoing messages waiting for the broker: first in, first out, bounded.
+
+    What does not fit is dropped and counted; what expires while waiting is discarded, counted.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0  # total
+        self.dropped_since_mark = 0  # since take_dropped_since_mark()
+        self.expired = 0
+        self._items: deque[QueuedMessage] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, msg: QueuedMessage) -> bool:
+        if len(self._items) >= self.limit:
+            self.dropped += 1
+            self.dropped_since_mark += 1
+            return False
+        self._items.append(msg)
+        return True
+
+    def pop(self, now: float | None = None) -> tuple[QueuedMessage, int | None] | None:
+        """The oldest message still alive, with its remaining expiry; None when empty."""
+        now = time.monotonic() if now is None else now
+        while self._items:
+            msg = self._items.popleft()
+            left = msg.expiry_left(now)
+            if left == 0:
+                self.expired += 1
+                continue
+            return msg, left
+        return None
+
+    def take_dropped_since_mark(self) -> int:
+        count, self.dropped_since_mark = self.dropped_since_mark, 0
+        return count

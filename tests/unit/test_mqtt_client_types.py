@@ -1,0 +1,120 @@
+"""The MQTT client's paho-free parts: outbox order, bounds and expiry; validation; settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from lkbridge.bridges.mqtt.client import (
+    IncomingMessage,
+    MqttClient,
+    MqttError,
+    MqttSettings,
+    TlsSettings,
+    WillMessage,
+)
+from lkbridge.bridges.mqtt.client_types import (
+    Outbox,
+    QueuedMessage,
+    check_properties,
+    check_topic,
+)
+from lkbridge.errors import LkbridgeError
+
+
+def queued(n: int, expiry: int | None = None, at: float = 100.0) -> QueuedMessage:
+    props = {"message_expiry_interval": expiry} if expiry is not None else None
+    return QueuedMessage(f"t/{n}", str(n).encode(), 1, False, check_properties(props or {}), at)
+
+
+def test_outbox_is_fifo_bounded_and_counts_what_it_drops() -> None:
+    box = Outbox(limit=3)
+    assert [box.put(queued(i)) for i in range(5)] == [True, True, True, False, False]
+    assert (len(box), box.dropped, box.dropped_since_mark) == (3, 2, 2)
+    assert box.take_dropped_since_mark() == 2
+    assert box.take_dropped_since_mark() == 0 and box.dropped == 2
+    popped = [box.pop(now=100.0) for _ in range(4)]
+    assert [p[0].payload for p in popped if p] == [b"0", b"1", b"2"]
+    assert popped[3] is None
+    assert box.put(queued(9))  # room again
+
+
+def test_outbox_counts_down_message_expiry_and_discards_expired() -> None:
+    box = Outbox(limit=10)
+    box.put(queued(0, expiry=1, at=100.0))
+    box.put(queued(1, expiry=60, at=100.0))
+    box.put(queued(2, expiry=None, at=100.0))
+    box.put(queued(3, expiry=0, at=100.0))  # 0 means no expiry, as Mosquitto reads it
+    first = box.pop(now=102.5)
+    assert first is not None and first[0].payload == b"1" and first[1] == 58  # rounded up
+    assert box.expired == 1
+    assert [box.pop(now=1e9) for _ in range(2)] == [
+        (queued(2), None), (queued(3, expiry=0), None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("topic", "is_filter", "ok"),
+    [
+        ("a/b", False, True), ("a/+/b", False, False), ("a/#", False, False), ("", False, False),
+        ("a/+/b", True, True), ("a/#", True, True), ("#", True, True), ("a/#/b", True, False),
+        ("a/b+", True, False), ("a\0b", False, False), ("x" * 70000, False, False),
+    ],
+)
+def test_topic_validation(topic: str, is_filter: bool, ok: bool) -> None:
+    if ok:
+        check_topic(topic, is_filter=is_filter)
+    else:
+        with pytest.raises(MqttError, match="invalid MQTT topic"):
+            check_topic(topic, is_filter=is_filter)
+
+
+def test_properties_are_checked_and_normalised() -> None:
+    props = check_properties({"user_properties": {"a": "1"}, "correlation_data": b"x"})
+    assert props == {"user_properties": (("a", "1"),), "correlation_data": b"x"}
+    with pytest.raises(MqttError, match="unknown MQTT property 'ResponseTopic'"):
+        check_properties({"ResponseTopic": "x"})
+    with pytest.raises(MqttError, match="'correlation_data' must not be a str"):
+        check_properties({"correlation_data": "text"})
+    with pytest.raises(MqttError, match="message_expiry_interval"):
+        check_properties({"message_expiry_interval": -1})
+    with pytest.raises(MqttError, match="message_expiry_interval' must not be a bool"):
+        check_properties({"message_expiry_interval": True})
+    with pytest.raises(MqttError, match=r"\(str, str\) pairs"):
+        check_properties({"user_properties": [("a",)]})
+    with pytest.raises(MqttError, match="invalid MQTT topic"):
+        check_properties({"response_topic": "a/#"})
+
+
+def test_settings_are_validated_and_hide_the_password() -> None:
+    settings = MqttSettings(username="u", password="s3cret")
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(MqttError, match="protocol"):
+        MqttSettings(protocol="4")  # type: ignore[arg-type]
+    with pytest.raises(MqttError, match="reconnect"):
+        MqttSettings(reconnect_min=5, reconnect_max=1)
+    with pytest.raises(MqttError, match="invalid MQTT topic"):
+        MqttSettings(will=WillMessage("a/+"))
+    assert issubclass(MqttError, LkbridgeError)
+
+
+def test_missing_tls_files_are_a_clear_error() -> None:
+    with pytest.raises(MqttError, match="cannot load the MQTT TLS files"):
+        MqttClient(MqttSettings(tls=TlsSettings(ca_file="/nonexistent/ca.pem")))
+
+
+async def test_publish_validates_before_queueing() -> None:
+    client = MqttClient(MqttSettings(queue_limit=2))  # never entered: nothing connects
+    with pytest.raises(MqttError, match="wildcards"):
+        client.publish_nowait("a/#", b"x")
+    with pytest.raises(MqttError, match="QoS"):
+        client.publish_nowait("a", b"x", qos=3)
+    assert client.publish_nowait("a", "text is sent as UTF-8")
+    assert client.queued_count == 1 and client.dropped_count == 0
+    await client.aclose()
+
+
+def test_incoming_message_expiry() -> None:
+    msg = IncomingMessage("t", b"", 1, False, message_expiry_interval=5, received_at=10.0)
+    assert not msg.expired(now=14.9)
+    assert msg.expired(now=15.0)
+    assert not IncomingMessage("t", b"", 1, False, received_at=0.0).expired(now=1e9)
