@@ -1,8 +1,7 @@
-"""Config files: TOML in and out (the only tomllib/tomli_w user), overrides, starter config.
+"""Config files: TOML in and out (the only tomllib/tomli_w user), overrides, starter config."""
 
-Validation lives in config_schema (plain data to models); this module adds the files. The
-public config API is re-exported here, so `from lkbridge.config import ...` is enough.
-"""
+# Validation lives in config_schema (plain data to models); this module adds the files. The
+# public config API is re-exported here, so `from lkbridge.config import ...` is enough.
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""Durable per-session message history and send-id memory in SQLite (the only sqlite3 user).
-
-Durability contract: a write returns only after SQLite committed it (WAL, synchronous=FULL by
-default, so it also survives power loss). Callers must store a message *before* publishing it;
-then a `kill -9` at any moment never loses something that was already published.
-
-One connection, used from the thread that opened it (the asyncio loop thread): each call is a
-short local transaction, fast enough to run on the loop.
-"""
+"""Durable per-session message history and send-id memory in SQLite (the only sqlite3 user)."""
 
 from __future__ import annotations
 
@@ -53,7 +45,16 @@ class StoreError(Exception):
 
 
 class MessageStore:
-    """Message history per session (first-arrival order, bounded) and accepted send ids."""
+    """Message history per session (first-arrival order, bounded) and accepted send ids.
+
+    Durability contract: a write returns only after SQLite committed it (WAL, and
+    synchronous=FULL by default, so it survives power loss too, not only a killed process).
+    Callers must store a message *before* publishing it; then a `kill -9` at any moment never
+    loses anything that was already published.
+
+    One connection, used only from the thread that opened it (the asyncio loop thread; other
+    threads get StoreError): each call is a short local transaction, fast enough for the loop.
+    """
 
     def __init__(
         self,
