@@ -200,9 +200,13 @@ def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
             "Error",
             entity_category="diagnostic",
             state_topic=topic(SessionLeaf.STATE),
-            value_template="{{ ((value_json.error or {}).message or 'none')[:255] }}",
+            # Written so that no variable is ever undefined (HA logs a warning for each).
+            value_template=(
+                "{% set error = value_json.get('error') %}"
+                f"{{{{ error.get('message', 'error')[:{STATE_MAX_LENGTH}] if error else 'none' }}}}"
+            ),
             json_attributes_topic=topic(SessionLeaf.STATE),
-            json_attributes_template="{{ (value_json.error or {}) | to_json }}",
+            json_attributes_template="{{ (value_json.get('error') or {}) | to_json }}",
             icon="mdi:alert-circle-outline",
         ),
     }

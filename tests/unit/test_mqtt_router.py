@@ -1,0 +1,396 @@
+"""The request router and the send/command payload parsers, against a small in-memory hub."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from lkbridge.bridges.mqtt.router import (
+    ACTIONS,
+    EXPIRED,
+    BadPayload,
+    Command,
+    Router,
+    SendPayload,
+    parse_command,
+    parse_send,
+)
+from lkbridge.hub import HubError, HubEvent, HubListener, UnknownSession
+
+MESSAGE = {
+    "id": "m1",
+    "timestamp": "2026-01-02T03:04:05.000+00:00",
+    "type": "agent_transcript",
+    "text": "hello",
+    "final": True,
+}
+
+
+class FakeHub:
+    """Just enough of the Hub protocol to route requests; records every command."""
+
+    def __init__(self, *session_ids: str) -> None:
+        self.sessions: dict[str, dict[str, Any]] = {
+            sid: {"session": sid, "connection_state": "disconnected", "error": None}
+            for sid in session_ids
+        }
+        self.histories: dict[str, list[dict[str, Any]]] = {sid: [] for sid in session_ids}
+        self.calls: list[tuple[Any, ...]] = []
+        self.listeners: list[HubListener] = []
+        self.sent_ids: set[str] = set()
+        self.fail_with: Exception | None = None
+
+    def _get(self, session_id: str) -> dict[str, Any]:
+        if self.fail_with is not None:
+            raise self.fail_with
+        if session_id not in self.sessions:
+            raise UnknownSession(session_id)
+        return self.sessions[session_id]
+
+    def session_ids(self) -> list[str]:
+        return list(self.sessions)
+
+    def snapshot(self, session_id: str) -> dict[str, Any]:
+        return dict(self._get(session_id))
+
+    def current_error(self, session_id: str) -> dict[str, Any] | None:
+        error: dict[str, Any] | None = self._get(session_id)["error"]
+        return error
+
+    def info(self) -> dict[str, Any]:
+        return {"version": "test", "sessions": self.session_ids()}
+
+    def observe(self, listener: HubListener) -> Callable[[], None]:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
+
+    def emit(self, event: HubEvent) -> None:
+        for listener in list(self.listeners):
+            listener(event)
+
+    async def start_session(self, session_id: str) -> dict[str, Any]:
+        state = self._get(session_id)
+        self.calls.append(("start", session_id))
+        state["connection_state"] = "connecting"
+        return dict(state)
+
+    async def end_session(self, session_id: str) -> dict[str, Any]:
+        state = self._get(session_id)
+        self.calls.append(("end", session_id))
+        state["connection_state"] = "disconnected"
+        return dict(state)
+
+    async def send(
+        self, session_id: str, text: str, *, send_id: str | None = None
+    ) -> dict[str, Any]:
+        self._get(session_id)
+        duplicate = send_id is not None and send_id in self.sent_ids
+        if send_id is not None:
+            self.sent_ids.add(send_id)
+        if not duplicate:
+            self.calls.append(("send", session_id, text, send_id))
+        return {"id": send_id or "generated", "text": text, "duplicate": duplicate}
+
+    def history(self, session_id: str) -> list[dict[str, Any]]:
+        self._get(session_id)
+        return list(self.histories[session_id])
+
+    def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
+        self._get(session_id)
+        self.calls.append(("restore", session_id, messages))
+        self.histories[session_id] = [dict(m, session=session_id) for m in messages]
+        return len(messages)
+
+    def dismiss_error(self, session_id: str) -> None:
+        self._get(session_id)["error"] = None
+        self.calls.append(("dismiss_error", session_id))
+
+    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]:
+        if session_id in self.sessions:
+            raise HubError(f"session {session_id!r} already exists (remove it first)")
+        if "token" not in table:
+            raise HubError(f"sessions.{session_id}.token: missing")
+        self.sessions[session_id] = {"session": session_id, "error": None}
+        self.histories[session_id] = []
+        self.calls.append(("add", session_id, dict(table)))
+        return dict(self.sessions[session_id])
+
+    async def remove_session(self, session_id: str) -> dict[str, Any]:
+        self._get(session_id)
+        del self.sessions[session_id]
+        self.calls.append(("remove", session_id))
+        return {"session": session_id, "removed": True}
+
+    async def reload(self) -> dict[str, Any]:
+        self.calls.append(("reload",))
+        return {"added": [], "removed": [], "changed": []}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def report(self, event: str, **data: Any) -> None:
+        from lkbridge.hub import HubEventKind
+
+        self.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))
+
+
+def body(data: Any) -> bytes:
+    return json.dumps(data).encode()
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    return FakeHub("kitchen", "office")
+
+
+@pytest.fixture
+def router(hub: FakeHub) -> Router:
+    return Router(hub, max_payload_bytes=1024)
+
+
+# -- good requests ----------------------------------------------------------------------------
+
+
+async def test_every_action_has_a_handler(router: Router) -> None:
+    assert set(ACTIONS) == {
+        "session/start", "session/end", "session/send", "session/history", "session/restore",
+        "session/dismiss_error", "session/add", "session/remove", "config/reload", "health_check",
+    }  # fmt: skip
+
+
+async def test_start_and_end(router: Router, hub: FakeHub) -> None:
+    response = await router.handle("session/start", body({"session": "kitchen"}))
+    assert response == {
+        "status": "ok",
+        "data": {"session": "kitchen", "connection_state": "connecting", "error": None},
+    }
+    response = await router.handle("session/end", body({"session": "kitchen", "transaction": 7}))
+    assert response["status"] == "ok" and response["transaction"] == 7
+    assert hub.calls == [("start", "kitchen"), ("end", "kitchen")]
+
+
+async def test_transaction_is_echoed_whatever_its_type(router: Router) -> None:
+    for tx in ["abc", 12, None, {"n": 1}]:
+        response = await router.handle("health_check", body({"transaction": tx}))
+        assert response == {"status": "ok", "data": {"status": "ok"}, "transaction": tx}
+
+
+async def test_no_transaction_no_echo(router: Router) -> None:
+    assert "transaction" not in await router.handle("health_check", b"{}")
+
+
+async def test_empty_payload_is_an_empty_request(router: Router) -> None:
+    assert (await router.handle("health_check", b""))["status"] == "ok"
+    assert (await router.handle("config/reload", b"  "))["status"] == "ok"
+
+
+async def test_send_with_idempotency_id(router: Router, hub: FakeHub) -> None:
+    request = body({"session": "kitchen", "text": "hi", "id": "k1"})
+    first = await router.handle("session/send", request)
+    second = await router.handle("session/send", request)
+    assert first["data"]["duplicate"] is False
+    assert second["data"]["duplicate"] is True
+    assert hub.calls == [("send", "kitchen", "hi", "k1")]
+
+
+async def test_history_and_restore(router: Router, hub: FakeHub) -> None:
+    restored = await router.handle(
+        "session/restore", body({"session": "office", "messages": [MESSAGE | {"session": "x"}]})
+    )
+    assert restored == {"status": "ok", "data": {"session": "office", "kept": 1}}
+    history = await router.handle("session/history", body({"session": "office"}))
+    assert history["data"] == {"session": "office", "messages": [MESSAGE | {"session": "office"}]}
+
+
+async def test_restore_normalises_timestamps(router: Router, hub: FakeHub) -> None:
+    message = MESSAGE | {"timestamp": 1767323045000, "final": False}
+    await router.handle("session/restore", body({"session": "office", "messages": [message]}))
+    assert hub.calls[-1][2][0]["timestamp"] == "2026-01-02T03:04:05.000+00:00"
+
+
+async def test_dismiss_add_remove_reload(router: Router, hub: FakeHub) -> None:
+    hub.sessions["kitchen"]["error"] = {"kind": "connection", "message": "x", "at": None}
+    dismissed = await router.handle("session/dismiss_error", body({"session": "kitchen"}))
+    assert dismissed["data"] == {"session": "kitchen"}
+    assert hub.sessions["kitchen"]["error"] is None
+    table = {"agent_name": "a", "token": {"source": "literal"}}
+    added = await router.handle("session/add", body({"session": "garage", "config": table}))
+    assert added["status"] == "ok"
+    assert ("add", "garage", table) in hub.calls
+    removed = await router.handle("session/remove", body({"session": "garage"}))
+    assert removed["data"] == {"session": "garage", "removed": True}
+    assert (await router.handle("config/reload", b"{}"))["data"]["added"] == []
+
+
+async def test_prepare_names_the_session_lane(router: Router) -> None:
+    assert router.prepare("session/start", body({"session": "kitchen"})).session_id == "kitchen"
+    assert router.prepare("health_check", b"").session_id is None
+    assert router.prepare("session/start", b"[").session_id is None
+
+
+# -- bad requests: every one answered with what was wrong -------------------------------------
+
+BAD_REQUESTS: list[tuple[str, bytes, str]] = [
+    ("session/start", b"{not json", "payload is not valid JSON (Expecting property name"),
+    ("session/start", b"[1, 2]", "payload must be a JSON object, got array"),
+    ("session/start", b'"kitchen"', "payload must be a JSON object, got string"),
+    ("session/start", b"\xff\xfe", "payload is not valid UTF-8 (byte 0xff at position 0)"),
+    ("session/start", b'{"session": "k\xc3"}', "payload is not valid UTF-8 (byte 0xc3 at position"),
+    ("session/start", b"{}", "session: missing (session/start takes session, transaction)"),
+    ("session/start", b"", "session: missing"),
+    ("session/start", body({"session": 5}), "session: expected a string, got number"),
+    ("session/start", body({"session": "Kitchen!"}), "session: must match [a-z0-9_-]{1,64}"),
+    ("session/start", body({"session": "bridge"}), "session: 'bridge' is reserved"),
+    ("session/start", body({"session": "nope"}), "unknown session 'nope'"),
+    ("session/start", body({"session": "kitchen", "x": 1}), "unknown field 'x'; session/start"),
+    ("session/send", body({"session": "kitchen"}), "text: missing"),
+    ("session/send", body({"session": "kitchen", "text": 42}), "text: expected a string, got number"),
+    ("session/send", body({"session": "kitchen", "text": True}), "text: expected a string, got boolean"),
+    ("session/send", body({"session": "kitchen", "text": ""}), "text: must not be empty"),
+    ("session/send", body({"session": "kitchen", "text": "a", "id": 3}), "id: expected a string, got number"),
+    ("session/send", body({"session": "kitchen", "text": "a", "id": ""}), "id: must be 1 to 200 characters"),
+    ("session/send", body({"session": "kitchen", "txt": "a"}), "unknown field 'txt'; session/send takes session, text, id, transaction"),
+    ("session/restore", body({"session": "kitchen"}), "messages: missing"),
+    ("session/restore", body({"session": "kitchen", "messages": {}}), "messages: expected an array, got object"),
+    ("session/restore", body({"session": "kitchen", "messages": [1]}), "messages[0]: expected an object, got number"),
+    ("session/restore", body({"session": "kitchen", "messages": [MESSAGE, {**MESSAGE, "type": "x"}]}), "messages[1]: type: must be one of agent_transcript, user_transcript, user_input, got 'x'"),
+    ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "text": None}]}), "messages[0]: text: expected a string, got null"),
+    ("session/restore", body({"session": "kitchen", "messages": [{k: v for k, v in MESSAGE.items() if k != "timestamp"}]}), "messages[0]: timestamp: missing"),
+    ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "timestamp": "soon"}]}), "messages[0]: timestamp: not an ISO 8601 date-time"),
+    ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "final": "yes"}]}), "messages[0]: final: expected true or false, got string"),
+    ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "extra": 1}]}), "messages[0]: unknown field 'extra'"),
+    ("session/add", body({"session": "garage"}), "config: missing"),
+    ("session/add", body({"session": "garage", "config": "x"}), "config: expected an object, got string"),
+    ("session/add", body({"session": "garage", "config": {}}), "sessions.garage.token: missing"),
+    ("session/add", body({"session": "kitchen", "config": {"token": {}}}), "already exists"),
+    ("session/remove", body({"session": "nope"}), "unknown session 'nope'"),
+    ("health_check", body({"verbose": True}), "unknown field 'verbose'; health_check takes transaction"),
+    ("session/explode", body({"session": "kitchen"}), "unknown action 'session/explode'; known actions: session/start,"),
+    ("", b"{}", "unknown action ''"),
+    ("session/start", b'{"session": "' + b"k" * 2000 + b'"}', "payload is 2015 bytes, over the limit of 1024 (mqtt.max_payload_bytes)"),
+    ("session/start", b"[" * 100_000, "payload is 100000 bytes, over the limit"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("action", "payload", "error"), BAD_REQUESTS)
+async def test_bad_requests_get_a_clear_error(
+    router: Router, hub: FakeHub, action: str, payload: bytes, error: str
+) -> None:
+    response = await router.handle(action, payload)
+    assert response["status"] == "error"
+    assert error in response["error"], response["error"]
+    assert [c for c in hub.calls if c[0] not in ("add",)] == []
+
+
+async def test_deeply_nested_json_is_refused_not_crashing(hub: FakeHub) -> None:
+    router = Router(hub, max_payload_bytes=1_000_000)
+    response = await router.handle("session/start", b"[" * 100_000 + b"]" * 100_000)
+    assert response["status"] == "error"
+    assert "not valid JSON" in response["error"] or "must be a JSON object" in response["error"]
+
+
+async def test_bad_requests_still_echo_the_transaction(router: Router) -> None:
+    response = await router.handle("session/start", body({"transaction": "t1", "session": 3}))
+    assert response == {
+        "status": "error",
+        "error": "session: expected a string, got number",
+        "transaction": "t1",
+    }
+    response = await router.handle("nope", body({"transaction": "t2"}))
+    assert response["transaction"] == "t2"
+
+
+async def test_hub_errors_become_error_responses(router: Router, hub: FakeHub) -> None:
+    hub.fail_with = HubError("lkbridge is shutting down")
+    response = await router.handle("session/start", body({"session": "kitchen"}))
+    assert response == {"status": "error", "error": "lkbridge is shutting down"}
+
+
+async def test_unexpected_exceptions_do_not_escape(router: Router, hub: FakeHub) -> None:
+    hub.fail_with = RuntimeError("boom")
+    response = await router.handle("session/start", body({"session": "kitchen"}))
+    assert response == {"status": "error", "error": "internal error: RuntimeError"}
+
+
+async def test_expired_requests_are_not_carried_out(router: Router, hub: FakeHub) -> None:
+    past = time.monotonic() - 0.001
+    response = await router.handle("session/start", body({"session": "kitchen"}), deadline=past)
+    assert response == {"status": "error", "error": EXPIRED}
+    assert hub.calls == []
+    future = time.monotonic() + 60
+    response = await router.handle("session/start", body({"session": "kitchen"}), deadline=future)
+    assert response["status"] == "ok"
+
+
+# -- send and command topic payloads ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"hello there", SendPayload("hello there")),
+        ("grüße 👋".encode(), SendPayload("grüße 👋")),
+        (b'{"text": "hi"}', SendPayload("hi")),
+        (b' {"text": "hi", "id": "abc"}', SendPayload("hi", "abc")),
+        (b"{not json, so text", SendPayload("{not json, so text")),
+        (b"[1, 2]", SendPayload("[1, 2]")),
+        (b"42", SendPayload("42")),
+    ],
+)
+def test_parse_send(payload: bytes, expected: SendPayload) -> None:
+    assert parse_send(payload, 1024) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"", "payload is empty; expected the text to send"),
+        (b"\xc3\x28", "payload is not valid UTF-8 (byte 0xc3 at position 0)"),
+        (b"x" * 1025, "payload is 1025 bytes, over the limit of 1024"),
+        (b'{"text": 1}', "text: expected a string, got number"),
+        (b'{"id": "a"}', "text: missing"),
+        (b'{"text": ""}', "text: must not be empty"),
+        (b'{"text": "a", "id": 1}', "id: expected a string, got number"),
+        (b'{"text": "a", "to": "b"}', "unknown field 'to'; the send topic takes text, id"),
+    ],
+)
+def test_parse_send_errors(payload: bytes, error: str) -> None:
+    with pytest.raises(BadPayload) as info:
+        parse_send(payload, 1024)
+    assert error in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"start", Command.START),
+        (b"end\n", Command.END),
+        (b"dismiss_error", Command.DISMISS_ERROR),
+        (b'{"command": "start"}', Command.START),
+    ],
+)
+def test_parse_command(payload: bytes, expected: Command) -> None:
+    assert parse_command(payload, 1024) is expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"restart", "unknown command 'restart'; expected one of start, end, dismiss_error"),
+        (b"START", "unknown command 'START'"),
+        (b"", "unknown command ''"),
+        (b'{"command": 1}', "command: expected a string, got number"),
+        (b'{"cmd": "start"}', "unknown field 'cmd'; the command topic takes command"),
+        (b"{}", "command: missing"),
+        (b"{oops", "payload is not valid JSON"),
+        (b"\xff", "payload is not valid UTF-8"),
+    ],
+)
+def test_parse_command_errors(payload: bytes, error: str) -> None:
+    with pytest.raises(BadPayload) as info:
+        parse_command(payload, 1024)
+    assert error in str(info.value)
