@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -19,123 +18,8 @@ from lkbridge.bridges.mqtt.router import (
     parse_command,
     parse_send,
 )
-from lkbridge.hub import HubError, HubEvent, HubListener, UnknownSession
-
-MESSAGE = {
-    "id": "m1",
-    "timestamp": "2026-01-02T03:04:05.000+00:00",
-    "type": "agent_transcript",
-    "text": "hello",
-    "final": True,
-}
-
-
-class FakeHub:
-    """Just enough of the Hub protocol to route requests; records every command."""
-
-    def __init__(self, *session_ids: str) -> None:
-        self.sessions: dict[str, dict[str, Any]] = {
-            sid: {"session": sid, "connection_state": "disconnected", "error": None}
-            for sid in session_ids
-        }
-        self.histories: dict[str, list[dict[str, Any]]] = {sid: [] for sid in session_ids}
-        self.calls: list[tuple[Any, ...]] = []
-        self.listeners: list[HubListener] = []
-        self.sent_ids: set[str] = set()
-        self.fail_with: Exception | None = None
-
-    def _get(self, session_id: str) -> dict[str, Any]:
-        if self.fail_with is not None:
-            raise self.fail_with
-        if session_id not in self.sessions:
-            raise UnknownSession(session_id)
-        return self.sessions[session_id]
-
-    def session_ids(self) -> list[str]:
-        return list(self.sessions)
-
-    def snapshot(self, session_id: str) -> dict[str, Any]:
-        return dict(self._get(session_id))
-
-    def current_error(self, session_id: str) -> dict[str, Any] | None:
-        error: dict[str, Any] | None = self._get(session_id)["error"]
-        return error
-
-    def info(self) -> dict[str, Any]:
-        return {"version": "test", "sessions": self.session_ids()}
-
-    def observe(self, listener: HubListener) -> Callable[[], None]:
-        self.listeners.append(listener)
-        return lambda: self.listeners.remove(listener)
-
-    def emit(self, event: HubEvent) -> None:
-        for listener in list(self.listeners):
-            listener(event)
-
-    async def start_session(self, session_id: str) -> dict[str, Any]:
-        state = self._get(session_id)
-        self.calls.append(("start", session_id))
-        state["connection_state"] = "connecting"
-        return dict(state)
-
-    async def end_session(self, session_id: str) -> dict[str, Any]:
-        state = self._get(session_id)
-        self.calls.append(("end", session_id))
-        state["connection_state"] = "disconnected"
-        return dict(state)
-
-    async def send(
-        self, session_id: str, text: str, *, send_id: str | None = None
-    ) -> dict[str, Any]:
-        self._get(session_id)
-        duplicate = send_id is not None and send_id in self.sent_ids
-        if send_id is not None:
-            self.sent_ids.add(send_id)
-        if not duplicate:
-            self.calls.append(("send", session_id, text, send_id))
-        return {"id": send_id or "generated", "text": text, "duplicate": duplicate}
-
-    def history(self, session_id: str) -> list[dict[str, Any]]:
-        self._get(session_id)
-        return list(self.histories[session_id])
-
-    def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
-        self._get(session_id)
-        self.calls.append(("restore", session_id, messages))
-        self.histories[session_id] = [dict(m, session=session_id) for m in messages]
-        return len(messages)
-
-    def dismiss_error(self, session_id: str) -> None:
-        self._get(session_id)["error"] = None
-        self.calls.append(("dismiss_error", session_id))
-
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]:
-        if session_id in self.sessions:
-            raise HubError(f"session {session_id!r} already exists (remove it first)")
-        if "token" not in table:
-            raise HubError(f"sessions.{session_id}.token: missing")
-        self.sessions[session_id] = {"session": session_id, "error": None}
-        self.histories[session_id] = []
-        self.calls.append(("add", session_id, dict(table)))
-        return dict(self.sessions[session_id])
-
-    async def remove_session(self, session_id: str) -> dict[str, Any]:
-        self._get(session_id)
-        del self.sessions[session_id]
-        self.calls.append(("remove", session_id))
-        return {"session": session_id, "removed": True}
-
-    async def reload(self) -> dict[str, Any]:
-        self.calls.append(("reload",))
-        return {"added": [], "removed": [], "changed": []}
-
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok"}
-
-    def report(self, event: str, **data: Any) -> None:
-        from lkbridge.hub import HubEventKind
-
-        self.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))
+from lkbridge.hub import HubError
+from tests.support.fake_hub import MESSAGE, FakeHub
 
 
 def body(data: Any) -> bytes:
@@ -166,7 +50,12 @@ async def test_start_and_end(router: Router, hub: FakeHub) -> None:
     response = await router.handle("session/start", body({"session": "kitchen"}))
     assert response == {
         "status": "ok",
-        "data": {"session": "kitchen", "connection_state": "connecting", "error": None},
+        "data": {
+            "session": "kitchen",
+            "connection_state": "connecting",
+            "agent": None,
+            "error": None,
+        },
     }
     response = await router.handle("session/end", body({"session": "kitchen", "transaction": 7}))
     assert response["status"] == "ok" and response["transaction"] == 7
@@ -271,8 +160,8 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("health_check", body({"verbose": True}), "unknown field 'verbose'; health_check takes transaction"),
     ("session/explode", body({"session": "kitchen"}), "unknown action 'session/explode'; known actions: session/start,"),
     ("", b"{}", "unknown action ''"),
-    ("session/start", b'{"session": "' + b"k" * 2000 + b'"}', "payload is 2015 bytes, over the limit of 1024 (mqtt.max_payload_bytes)"),
-    ("session/start", b"[" * 100_000, "payload is 100000 bytes, over the limit"),
+    ("session/start", b'{"session": "' + b"k" * 2000 + b'"}', "payload too large: 2015 bytes, over the limit of 1024 (mqtt.max_payload_bytes)"),
+    ("session/start", b"[" * 100_000, "payload too large: 100000 bytes, over the limit"),
 ]  # fmt: skip
 
 
@@ -350,7 +239,7 @@ def test_parse_send(payload: bytes, expected: SendPayload) -> None:
     [
         (b"", "payload is empty; expected the text to send"),
         (b"\xc3\x28", "payload is not valid UTF-8 (byte 0xc3 at position 0)"),
-        (b"x" * 1025, "payload is 1025 bytes, over the limit of 1024"),
+        (b"x" * 1025, "payload too large: 1025 bytes, over the limit of 1024"),
         (b'{"text": 1}', "text: expected a string, got number"),
         (b'{"id": "a"}', "text: missing"),
         (b'{"text": ""}', "text: must not be empty"),

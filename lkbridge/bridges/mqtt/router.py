@@ -109,7 +109,7 @@ def decode_text(payload: bytes, max_payload_bytes: int) -> str:
     """The payload as text; raises BadPayload when too large or not UTF-8."""
     if len(payload) > max_payload_bytes:
         raise BadPayload(
-            f"payload is {len(payload)} bytes, over the limit of {max_payload_bytes}"
+            f"payload too large: {len(payload)} bytes, over the limit of {max_payload_bytes}"
             " (mqtt.max_payload_bytes)"
         )
     try:
