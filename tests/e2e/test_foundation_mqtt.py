@@ -15,8 +15,12 @@ pytestmark = pytest.mark.e2e
 
 def _settings(broker: Mosquitto) -> MqttSettings:
     return MqttSettings(
-        host=broker.host, port=broker.port, client_id=f"lkb-test-{uuid.uuid4().hex[:8]}",
-        reconnect_min=0.05, reconnect_max=0.5, connect_timeout=3.0,
+        host=broker.host,
+        port=broker.port,
+        client_id=f"lkb-test-{uuid.uuid4().hex[:8]}",
+        reconnect_min=0.05,
+        reconnect_max=0.5,
+        connect_timeout=3.0,
     )
 
 

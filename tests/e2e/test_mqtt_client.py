@@ -114,8 +114,9 @@ async def test_clean_close_publishes_final_message_and_no_will(
     await watcher.wait_connected(5)
     await watcher.subscribe(f"{base}/state")
     will = WillMessage(f"{base}/state", b"will", retain=False)
-    async with MqttClient(MqttSettings(mqtt_broker.host, mqtt_broker.port, "lkb-clean-" + base[-8:],
-                                       will=will)) as client:
+    async with MqttClient(
+        MqttSettings(mqtt_broker.host, mqtt_broker.port, "lkb-clean-" + base[-8:], will=will)
+    ) as client:
         await client.wait_connected(5)
         await client.publish(f"{base}/state", b"online")
         await client.aclose([OutgoingMessage(f"{base}/state", b"offline-clean")])
@@ -259,8 +260,10 @@ async def test_v5_response_topic_and_correlation_data_round_trip(
     await responder.subscribe(f"{base}/request/+")
     await requester.subscribe(f"{base}/response/#")
     props = {
-        "response_topic": f"{base}/response/health_check", "correlation_data": b"\x00\xffid",
-        "content_type": "application/json", "user_properties": [("a", "1"), ("a", "2")],
+        "response_topic": f"{base}/response/health_check",
+        "correlation_data": b"\x00\xffid",
+        "content_type": "application/json",
+        "user_properties": [("a", "1"), ("a", "2")],
         "message_expiry_interval": 30,
     }
     await requester.publish(f"{base}/request/health_check", b"{}", properties=props)
@@ -271,8 +274,11 @@ async def test_v5_response_topic_and_correlation_data_round_trip(
     assert req.user_properties == (("a", "1"), ("a", "2"))
     assert req.message_expiry_interval in (29, 30)
 
-    await responder.publish(req.response_topic, b'{"status":"ok"}',
-                            properties={"correlation_data": req.correlation_data})
+    await responder.publish(
+        req.response_topic,
+        b'{"status":"ok"}',
+        properties={"correlation_data": req.correlation_data},
+    )
     [resp] = await receive(requester.messages())
     assert (resp.topic, resp.payload) == (f"{base}/response/health_check", b'{"status":"ok"}')
     assert resp.correlation_data == b"\x00\xffid"
@@ -291,7 +297,8 @@ async def test_mqtt_311_round_trip_and_retained(
     await pub.publish(f"{base}/live", b"x", properties={"correlation_data": b"dropped on 3.1.1"})
     got = await receive(sub.messages(), 2)
     assert [(m.topic, m.payload, m.retain, m.qos) for m in got] == [
-        (f"{base}/r", b"kept", True, 1), (f"{base}/live", b"x", False, 1),
+        (f"{base}/r", b"kept", True, 1),
+        (f"{base}/live", b"x", False, 1),
     ]
     assert got[1].correlation_data is None
     await pub.publish(f"{base}/r", b"", retain=True)
@@ -330,15 +337,17 @@ async def test_refused_credentials_give_a_clear_error(
     auth_broker: tuple[str, int], make_client: MakeClient, protocol: str
 ) -> None:
     host, port = auth_broker
-    bad = await make_client(host=host, port=port, username="lkb", password="wrong",
-                            protocol=protocol)
+    bad = await make_client(
+        host=host, port=port, username="lkb", password="wrong", protocol=protocol
+    )
     await eventually(lambda: bad.last_error is not None)
     with pytest.raises(MqttError, match=r"refused the connection: (Not authorized|Bad user name)"):
         await bad.wait_connected(0.01)
     assert bad.last_error is not None and bad.last_error.reason_code in (0x86, 0x87)
     assert "wrong" not in str(bad.last_error)
-    good = await make_client(host=host, port=port, username="lkb", password="right",
-                             protocol=protocol)
+    good = await make_client(
+        host=host, port=port, username="lkb", password="right", protocol=protocol
+    )
     await good.wait_connected(5)
 
 
@@ -370,3 +379,62 @@ async def test_a_server_that_never_answers_connect_times_out(make_client: MakeCl
         with pytest.raises(MqttError, match=r"no CONNACK from 127\.0\.0\.1:\d+ within 0\.3 s"):
             await client.wait_connected(0.01)
         await client.aclose()
+
+
+async def test_a_silent_broker_is_noticed_by_keepalive_and_left(make_client: MakeClient) -> None:
+    """A half-dead connection (CONNACK, then silence) ends after a missed PINGRESP."""
+    accepted = 0
+
+    async def connack_then_silence(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read(1024)  # CONNECT
+        w.write(b"\x20\x03\x00\x00\x00")  # v5 CONNACK: success, no properties
+        await w.drain()
+        while await reader.read(1024):  # PINGREQs go unanswered
+            pass
+        w.close()
+
+    server = await asyncio.start_server(connack_then_silence, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = await make_client(host="127.0.0.1", port=port, keepalive=1)
+        reasons: list[str] = []
+
+        async def on_disconnect(reason: str) -> None:
+            reasons.append(reason)
+
+        client.on_disconnect(on_disconnect)
+        await client.wait_connected(5)
+        await eventually(lambda: bool(reasons), timeout=6)
+        assert reasons[0] == "Keep alive timeout"
+        await eventually(lambda: accepted == 2)  # and it reconnects
+        await client.aclose()
+
+
+async def test_unread_incoming_messages_are_bounded_and_counted(
+    mqtt_broker: Mosquitto, make_client: MakeClient, base: str
+) -> None:
+    sub = await make_client(mqtt_broker, incoming_limit=2)
+    pub = await make_client(mqtt_broker)
+    await asyncio.gather(sub.wait_connected(5), pub.wait_connected(5))
+    await sub.subscribe(f"{base}/#")
+    for i in range(5):
+        await pub.publish(f"{base}/m", str(i))
+    await eventually(lambda: sub.incoming_dropped_count == 3)
+    assert [m.payload for m in await receive(sub.messages(), 2)] == [b"0", b"1"]
+
+
+async def test_unsubscribe_stops_delivery(
+    mqtt_broker: Mosquitto, make_client: MakeClient, base: str
+) -> None:
+    sub = await make_client(mqtt_broker)
+    pub = await make_client(mqtt_broker)
+    await asyncio.gather(sub.wait_connected(5), pub.wait_connected(5))
+    await sub.subscribe(f"{base}/a/#")
+    await sub.subscribe(f"{base}/b")
+    await sub.unsubscribe(f"{base}/a/#")
+    await pub.publish(f"{base}/a/x", b"unwanted")
+    await pub.publish(f"{base}/b", b"marker")
+    [msg] = await receive(sub.messages())
+    assert msg.payload == b"marker"

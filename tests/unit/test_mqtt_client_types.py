@@ -13,8 +13,11 @@ from lkbridge.bridges.mqtt.client import (
     WillMessage,
 )
 from lkbridge.bridges.mqtt.client_types import (
+    Hooks,
+    Inbox,
     Outbox,
     QueuedMessage,
+    backoff_delay,
     check_properties,
     check_topic,
 )
@@ -48,16 +51,25 @@ def test_outbox_counts_down_message_expiry_and_discards_expired() -> None:
     assert first is not None and first[0].payload == b"1" and first[1] == 58  # rounded up
     assert box.expired == 1
     assert [box.pop(now=1e9) for _ in range(2)] == [
-        (queued(2), None), (queued(3, expiry=0), None),
+        (queued(2), None),
+        (queued(3, expiry=0), None),
     ]
 
 
 @pytest.mark.parametrize(
     ("topic", "is_filter", "ok"),
     [
-        ("a/b", False, True), ("a/+/b", False, False), ("a/#", False, False), ("", False, False),
-        ("a/+/b", True, True), ("a/#", True, True), ("#", True, True), ("a/#/b", True, False),
-        ("a/b+", True, False), ("a\0b", False, False), ("x" * 70000, False, False),
+        ("a/b", False, True),
+        ("a/+/b", False, False),
+        ("a/#", False, False),
+        ("", False, False),
+        ("a/+/b", True, True),
+        ("a/#", True, True),
+        ("#", True, True),
+        ("a/#/b", True, False),
+        ("a/b+", True, False),
+        ("a\0b", False, False),
+        ("x" * 70000, False, False),
     ],
 )
 def test_topic_validation(topic: str, is_filter: bool, ok: bool) -> None:
@@ -118,3 +130,42 @@ def test_incoming_message_expiry() -> None:
     assert not msg.expired(now=14.9)
     assert msg.expired(now=15.0)
     assert not IncomingMessage("t", b"", 1, False, received_at=0.0).expired(now=1e9)
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    settings = MqttSettings(reconnect_min=0.5, reconnect_max=30.0)
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (1000, 30.0)]:
+        delays = {backoff_delay(attempt, settings) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jittered
+
+
+async def test_inbox_bounds_counts_and_ends_every_reader() -> None:
+    inbox = Inbox(limit=2)
+    assert [inbox.put(IncomingMessage(f"t/{i}", b"", 1, False)) for i in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert inbox.dropped == 1
+    inbox.close()
+    assert [m.topic async for m in inbox] == ["t/0", "t/1"]
+    assert [m.topic async for m in inbox] == []  # a second reader ends too
+
+
+async def test_hooks_run_in_order_and_survive_a_failing_one() -> None:
+    hooks: Hooks[int] = Hooks()
+    seen: list[str] = []
+
+    async def broken(n: int) -> None:
+        raise RuntimeError("boom")
+
+    async def good(n: int) -> None:
+        seen.append(f"good {n}")
+
+    hooks.add(broken)
+    remove = hooks.add(good)
+    await hooks.run(1)
+    remove()
+    await hooks.run(2)
+    assert seen == ["good 1"]

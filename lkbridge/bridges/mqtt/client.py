@@ -5,20 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -33,6 +24,8 @@ from lkbridge.bridges.mqtt.client_types import (
     ConnectHook,
     ConnectInfo,
     DisconnectHook,
+    Hooks,
+    Inbox,
     IncomingMessage,
     MqttError,
     MqttSettings,
@@ -43,9 +36,12 @@ from lkbridge.bridges.mqtt.client_types import (
     QueuedMessage,
     TlsSettings,
     WillMessage,
+    backoff_delay,
     check_properties,
     check_qos,
     check_topic,
+    os_reason,
+    tls_context,
 )
 
 __all__ = [
@@ -101,12 +97,6 @@ def _incoming(msg: paho.MQTTMessage) -> IncomingMessage:
     )
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 class MqttClient:
     """An MQTT connection that lives on the asyncio loop and reconnects forever.
 
@@ -136,9 +126,9 @@ class MqttClient:
         self._window = s.max_inflight
         self._subscriptions: dict[str, int] = {}
         self._sub_waiters: dict[int, tuple[list[str], asyncio.Future[list[ReasonCode]] | None]] = {}
-        self._incoming: asyncio.Queue[IncomingMessage | None] = asyncio.Queue()
-        self._connect_hooks: list[ConnectHook] = []
-        self._disconnect_hooks: list[DisconnectHook] = []
+        self._inbox = Inbox(s.incoming_limit)
+        self._connect_hooks: Hooks[ConnectInfo] = Hooks()
+        self._disconnect_hooks: Hooks[str] = Hooks()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._gen = 0  # bumped per connection attempt, so late callbacks of an old one are ignored
@@ -150,7 +140,6 @@ class MqttClient:
         self._disconnect_reason = ""
         self._last_warn: dict[str, float] = {}
         self.last_error: MqttError | None = None
-        self.incoming_dropped_count = 0  # received messages dropped because nobody read them
         self._paho = self._make_paho()
 
     def _make_paho(self) -> paho.Client:
@@ -169,14 +158,7 @@ class MqttClient:
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls is not None:
-            try:
-                ctx = ssl.create_default_context(cafile=s.tls.ca_file)
-                if s.tls.cert_file:
-                    ctx.load_cert_chain(s.tls.cert_file, s.tls.key_file)
-            except (OSError, ValueError) as exc:
-                raise MqttError(f"cannot load the MQTT TLS files: {_reason(exc)}") from exc
-            ctx.check_hostname = not s.tls.insecure
-            client.tls_set_context(ctx)
+            client.tls_set_context(tls_context(s.tls))
             client.tls_insecure_set(s.tls.insecure)
         if s.will is not None:
             client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
@@ -223,6 +205,11 @@ class MqttClient:
         return self._outbox.expired
 
     @property
+    def incoming_dropped_count(self) -> int:
+        """Received messages dropped because nobody read them in time (inbox full)."""
+        return self._inbox.dropped
+
+    @property
     def queued_count(self) -> int:
         """Messages waiting in the outbox (not counting sent-but-unacknowledged ones)."""
         return len(self._outbox)
@@ -239,13 +226,11 @@ class MqttClient:
 
     def on_connect(self, hook: ConnectHook) -> Callable[[], None]:
         """`await hook(info)` in a task after every (re)connect; returns a remover."""
-        self._connect_hooks.append(hook)
-        return lambda: self._connect_hooks.remove(hook)
+        return self._connect_hooks.add(hook)
 
     def on_disconnect(self, hook: DisconnectHook) -> Callable[[], None]:
         """`await hook(reason)` in a task after every lost connection; returns a remover."""
-        self._disconnect_hooks.append(hook)
-        return lambda: self._disconnect_hooks.remove(hook)
+        return self._disconnect_hooks.add(hook)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait for a connection; on timeout raise MqttError naming the last failure."""
@@ -326,9 +311,8 @@ class MqttClient:
 
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         """Received messages in arrival order, until the client closes (meant for one reader)."""
-        while (item := await self._incoming.get()) is not None:
-            yield item
-        self._incoming.put_nowait(None)  # so any other reader ends too
+        async for msg in self._inbox:
+            yield msg
 
     async def aclose(self, final: Iterable[OutgoingMessage] = (), timeout: float = 5.0) -> None:
         """Publish `final`, wait (at most `timeout`) for acknowledgements, DISCONNECT cleanly."""
@@ -360,7 +344,7 @@ class MqttClient:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._connected = False
-        self._incoming.put_nowait(None)
+        self._inbox.close()
         unsent = len(self._outbox) + len(self._unacked)
         log.info("mqtt_closed", host=self._settings.host, unsent=unsent)
 
@@ -372,7 +356,7 @@ class MqttClient:
             try:
                 await self._connect_once()
             except MqttError as exc:
-                self.last_error, delay = exc, self._backoff(attempt)
+                self.last_error, delay = exc, backoff_delay(attempt, self._settings)
                 attempt += 1
                 log.warning(
                     "mqtt_connect_failed",
@@ -388,14 +372,9 @@ class MqttClient:
             await asyncio.sleep(0)  # let the posted disconnect reason land first
             reason = self._disconnect_reason or "connection lost"
             log.warning("mqtt_disconnected", host=self._settings.host, reason=reason)
-            self._spawn(self._run_hooks(self._disconnect_hooks, reason), "mqtt-on-disconnect")
+            self._spawn(self._disconnect_hooks.run(reason), "mqtt-on-disconnect")
             attempt = 0 if time.monotonic() - started >= STABLE_AFTER else attempt + 1
-            await asyncio.sleep(self._backoff(attempt))
-
-    def _backoff(self, attempt: int) -> float:
-        s = self._settings
-        ceiling = min(s.reconnect_max, s.reconnect_min * 2.0 ** min(attempt, 30))
-        return ceiling * random.uniform(0.5, 1.0)  # "equal jitter": never zero, never in step
+            await asyncio.sleep(backoff_delay(attempt, self._settings))
 
     async def _connect_once(self) -> None:
         """Open the socket in a thread (DNS, TCP, TLS can block), then wait for CONNACK here.
@@ -419,7 +398,7 @@ class MqttClient:
                 sock.close()
             raise
         except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS, timeout
-            raise MqttError(f"cannot connect to {self._where}: {_reason(exc)}") from exc
+            raise MqttError(f"cannot connect to {self._where}: {os_reason(exc)}") from exc
         sock = self._paho.socket()
         if rc != paho.MQTT_ERR_SUCCESS or sock is None:
             raise MqttError(f"cannot connect to {self._where}: {paho.error_string(rc)}")
@@ -522,7 +501,7 @@ class MqttClient:
             queued=len(self._outbox) + len(self._unacked),
             dropped=dropped,
         )
-        self._spawn(self._run_hooks(self._connect_hooks, info), "mqtt-on-connect")
+        self._spawn(self._connect_hooks.run(info), "mqtt-on-connect")
 
     def _handle_disconnect(self, gen: int, from_broker: bool, rc: ReasonCode) -> None:
         if gen != self._gen or self._lost.is_set():
@@ -543,12 +522,8 @@ class MqttClient:
         self._lost.set()
 
     def _handle_message(self, msg: paho.MQTTMessage) -> None:
-        if self._incoming.qsize() >= self._settings.incoming_limit:
-            self.incoming_dropped_count += 1
-            dropped = self.incoming_dropped_count
-            self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=dropped)
-            return
-        self._incoming.put_nowait(_incoming(msg))
+        if not self._inbox.put(_incoming(msg)):
+            self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=self._inbox.dropped)
 
     def _handle_puback(self, mid: int, rc: ReasonCode) -> None:
         topic = self._unacked.pop(mid, None)
@@ -594,13 +569,6 @@ class MqttClient:
                 self._unacked[info.mid] = msg.topic  # paho sends it again after a reconnect
         if not self._outbox and not self._unacked:
             self._idle.set()
-
-    async def _run_hooks(self, hooks: Sequence[Callable[[Any], Awaitable[None]]], arg: Any) -> None:
-        for hook in list(hooks):
-            try:
-                await hook(arg)
-            except Exception:
-                log.exception("mqtt_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -1,15 +1,22 @@
-"""Paho-free parts of the MQTT client: settings, message types, errors, validation, the outbox."""
+"""Paho-free parts of the MQTT client: settings, messages, errors, validation, outbox, backoff."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
+import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
+
+import structlog
 
 from lkbridge.errors import LkbridgeError
+
+log = structlog.get_logger(__name__)
 
 Payload = bytes | bytearray | str
 
@@ -131,6 +138,26 @@ class ConnectInfo:
 
 ConnectHook = Callable[[ConnectInfo], Awaitable[None]]
 DisconnectHook = Callable[[str], Awaitable[None]]  # receives the reason in words
+T = TypeVar("T")
+
+
+class Hooks(Generic[T]):
+    """Async callbacks run one after the other; one that fails is logged, the rest still run."""
+
+    def __init__(self) -> None:
+        self._hooks: list[Callable[[T], Awaitable[None]]] = []
+
+    def add(self, hook: Callable[[T], Awaitable[None]]) -> Callable[[], None]:
+        """Register a hook; returns a function that removes it again."""
+        self._hooks.append(hook)
+        return lambda: self._hooks.remove(hook)
+
+    async def run(self, arg: T) -> None:
+        for hook in list(self._hooks):
+            try:
+                await hook(arg)
+            except Exception:
+                log.exception("mqtt_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
 
 
 def check_topic(topic: str, *, is_filter: bool) -> None:
@@ -240,3 +267,53 @@ class Outbox:
     def take_dropped_since_mark(self) -> int:
         count, self.dropped_since_mark = self.dropped_since_mark, 0
         return count
+
+
+class Inbox:
+    """Received messages waiting to be read, bounded: what does not fit is dropped and counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._queue: asyncio.Queue[IncomingMessage | None] = asyncio.Queue()
+
+    def put(self, msg: IncomingMessage) -> bool:
+        if self._queue.qsize() >= self.limit:
+            self.dropped += 1
+            return False
+        self._queue.put_nowait(msg)
+        return True
+
+    def close(self) -> None:
+        """End every reader once it has read what is queued."""
+        self._queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[IncomingMessage]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+        self._queue.put_nowait(None)  # so any other reader ends too
+
+
+def backoff_delay(attempt: int, settings: MqttSettings) -> float:
+    """Seconds before reconnect attempt `attempt` (0-based): doubling, capped, "equal jitter"."""
+    ceiling = min(settings.reconnect_max, settings.reconnect_min * 2.0 ** min(attempt, 30))
+    return ceiling * random.uniform(0.5, 1.0)  # never zero, and clients never retry in step
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """An SSL context verifying the broker (hostname check off when `insecure`)."""
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ValueError) as exc:
+        raise MqttError(f"cannot load the MQTT TLS files: {os_reason(exc)}") from exc
+    ctx.check_hostname = not tls.insecure
+    return ctx
+
+
+def os_reason(exc: BaseException) -> str:
+    """The plain-words part of an OS error ("Connection refused"), else the exception text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
