@@ -27,6 +27,17 @@ class TranscriptionPlugin:
         register("transcription", lambda ctx: TranscriptionStreamReceiver(), receiver=True)
 
 
+class MqttTransportPlugin:
+    """`mqtt`: sent messages published to an MQTT topic, message events received from one."""
+
+    @hookimpl
+    def register_transports(self, register: Any) -> None:
+        from lkbridge.transports.mqtt import MqttTransport
+
+        register("mqtt", MqttTransport.from_context, sender=True, receiver=True)
+
+
 chat = ChatPlugin()
 transcription = TranscriptionPlugin()
+mqtt_transport = MqttTransportPlugin()
 _unused: TransportContext | None = None
