@@ -193,6 +193,15 @@ async def test_bad_requests_still_echo_the_transaction(router: Router) -> None:
     assert response["transaction"] == "t2"
 
 
+async def test_too_large_requests_still_echo_their_transaction(router: Router) -> None:
+    big = body({"session": "kitchen", "text": "x" * 3000, "transaction": "t9"})
+    response = await router.handle("session/send", big)
+    assert response["transaction"] == "t9"
+    assert response["error"].startswith("payload too large")
+    huge = body({"session": "kitchen", "text": "x" * 20_000, "transaction": "t9"})
+    assert "transaction" not in await router.handle("session/send", huge)
+
+
 async def test_hub_errors_become_error_responses(router: Router, hub: FakeHub) -> None:
     hub.fail_with = HubError("lkbridge is shutting down")
     response = await router.handle("session/start", body({"session": "kitchen"}))

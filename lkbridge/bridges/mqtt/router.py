@@ -192,6 +192,23 @@ def _parse_message(index: int, raw: object) -> dict[str, Any]:
         raise BadPayload(f"{where}: {exc}") from None
 
 
+OVERSIZE_ECHO_FACTOR = 16
+"""A too-large request is still read for its transaction when under this many times the limit."""
+
+
+def _oversize_transaction(payload: bytes, max_payload_bytes: int) -> tuple[Any, bool]:
+    """The transaction of a request refused as too large, so the requester can match the error."""
+    if not max_payload_bytes < len(payload) <= max_payload_bytes * OVERSIZE_ECHO_FACTOR:
+        return None, False
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None, False
+    if isinstance(body, dict) and "transaction" in body:
+        return body["transaction"], True
+    return None, False
+
+
 def ok(data: Any, transaction: Any = None, *, has_transaction: bool = False) -> dict[str, Any]:
     """An ok response."""
     response: dict[str, Any] = {"status": "ok", "data": data}
@@ -257,7 +274,8 @@ class Router:
             # An empty payload is an empty request: fine for health_check, else "missing".
             body = decode_object(text) if text.strip() else {}
         except BadPayload as exc:
-            return Request(action, problem=str(exc))
+            tx, has_tx = _oversize_transaction(payload, self._max)
+            return Request(action, problem=str(exc), transaction=tx, has_transaction=has_tx)
         has_tx = "transaction" in body
         tx = body.get("transaction")
         if action not in self._handlers:
