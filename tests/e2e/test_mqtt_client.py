@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pwd
 import signal
@@ -24,6 +25,7 @@ from lkbridge.bridges.mqtt.client import (
     MqttError,
     MqttSettings,
     OutgoingMessage,
+    TlsSettings,
     WillMessage,
 )
 from lkbridge.devstack.mosquitto import Mosquitto, find_mosquitto
@@ -438,3 +440,96 @@ async def test_unsubscribe_stops_delivery(
     await pub.publish(f"{base}/b", b"marker")
     [msg] = await receive(sub.messages())
     assert msg.payload == b"marker"
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A Mosquitto TLS listener on 127.0.0.1 whose certificate names only IP 127.0.0.1."""
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto is not installed")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = functools.partial(subprocess.run, check=True, capture_output=True, cwd=tmp_path)
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=lkb-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]
+    )
+    run(["openssl", "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=x"])
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]
+    )
+    port = free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
+        f"keyfile {tmp_path / 'server.key'}\n"
+    )
+    log = (tmp_path / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_tcp("127.0.0.1", port, 10, proc, "mosquitto", tmp_path / "mosquitto.log")
+        yield port, tmp_path / "ca.pem"
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+async def test_tls_verifies_the_broker_and_carries_large_messages(
+    tls_broker: tuple[int, Path], make_client: MakeClient, base: str
+) -> None:
+    port, ca = tls_broker
+    tls = TlsSettings(ca_file=str(ca))
+    sub = await make_client(host="127.0.0.1", port=port, tls=tls)
+    pub = await make_client(host="127.0.0.1", port=port, tls=tls)
+    await asyncio.gather(sub.wait_connected(5), pub.wait_connected(5))
+    await sub.subscribe(f"{base}/#")
+    big = bytes(range(256)) * 1024  # 256 KiB: many TLS records per MQTT packet
+    await pub.publish(f"{base}/big", big)
+    for i in range(100):
+        pub.publish_nowait(f"{base}/small", str(i))
+    got = await receive(sub.messages(), 101)
+    assert got[0].payload == big
+    assert [m.payload for m in got[1:]] == [str(i).encode() for i in range(100)]
+
+    # "localhost" is not in the certificate: refused, unless the hostname check is off.
+    strict = await make_client(host="localhost", port=port, tls=tls)
+    await eventually(lambda: strict.last_error is not None)
+    assert "certificate verify failed" in str(strict.last_error)
+    lax = TlsSettings(ca_file=str(ca), insecure=True)
+    await (await make_client(host="localhost", port=port, tls=lax)).wait_connected(5)

@@ -97,6 +97,30 @@ def _incoming(msg: paho.MQTTMessage) -> IncomingMessage:
     )
 
 
+class _PahoClient(paho.Client):
+    """paho's client, with a TLS handshake that closes its socket when it fails (paho leaks it)."""
+
+    tls: ssl.SSLContext | None = None  # set whenever paho is told to use TLS
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        try:
+            if self.tls is None:
+                raise MqttError("TLS was requested without a TLS context")
+            ssl_sock = self.tls.wrap_socket(
+                tcp_sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+        except BaseException:
+            tcp_sock.close()
+            raise
+        try:
+            ssl_sock.settimeout(self.connect_timeout)
+            ssl_sock.do_handshake()  # checks the chain, and the hostname unless insecure
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
 class MqttClient:
     """An MQTT connection that lives on the asyncio loop and reconnects forever.
 
@@ -144,7 +168,7 @@ class MqttClient:
 
     def _make_paho(self) -> paho.Client:
         s = self._settings
-        client = paho.Client(
+        client = _PahoClient(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             reconnect_on_failure=False,
@@ -158,7 +182,8 @@ class MqttClient:
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls is not None:
-            client.tls_set_context(tls_context(s.tls))
+            client.tls = tls_context(s.tls)
+            client.tls_set_context(client.tls)
             client.tls_insecure_set(s.tls.insecure)
         if s.will is not None:
             client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
