@@ -278,7 +278,11 @@ class MqttTransport(ReceiverBase):
     async def _subscribe(self, topic_filter: str) -> None:
         try:
             service = await self._connection()
-            self._unsubscribe = await service.subscribe(topic_filter, self._on_payload)
+            unsubscribe = await service.subscribe(topic_filter, self._on_payload)
+            if self.closed:  # closed while the subscription was on its way
+                await unsubscribe()
+                return
+            self._unsubscribe = unsubscribe
         except TransportError:
             raise
         except Exception as exc:

@@ -307,3 +307,21 @@ def test_plugin_host_lists_mqtt_among_the_builtins() -> None:
     host = PluginHost()
     host.load_entry_points()
     assert host.plugins["mqtt"].registers == ["transport mqtt (sender+receiver)"]
+
+
+async def test_closing_while_the_subscription_is_on_its_way_leaves_no_subscription() -> None:
+    release = asyncio.Event()
+
+    class Slow(MemoryMqtt):
+        async def subscribe(self, topic_filter: str, handler: MessageHandler) -> Unsubscribe:
+            await release.wait()
+            return await super().subscribe(topic_filter, handler)
+
+    service = Slow()
+    transport = _transport(service, subscribe_topic="t")
+    consumer = asyncio.ensure_future(anext(transport.messages(), None))
+    await asyncio.sleep(0)
+    await transport.aclose()
+    release.set()
+    assert await asyncio.wait_for(consumer, 1) is None
+    assert service.unsubscribed == ["t"] and not service.handlers
