@@ -275,6 +275,18 @@ async def test_session_added_and_removed(
     assert {"event": "session_removed", "session": "garage"} in events(client)
 
 
+async def test_a_replaced_session_keeps_its_device(
+    bridge: MqttBridge, client: FakeClient, hub: FakeHub
+) -> None:
+    await client.connect()
+    client.clear()
+    replaced = {"session": "kitchen", "replaced": True}
+    hub.emit(HubEvent(HubEventKind.SESSION_REMOVED, "kitchen", replaced))
+    assert client.published == []
+    hub.change("kitchen", connection_state="connecting")
+    assert client.on("lkb/kitchen/connection_state")[0].payload == b"connecting"
+
+
 async def test_bridge_events_and_dropped_report(
     bridge: MqttBridge, client: FakeClient, hub: FakeHub
 ) -> None:

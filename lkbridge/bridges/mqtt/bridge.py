@@ -298,6 +298,10 @@ class MqttBridge:
             self.event("session_added", session=session_id)
             self._publish_info()
         elif kind is HubEventKind.SESSION_REMOVED:
+            if data and data.get("replaced"):
+                # Re-created with a changed config: keep its topics and HA device (no churn).
+                self._scalars.pop(session_id, None)
+                return
             self._remove_session(session_id)
             self.event("session_removed", session=session_id)
             self._publish_info()
