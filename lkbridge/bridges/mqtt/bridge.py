@@ -188,10 +188,12 @@ class MqttBridge:
     def _topic(self, session_id: str, leaf: SessionLeaf) -> str:
         return self._topics.session(session_id, leaf)
 
-    def _pub(self, topic: str, payload: bytes, *, retain: bool, **props: Any) -> None:
+    def _pub(
+        self, topic: str, payload: bytes, *, retain: bool, properties: dict[str, Any] | None = None
+    ) -> None:
         """Queue one QoS 1 publish; never waits and never raises (the hot path)."""
         try:
-            self._client.publish_nowait(topic, payload, 1, retain, props or None)
+            self._client.publish_nowait(topic, payload, 1, retain, properties)
         except MqttError as exc:
             if not self._stopping:
                 self._log.warning("mqtt_publish_refused", topic=topic, error=str(exc))
@@ -452,7 +454,7 @@ class MqttBridge:
             props: dict[str, Any] = {}
             if message.correlation_data is not None:
                 props["correlation_data"] = message.correlation_data
-            self._pub(message.response_topic, payload, retain=False, **props)
+            self._pub(message.response_topic, payload, retain=False, properties=props or None)
         if response.get("status") == "ok" and request.action == "config/reload":
             self._publish_info()
         if response.get("error") == EXPIRED:
