@@ -104,6 +104,8 @@ class LiveKitServer:
     http_port: int = 0
     rtc_port: int = 0
     binary: Path | None = None
+    # In its own session, a terminal's Ctrl-C does not reach it: its owner stops it in order.
+    new_session: bool = False
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -141,6 +143,7 @@ class LiveKitServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         log.close()
         self._wait_ready(timeout)

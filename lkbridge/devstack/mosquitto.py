@@ -25,6 +25,8 @@ class Mosquitto:
     host: str = "127.0.0.1"
     port: int = 0
     binary: str | None = None
+    # In its own session, a terminal's Ctrl-C does not reach it: its owner stops it in order.
+    new_session: bool = False
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -65,7 +67,8 @@ class Mosquitto:
         )
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         log.close()
         wait_for_tcp(self.host, self.port, timeout, self._proc, "mosquitto", self.log_path)
