@@ -475,3 +475,12 @@ async def test_homeassistant_birth_republishes_once(
     assert len(client.on("homeassistant/device/lkb_kitchen/config")) == 1
     assert len(client.on("lkb/bridge/info")) == 1
     assert client.on("lkb/kitchen/state")
+
+
+def test_the_bridge_is_registered_as_mqtt_through_the_plugin_hook() -> None:
+    from lkbridge.bridges.mqtt import plugin
+    from lkbridge.plugins import PluginHost
+
+    host = PluginHost()
+    assert host.register(plugin, "mqtt_bridge")
+    assert host.bridges["mqtt"].factory is MqttBridge
