@@ -1,4 +1,4 @@
-"""Session: one LiveKit room with an agent, its state, errors and message history (spec sections 2 to 5)."""
+"""Session: one LiveKit room with an agent, its state, errors and message history."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
-import structlog
 from livekit import rtc
 from livekit.rtc.room import EventTypes
 
@@ -19,7 +18,6 @@ from lkbridge.agent import (
     AgentLifecycle,
     derive_agent,
 )
-from lkbridge.errors import AgentUnavailableError, SessionClosedError
 from lkbridge.messages import SentMessage
 from lkbridge.session_events import (
     ConnectionState,
@@ -27,7 +25,7 @@ from lkbridge.session_events import (
     SessionErrorKind,
 )
 from lkbridge.session_options import SessionOptions, describe_connect_error, describe_failure
-from lkbridge.session_outbox import Gate, GateDecision, Outbox
+from lkbridge.session_outbox import GateDecision, Outbox, agent_gate
 from lkbridge.session_state import SessionState
 from lkbridge.session_transports import TransportSet
 from lkbridge.tokens import (
@@ -41,8 +39,6 @@ from lkbridge.tokens import (
 )
 from lkbridge.transports.base import MessageReceiver, MessageSender
 
-log = structlog.get_logger(__name__)
-
 _AGENT_EVENTS: tuple[EventTypes, ...] = (
     "participant_connected",
     "participant_disconnected",
@@ -55,6 +51,10 @@ _AGENT_EVENTS: tuple[EventTypes, ...] = (
     "track_subscribed",
     "track_unsubscribed",
 )
+
+
+AGENT_LEAVE_GRACE = 1.0
+"""Seconds before an agent that vanished without a known reason counts as having left."""
 
 
 def _is_agent_candidate(p: rtc.RemoteParticipant) -> bool:
@@ -107,6 +107,7 @@ class Session(SessionState):
         self._response: TokenSourceResponse | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._agent_timer: asyncio.Task[None] | None = None
+        self._leave_timer: asyncio.Task[None] | None = None
         self._timed_out_identity: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending = False
@@ -216,19 +217,13 @@ class Session(SessionState):
         return message
 
     def _gate(self, held: bool) -> GateDecision:
-        if self._closed:
-            return SessionClosedError("the session was closed before the message was sent")
-        if not self._options.hold_until_agent or self._agent.is_connected:
-            return Gate.OPEN
-        if self._connection_state is ConnectionState.DISCONNECTED:
-            if held:
-                return AgentUnavailableError("the session ended before the agent became active")
-            return Gate.OPEN  # not started: let the senders say so (TextMessageSender raises)
-        if self._agent.lifecycle is AgentLifecycle.FAILED and self._agent.failure is not None:
-            return AgentUnavailableError(
-                f"the agent is not available: {self._agent.failure.message}"
-            )
-        return Gate.WAIT
+        return agent_gate(
+            self._agent,
+            held=held,
+            hold=self._options.hold_until_agent,
+            disconnected=self._connection_state is ConnectionState.DISCONNECTED,
+            closed=self._closed,
+        )
 
     # ------------------------------------------------------------------ tasks
 
@@ -402,8 +397,13 @@ class Session(SessionState):
             if room is self._room:
                 self._update_agent()
 
+        def participant_left(participant: rtc.RemoteParticipant) -> None:
+            if room is self._room:
+                # A known reason (e.g. CLIENT_INITIATED) is a real departure: judge at once.
+                self._update_agent(judge_left=participant.disconnect_reason is not None)
+
         for event in _AGENT_EVENTS:
-            room.on(event, changed)
+            room.on(event, participant_left if event == "participant_disconnected" else changed)
         room.on("reconnecting", lambda: self._on_reconnecting(room))
         room.on("reconnected", lambda: self._on_reconnected(room))
         room.on("disconnected", lambda reason: self._on_disconnected(room, reason))
@@ -430,8 +430,13 @@ class Session(SessionState):
             self._invalidate_token()
             self._spawn(self._release_room(room), "release_room")
 
-    def _update_agent(self) -> None:
-        """Re-derive the agent from the room (spec §3.2, with the [PY] refinements)."""
+    def _update_agent(self, *, judge_left: bool = False) -> None:
+        """Re-derive the agent from the room (spec §3.2, with the [PY] refinements).
+
+        A full reconnect removes every remote participant a moment before the room reports
+        `reconnecting`, so an agent that vanishes without a known reason is judged as left
+        only after AGENT_LEAVE_GRACE seconds, and never while reconnecting.
+        """
         room = self._room
         if self._connection_state is ConnectionState.DISCONNECTED:
             self._set_agent(Agent.disconnected())
@@ -444,14 +449,24 @@ class Session(SessionState):
             (p for p in room.remote_participants.values() if _is_agent_candidate(p)), None
         )
         candidate = (participant.identity, participant.attributes) if participant else None
+        hold = self._connection_state is ConnectionState.RECONNECTING
+        if candidate is None and self._agent.is_connected and not hold and not judge_left:
+            hold = True
+            if self._leave_timer is None:
+                self._leave_timer = self._spawn(self._leave_grace(), "agent_leave_grace")
         self._set_agent(
             derive_agent(
                 self._agent,
                 candidate,
-                reconnecting=self._connection_state is ConnectionState.RECONNECTING,
+                reconnecting=hold,
                 timed_out_identity=self._timed_out_identity,
             )
         )
+
+    async def _leave_grace(self) -> None:
+        await asyncio.sleep(AGENT_LEAVE_GRACE)
+        self._leave_timer = None
+        self._update_agent(judge_left=True)
 
     async def _agent_timeout(self, timeout: float) -> None:
         await asyncio.sleep(timeout)
@@ -465,9 +480,10 @@ class Session(SessionState):
         self._set_agent(agent.failed(AgentFailure.TIMEOUT))
 
     def _cancel_agent_timer(self) -> None:
-        if self._agent_timer is not None:
-            self._agent_timer.cancel()
-            self._agent_timer = None
+        for timer in (self._agent_timer, self._leave_timer):
+            if timer is not None:
+                timer.cancel()
+        self._agent_timer = self._leave_timer = None
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from enum import Enum
 
 import structlog
 
+from lkbridge.agent import Agent, AgentLifecycle
 from lkbridge.errors import AgentUnavailableError, SendQueueFullError, SessionClosedError
 from lkbridge.messages import SentMessage
 
@@ -36,6 +37,27 @@ class _Entry:
     future: asyncio.Future[None]
     deadline: float
     held: bool = field(default=False)
+
+
+def agent_gate(
+    agent: Agent, *, held: bool, hold: bool, disconnected: bool, closed: bool
+) -> GateDecision:
+    """The session's rule: deliver to an active agent, hold while it may still come, else fail.
+
+    A session that was never started is not held for: its senders say what is wrong. Text that
+    was held fails once the session ends or the agent fails.
+    """
+    if closed:
+        return SessionClosedError("the session was closed before the message was sent")
+    if not hold or agent.is_connected:
+        return Gate.OPEN
+    if disconnected:
+        if held:
+            return AgentUnavailableError("the session ended before the agent became active")
+        return Gate.OPEN
+    if agent.lifecycle is AgentLifecycle.FAILED and agent.failure is not None:
+        return AgentUnavailableError(f"the agent is not available: {agent.failure.message}")
+    return Gate.WAIT
 
 
 def _fresh(error: BaseException) -> BaseException:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from livekit import rtc
 
 from lkbridge import (
     AgentFailure,
@@ -154,3 +155,47 @@ async def test_events_stream_reports_the_changes_in_order(
     await asyncio.wait_for(consumer, 5)  # the stream ends when the session closes
     assert seen[0] == "ConnectionStateChanged"
     assert "AgentChanged" in seen and seen.count("ConnectionStateChanged") == 3
+
+
+async def test_a_full_reconnect_never_marks_the_agent_as_left(
+    livekit_server: LiveKitServer, scripted_agent: Callable[..., Any]
+) -> None:
+    # The scripted agent would leave when it sees our old connection go (it ignores the
+    # disconnect reason, unlike the agents framework); keep it in the room for this test.
+    agent = await scripted_agent(close_on_disconnect=False)
+    async with Session.with_agent(agent.agent_name, token_source=minted(livekit_server)) as session:
+        recorder = Recorder(session)
+        await session.start()
+        await agent.wait_for_job(timeout=10)
+        await wait_until(lambda: session.agent.is_connected, 10, "an active agent")
+        assert session.room is not None
+        await session.room.simulate_scenario(rtc.SimulateScenarioKind.SIMULATE_FULL_RECONNECT)
+        await wait_until(lambda: "reconnecting" in recorder.states(), 10, "reconnecting")
+        await wait_until(
+            lambda: session.connection_state is ConnectionState.CONNECTED, 15, "reconnected"
+        )
+        await wait_until(lambda: session.agent.is_connected, 10, "the agent again")
+        assert recorder.states()[-2:] == ["reconnecting", "connected"]
+        await asyncio.sleep(1.5)  # past the leave grace
+        assert "failed" not in recorder.lifecycles() and session.agent.is_connected
+
+
+async def test_an_unexpected_disconnect_invalidates_the_cached_token(
+    livekit_server: LiveKitServer, scripted_agent: Callable[..., Any]
+) -> None:
+    agent = await scripted_agent()
+    source = CachingTokenSource(minted(livekit_server))
+    async with Session.with_agent(agent.agent_name, token_source=source) as session:
+        await session.start()
+        await agent.wait_for_job(timeout=10)
+        first_room = session.room_name
+        assert session.room is not None and source.cached_response() is not None
+        await session.room.simulate_scenario(rtc.SimulateScenarioKind.SIMULATE_SERVER_LEAVE)
+        await wait_until(
+            lambda: session.connection_state is ConnectionState.DISCONNECTED, 15, "disconnect"
+        )
+        assert session.agent.lifecycle is AgentLifecycle.DISCONNECTED
+        assert source.cached_response() is None
+        await session.start()
+        job = await agent.wait_for_job(timeout=10)
+        assert job.room_name == session.room_name != first_room

@@ -431,3 +431,28 @@ async def test_aclose_ends_event_streams() -> None:
     assert session.closed
     assert await session.send_text("after close") is None
     assert session.error is not None and "closed" in session.error.message
+
+
+def test_agent_gate_rules() -> None:
+    from lkbridge.agent import Agent, AgentFailure, AgentState
+    from lkbridge.session_outbox import agent_gate
+
+    active = Agent.connected("a", AgentState.LISTENING)
+    pending = Agent.connecting()
+    failed = pending.failed(AgentFailure.TIMEOUT)
+
+    def gate(agent: Agent, **kw: bool) -> GateDecision:
+        flags = {"held": False, "hold": True, "disconnected": False, "closed": False, **kw}
+        return agent_gate(agent, **flags)
+
+    assert gate(active) is Gate.OPEN
+    assert gate(pending) is Gate.WAIT
+    assert gate(Agent.connected("a", AgentState.INITIALIZING)) is Gate.WAIT
+    assert gate(pending, hold=False) is Gate.OPEN  # the reference SDKs' behaviour
+    assert gate(Agent.disconnected(), disconnected=True) is Gate.OPEN  # senders report it
+    ended = gate(pending, disconnected=True, held=True)
+    assert isinstance(ended, AgentUnavailableError) and "session ended" in str(ended)
+    unavailable = gate(failed)
+    assert isinstance(unavailable, AgentUnavailableError)
+    assert str(unavailable) == "the agent is not available: Agent did not connect"
+    assert isinstance(gate(active, closed=True), SessionClosedError)
