@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,7 +72,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(args.config)
         return await daemon.run()
 
-    return asyncio.run(main())
+    code = asyncio.run(main())
+    # Everything is persisted and MQTT is closed by now. The LiveKit native library can keep
+    # its threads waiting on a room whose connect was abandoned mid-way; exit without waiting.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from lkbridge.config import (
     load_config,
     load_overrides,
     session_from_table,
+    unknown_name_problems,
     write_overrides,
 )
 from lkbridge.config_models import Config, ConfigError, Overrides, SessionConfig, diff_configs
@@ -193,6 +194,9 @@ class Daemon:
                 cfg = session_from_table(session_id, table)
             except ConfigError as exc:
                 raise HubError("; ".join(str(p) for p in exc.problems)) from exc
+            problems = self._unknown_names(cfg)
+            if problems:
+                raise HubError("; ".join(problems))
             new_overrides = self.overrides.with_session(cfg)
             try:
                 write_overrides(self.overrides_path, new_overrides.sessions, new_overrides.removed)
@@ -204,6 +208,17 @@ class Daemon:
             self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
             self._launch(session_id)
             return self.snapshot(session_id)
+
+    def _unknown_names(self, cfg: SessionConfig) -> list[str]:
+        """Transport and token source names that no loaded plugin provides."""
+        host = self.plugins
+        problems = unknown_name_problems(
+            self.config.with_sessions([cfg]),
+            senders=[n for n, t in host.transports.items() if t.can_send],
+            receivers=[n for n, t in host.transports.items() if t.can_receive],
+            token_sources=list(host.token_sources),
+        )
+        return [str(p) for p in problems]
 
     async def remove_session(self, session_id: str) -> dict[str, Any]:
         self._check_accepting()
@@ -288,7 +303,7 @@ class Daemon:
 
     def _request_reload(self) -> None:
         async def reload() -> None:
-            systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            systemd.reloading()
             try:
                 await self.reload()
             except HubError as exc:
