@@ -93,6 +93,10 @@ class Hub(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def provide_service(self, name: str, service: Any) -> None:
+        """Offer a service to transports built after this call (`TransportContext.services`)."""
+        ...
+
     def report(self, event: str, **data: Any) -> None:
         """Let a bridge report a daemon-level event (it reaches every bridge as a BRIDGE event)."""
         ...
