@@ -94,7 +94,6 @@ class Session(SessionState):
             receivers,
             on_message=self._store,
             on_error=self._report_transport_error,
-            log=self._log,
         )
         self._outbox = Outbox(
             self._transports.send,

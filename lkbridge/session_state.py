@@ -32,13 +32,18 @@ class SessionState:
     """
 
     def __init__(self, *, name: str | None = None) -> None:
-        base = structlog.get_logger("lkbridge.session")
-        self._log: Any = base.bind(session=name) if name else base
+        self._name = name
         self._connection_state = ConnectionState.DISCONNECTED
         self._agent = Agent.disconnected()
         self._error: SessionError | None = None
         self._history = MessageHistory()
         self._hub = EventHub()
+
+    @property
+    def _log(self) -> Any:
+        # Bound per use, so a logging configuration made after construction still applies.
+        logger = structlog.get_logger("lkbridge.session")
+        return logger.bind(session=self._name) if self._name else logger
 
     def _state_changed(self) -> None:
         """Hook: called after the connection state or the agent changed."""

@@ -7,12 +7,15 @@ import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import structlog
 from livekit import rtc
 
 from lkbridge.messages import ReceivedMessage, SentMessage
 from lkbridge.transports.base import MessageReceiver, MessageSender, RoomBinding, RoomBound
 from lkbridge.transports.chat import TextMessageSender
 from lkbridge.transports.transcription import TranscriptionStreamReceiver
+
+log = structlog.get_logger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
@@ -32,7 +35,6 @@ class TransportSet:
         *,
         on_message: Callable[[ReceivedMessage], None],
         on_error: Callable[[BaseException], None],
-        log: Any,
     ) -> None:
         text_sender = TextMessageSender()
         self.senders: list[MessageSender] = list(senders) if senders is not None else [text_sender]
@@ -47,7 +49,6 @@ class TransportSet:
                 self.distinct.append(transport)
         self._on_message = on_message
         self._on_error = on_error
-        self._log = log
         self._pumps: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
         self._bound_room: rtc.Room | None = None
@@ -66,7 +67,7 @@ class TransportSet:
             async for message in iterator:
                 self._on_message(message)
         except Exception as exc:  # fatal for this receiver (Swift semantics)
-            self._log.error("receiver_failed", receiver=type(receiver).__name__, error=repr(exc))
+            log.error("receiver_failed", receiver=type(receiver).__name__, error=repr(exc))
             self._on_error(exc)
         finally:
             aclose = getattr(iterator, "aclose", None)
@@ -89,7 +90,7 @@ class TransportSet:
                     try:
                         await transport.bind(binding)
                     except Exception as exc:
-                        self._log.error(
+                        log.error(
                             "transport_bind_failed", transport=repr(transport), error=repr(exc)
                         )
                         self._on_error(exc)
@@ -105,7 +106,7 @@ class TransportSet:
                     try:
                         await transport.unbind()
                     except Exception as exc:
-                        self._log.error(
+                        log.error(
                             "transport_unbind_failed", transport=repr(transport), error=repr(exc)
                         )
             return True
@@ -118,6 +119,4 @@ class TransportSet:
                 try:
                     await transport.aclose()
                 except Exception as exc:
-                    self._log.error(
-                        "receiver_close_failed", transport=repr(transport), error=repr(exc)
-                    )
+                    log.error("receiver_close_failed", transport=repr(transport), error=repr(exc))
