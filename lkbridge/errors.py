@@ -1,6 +1,12 @@
-"""The exception hierarchy of lkbridge; foreign exceptions are wrapped into these at the edges."""
+"""The exception hierarchy of lkbridge, and helpers that keep secrets out of error messages."""
 
 from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_EXCERPT_CHARS = 160
 
 
 class LkbridgeError(Exception):
@@ -48,3 +54,22 @@ class SendQueueFullError(TransportError):
 
 class SessionClosedError(LkbridgeError):
     """The session was closed with aclose() and cannot be used any more."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, query or fragment (they may carry secrets)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "<invalid url>"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """A short single-line, printable, token-free prefix of a response body."""
+    cleaned = _JWT_LIKE.sub("<token>", text)
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in cleaned).split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"

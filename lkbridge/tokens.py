@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import structlog
 
-from lkbridge.errors import LkbridgeError, TokenSourceError
+from lkbridge.errors import LkbridgeError, TokenSourceError, excerpt, redact_url
 from lkbridge.jwt_claims import (
     DEFAULT_TOLERANCE,
     check_token_usable,
@@ -51,9 +51,6 @@ __all__ = [
 
 DEVELOPMENT_BASE_URL = "https://cloud-api.livekit.io"
 DEVELOPMENT_PATH = "/api/v2/sandbox/connection-details"
-
-_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_EXCERPT_CHARS = 160
 
 
 # --------------------------------------------------------------------------- options / response
@@ -178,28 +175,6 @@ class InvalidatingTokenSource(Protocol):
     """A source holding a cache that a session clears on end() and on unexpected disconnect."""
 
     def invalidate(self) -> None: ...
-
-
-# --------------------------------------------------------------------------- text helpers
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info, query or fragment (they may carry secrets)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
-    """A short single-line, printable, token-free prefix of a response body."""
-    cleaned = _JWT_LIKE.sub("<token>", text)
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in cleaned).split())
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 def _check_url(url: str, schemes: tuple[str, ...], what: str) -> str:

@@ -36,6 +36,8 @@ class TextMessageSender(ReceiverBase):
             await room.local_participant.send_text(message.text, topic=self.topic)
         except rtc.StreamError as exc:
             raise TransportError(f"sending on {self.topic} failed: {exc.description}") from exc
+        except Exception as exc:  # rtc raises bare Exceptions for a room torn down meanwhile
+            raise TransportError(f"sending on {self.topic} failed: {exc}") from exc
         log.debug("chat_message_sent", message_id=message.id, topic=self.topic)
         self._emit(message.as_received())
         await self.flush()
