@@ -60,6 +60,17 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _WS = ("ws", "wss", "http", "https")
 _HTTP = ("http", "https")
 _BAD_SESSION_ID = "session id must be 1 to 64 characters from a-z, 0-9, _ and -"
+RESERVED_SESSION_IDS: Final = frozenset({"bridge"})
+_RESERVED_SESSION_ID = "session id 'bridge' is reserved (it would collide with {base}/bridge/...)"
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why session_id cannot be used, or None."""
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        return _BAD_SESSION_ID
+    if session_id in RESERVED_SESSION_IDS:
+        return _RESERVED_SESSION_ID
+    return None
 _LEVELS: Final = ("debug", "info", "warning", "error")
 _FORMATS: Final = ("auto", "json", "console")
 
@@ -150,9 +161,10 @@ def _parse_sessions(root: TableReader, inline_ok: bool) -> dict[str, SessionConf
     table = root.section("sessions") or TableReader({}, "sessions", root.problems)
     for session_id in table.data:
         section = table.section(session_id)
-        valid_id = bool(SESSION_ID_PATTERN.fullmatch(session_id))
-        if not valid_id:
-            table.report(session_id, _BAD_SESSION_ID)
+        id_problem = session_id_problem(session_id)
+        valid_id = id_problem is None
+        if id_problem is not None:
+            table.report(session_id, id_problem)
         if section is not None:
             session = _parse_session(session_id, section, inline_ok)
             if session is not None and valid_id:
@@ -269,8 +281,9 @@ def session_from_table(
     """
     problems: list[Problem] = []
     path = join_path("sessions", session_id)
-    if not SESSION_ID_PATTERN.fullmatch(session_id):
-        problems.append(Problem(path, _BAD_SESSION_ID))
+    id_problem = session_id_problem(session_id)
+    if id_problem is not None:
+        problems.append(Problem(path, id_problem))
     if not isinstance(table, Mapping):
         problems.append(Problem(path, f"expected a table, got {type_name(table)}"))
         raise ConfigError(problems)

@@ -243,8 +243,10 @@ class Daemon:
             diff = diff_configs(self.config, new)
             old_ids = set(self.config.sessions)
             self.config = new
-            for sid in [*diff.removed, *diff.changed]:
-                await self._drop_runner(sid, forget_history=sid in diff.removed)
+            for sid in diff.removed:
+                await self._drop_runner(sid, forget_history=True)
+            for sid in diff.changed:
+                await self._drop_runner(sid, forget_history=False, replaced=True)
             for sid in [*diff.changed, *diff.added]:
                 self._add_runner(new.sessions[sid])
                 if sid not in old_ids:
@@ -286,15 +288,19 @@ class Daemon:
         if runner.cfg.autostart:
             runner.start()
 
-    async def _drop_runner(self, session_id: str, *, forget_history: bool) -> None:
+    async def _drop_runner(
+        self, session_id: str, *, forget_history: bool, replaced: bool = False
+    ) -> None:
+        """Close a session; `replaced` says a new one with the same id follows at once."""
         runner = self.runners.pop(session_id, None)
         self.broken.pop(session_id, None)
         if runner is not None:
             await runner.aclose()
         if forget_history:
             self.store.delete_session(session_id)
-        self._emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, {"session": session_id}))
-        log.info("session_removed", session=session_id)
+        data = {"session": session_id, "replaced": replaced}
+        self._emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, data))
+        log.info("session_removed", session=session_id, replaced=replaced)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -319,9 +325,6 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        for failure in self.plugins.failures():
-            self.report("plugin_failed", plugin=failure.name, distribution=failure.distribution,
-                        version=failure.version, error=failure.error)
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
             for name, spec in self.plugins.bridges.items():
@@ -332,6 +335,10 @@ class Daemon:
                     log.error("bridge_failed", bridge=name, plugin=spec.plugin, error=str(exc))
                     continue
                 log.info("bridge_started", bridge=name)
+            # Reported once bridges observe, so the failures reach MQTT too.
+            for failure in self.plugins.failures():
+                self.report("plugin_failed", plugin=failure.name, distribution=failure.distribution,
+                            version=failure.version, error=failure.error)
             for cfg in self.config.sessions.values():
                 self._add_runner(cfg)
             for sid in list(self.runners):

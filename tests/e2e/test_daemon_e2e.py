@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,7 +86,7 @@ async def test_send_reaches_the_agent_and_the_reply_streams_back_as_message_even
                    if m.json()["id"] == final.json()["id"]]
         assert len(updates) > 2, "the agent's text arrives as it grows"
         texts = [u["text"] for u in updates]
-        assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False)), texts
+        assert all(b.startswith(a) for a, b in itertools.pairwise(texts)), texts
         loopback = [m.json() for m in probe.seen("e2e1/kitchen/message") if m.json()["type"] == "user_input"]
         assert loopback and loopback[0]["text"] == "turn on the lights"
         assert loopback[0]["session"] == "kitchen"
@@ -196,5 +197,37 @@ async def test_bad_requests_each_get_a_clear_error_response(
         assert health["status"] == "ok"
         assert daemon.proc is not None and daemon.proc.poll() is None
         assert daemon.stop() == 0
+    finally:
+        probe.close()
+
+
+async def test_mqtt_transport_in_the_daemon_shares_the_bridge_connection(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """A session with the `mqtt` receiver merges MQTT-borne transcripts into its history."""
+    agent = await scripted_agent()
+    sessions = session_toml(
+        "porch", livekit_server, agent.agent_name,
+        receivers=["chat", "transcription", "mqtt"], senders=["chat", "mqtt"],
+    ) + (
+        "[sessions.porch.transports.mqtt]\n"
+        'subscribe_topic = "devices/doorbell/transcripts"\n'
+        'publish_topic = "devices/doorbell/outbound"\n'
+    )
+    config = daemon_config(tmp_path, mqtt_broker.port, sessions, base_topic="e2e5")
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, "e2e5/#", "devices/doorbell/#")
+    try:
+        daemon_factory(config)
+        await probe.wait_for("e2e5/porch/state", _state_is("connected", "listening"), timeout=20)
+        probe.publish("devices/doorbell/transcripts", {
+            "id": "doorbell-1", "timestamp": "2026-01-01T00:00:00Z", "type": "user_transcript",
+            "text": "someone rang", "final": True,
+        })
+        event = await probe.wait_for("e2e5/porch/message", lambda m: m.json()["id"] == "doorbell-1")
+        assert event.json()["text"] == "someone rang" and event.json()["session"] == "porch"
+        probe.publish("e2e5/porch/send", "who is it?")
+        outbound = await probe.wait_for("devices/doorbell/outbound")
+        assert outbound.json()["text"] == "who is it?"
     finally:
         probe.close()

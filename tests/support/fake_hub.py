@@ -29,6 +29,7 @@ class FakeHub:
         self.listeners: list[HubListener] = []
         self.sent_ids: set[str] = set()
         self.fail_with: Exception | None = None
+        self.services: dict[str, Any] = {}
 
     def _get(self, session_id: str) -> dict[str, Any]:
         if self.fail_with is not None:
@@ -129,6 +130,9 @@ class FakeHub:
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok"}
+
+    def provide_service(self, name: str, service: Any) -> None:
+        self.services[name] = service
 
     def report(self, event: str, **data: Any) -> None:
         self.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))

@@ -1179,3 +1179,16 @@ def test_effective_config_without_an_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     write_starter_config(path)
     assert load_effective_config(path, environ={"STATE_DIRECTORY": str(tmp_path)}).sessions
+
+
+def test_the_session_id_bridge_is_reserved() -> None:
+    from lkbridge.config import parse_config, session_from_table
+    from lkbridge.config_models import ConfigError
+
+    text = '[sessions.bridge.token]\nsource = "literal"\nserver_url = "ws://x"\nparticipant_token = "t"\n'
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert "sessions.bridge: session id 'bridge' is reserved" in str(err.value)
+    with pytest.raises(ConfigError, match="reserved"):
+        session_from_table("bridge", {"token": {"source": "literal", "server_url": "ws://x",
+                                                "participant_token": {"env": "X"}}})

@@ -40,6 +40,7 @@ from lkbridge.bridges.mqtt.router import (
     parse_command,
     parse_send,
 )
+from lkbridge.bridges.mqtt.service import SharedMqttService
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config_models import Config, MqttConfig
 from lkbridge.hub import Hub, HubError, HubEvent, HubEventKind
@@ -113,6 +114,7 @@ class MqttBridge:
         self._router = Router(hub, max_payload_bytes=config.mqtt.max_payload_bytes)
         self._client = client or MqttClient(client_settings(config.mqtt, topics))
         self._ha_birth_delay = ha_birth_delay
+        self._service = SharedMqttService(self._client, topics.base)
         self._tasks: set[asyncio.Task[None]] = set()
         self._lanes: dict[str, deque[Job]] = {}
         self._scalars: dict[str, tuple[Any, str]] = {}  # session -> (connection, agent state)
@@ -142,6 +144,7 @@ class MqttBridge:
             await self._client.aclose()
             raise
         self._unobserve = self._hub.observe(self._on_hub_event)
+        self._hub.provide_service("mqtt", self._service)
         self._spawn(self._receive(), "mqtt-bridge-receive")
         self._log.info("mqtt_bridge_started", homeassistant=self._ha)
         return self
@@ -334,6 +337,8 @@ class MqttBridge:
     async def _receive(self) -> None:
         async for message in self._client.messages():
             try:
+                if self._service.dispatch(message):
+                    continue
                 self._dispatch(message)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
