@@ -272,6 +272,8 @@ class Session(SessionState):
             if current is not None and current.cancelling():
                 raise
             # end() or aclose() cancelled the start: that is not an error of start()
+        except Exception as exc:  # a bug below must still not escape start()
+            self._fail(SessionErrorKind.CONNECTION, exc)
         finally:
             if self._start_task is task:
                 self._start_task = None

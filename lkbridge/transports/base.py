@@ -122,6 +122,11 @@ class ReceiverBase(RoomTransportBase):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def has_consumer(self) -> bool:
+        """True while someone iterates `messages()` (a session that uses this as a receiver)."""
+        return self._consumers > 0
+
     def _emit(self, message: ReceivedMessage) -> None:
         if not self._closed:
             self._queue.put_nowait(message)

@@ -39,5 +39,6 @@ class TextMessageSender(ReceiverBase):
         except Exception as exc:  # rtc raises bare Exceptions for a room torn down meanwhile
             raise TransportError(f"sending on {self.topic} failed: {exc}") from exc
         log.debug("chat_message_sent", message_id=message.id, topic=self.topic)
-        self._emit(message.as_received())
-        await self.flush()
+        if self.has_consumer:  # used as a sender only: nobody would ever read the loopback
+            self._emit(message.as_received())
+            await self.flush()

@@ -250,3 +250,19 @@ async def test_restored_history_is_sorted_and_later_updates_land_in_place(
         assert [m.id for m in session.messages] == ["SG_first", "SG_restored"]
         sent = await session.send_text("new")
         assert sent is not None and session.messages[-1].id == sent.id
+
+
+async def test_a_chat_sender_that_is_not_a_receiver_produces_no_loopback(
+    livekit_server: LiveKitServer, scripted_agent: Callable[..., Any]
+) -> None:
+    session, _, job = await _connected(
+        livekit_server,
+        scripted_agent,
+        senders=[TextMessageSender()],
+        receivers=[TranscriptionStreamReceiver()],
+    )
+    async with session:
+        assert await session.send_text("quiet") is not None
+        assert (await asyncio.wait_for(job.chat.get(), 10)).text == "quiet"
+        await wait_until(lambda: any(m.final for m in session.messages), 10, "the echo")
+        assert [m.type for m in session.messages] == [MessageType.AGENT_TRANSCRIPT]
