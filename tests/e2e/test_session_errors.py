@@ -165,3 +165,21 @@ async def test_token_endpoint_500_and_garbage_then_a_working_endpoint_with_an_ag
     assert token_endpoint["bodies"][-1] == {
         "room_config": {"agents": [{"agent_name": agent.agent_name}]}
     }
+
+
+async def test_a_receiver_that_cannot_bind_is_a_receiver_error_but_the_session_connects(
+    livekit_server: LiveKitServer,
+) -> None:
+    from lkbridge import TranscriptionStreamReceiver
+
+    twins = [TranscriptionStreamReceiver(), TranscriptionStreamReceiver()]
+    async with Session.from_configurable_token_source(
+        minted(livekit_server), receivers=twins
+    ) as session:
+        await session.start()
+        assert session.connection_state is ConnectionState.CONNECTED
+        assert session.error is not None and session.error.kind is SessionErrorKind.RECEIVER
+        assert session.error.message == (
+            "Message receiver failed: cannot receive lk.transcription: "
+            "text stream handler for topic 'lk.transcription' already set"
+        )

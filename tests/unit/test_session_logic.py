@@ -456,3 +456,20 @@ def test_agent_gate_rules() -> None:
     assert isinstance(unavailable, AgentUnavailableError)
     assert str(unavailable) == "the agent is not available: Agent did not connect"
     assert isinstance(gate(active, closed=True), SessionClosedError)
+
+
+def test_public_api_resolves_and_importing_lkbridge_stays_light() -> None:
+    import subprocess
+    import sys
+
+    import lkbridge
+
+    for name in lkbridge.__all__:
+        assert getattr(lkbridge, name) is not None, name
+    probe = (
+        "import sys, lkbridge; "
+        "heavy = [m for m in ('livekit', 'aiohttp', 'structlog', 'numpy') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
