@@ -59,6 +59,7 @@ class Daemon:
         self._accepting = True
         self._started_at = time.monotonic()
         self._lock = asyncio.Lock()
+        self.bridge_ready_timeout = 5.0
 
     # -- config ----------------------------------------------------------------------------
 
@@ -327,10 +328,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
+            bridges: list[Any] = []
             for name, spec in self.plugins.bridges.items():
                 try:
                     bridge = spec.factory(self, self.config)
                     await stack.enter_async_context(bridge)
+                    bridges.append(bridge)
                 except Exception as exc:
                     log.error("bridge_failed", bridge=name, plugin=spec.plugin, error=str(exc))
                     continue
@@ -341,13 +344,20 @@ class Daemon:
                             version=failure.version, error=failure.error)
             for cfg in self.config.sessions.values():
                 self._add_runner(cfg)
+            # READY once the bridges are up (bounded: a broker outage is a status, not a
+            # reason to hold back start-up) and the sessions are launched.
+            await asyncio.gather(*(self._wait_bridge(b) for b in bridges))
             for sid in list(self.runners):
                 self._launch(sid)
             count = len(self.runners)
-            systemd.ready(f"{count} session(s) launched")
+            systemd.ready(self._status_line(bridges))
             log.info("daemon_ready", sessions=count, broken=len(self.broken), version=__version__)
             watchdog = systemd.Watchdog()
             await stack.enter_async_context(watchdog)
+            status = asyncio.get_running_loop().create_task(
+                self._report_status(bridges), name="systemd-status"
+            )
+            stack.callback(status.cancel)
             await self._stop.wait()
             # Shutdown order: stop accepting commands, end sessions, then bridges go offline.
             systemd.stopping("stopping")
@@ -359,6 +369,30 @@ class Daemon:
             )
         log.info("daemon_stopped")
         return 0
+
+    async def _wait_bridge(self, bridge: Any) -> None:
+        wait = getattr(bridge, "wait_ready", None)
+        if wait is not None and not await wait(self.bridge_ready_timeout):
+            log.warning("bridge_not_ready", bridge=type(bridge).__name__,
+                        waited=self.bridge_ready_timeout)
+
+    def _status_line(self, bridges: list[Any]) -> str:
+        connected = sum(1 for r in self.runners.values() if r.session.is_connected)
+        parts = [f"{connected}/{len(self.runners)} session(s) connected"]
+        if self.broken:
+            parts.append(f"{len(self.broken)} broken")
+        parts.extend(b.status() for b in bridges if hasattr(b, "status"))
+        return "; ".join(parts)
+
+    async def _report_status(self, bridges: list[Any], interval: float = 5.0) -> None:
+        """Keep systemd's STATUS= current (sessions connected, broker reachable or not)."""
+        last = ""
+        while True:
+            line = self._status_line(bridges)
+            if line != last:
+                systemd.status(line)
+                last = line
+            await asyncio.sleep(interval)
 
     async def _close_runner(self, runner: SessionRunner) -> None:
         with contextlib.suppress(Exception):

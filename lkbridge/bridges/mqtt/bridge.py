@@ -315,6 +315,21 @@ class MqttBridge:
 
     # -- connection --------------------------------------------------------------------------
 
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (bounded) for the first connection; False if the broker is not reachable yet."""
+        try:
+            await self._client.wait_connected(timeout)
+        except Exception:
+            return False
+        return True
+
+    def status(self) -> str:
+        """One short line for systemd's STATUS=."""
+        if self._client.connected:
+            return "MQTT connected"
+        reason = self._client.last_error
+        return f"MQTT broker unreachable ({reason})" if reason else "MQTT connecting"
+
     async def _on_connect(self, info: ConnectInfo) -> None:
         self.publish_all()
         if info.dropped:
