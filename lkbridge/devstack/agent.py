@@ -19,6 +19,11 @@ CHAT_TOPIC = "lk.chat"
 TRANSCRIPTION_TOPIC = "lk.transcription"
 SESSION_TOPIC = "lk.agent.session"
 STATE_ATTRIBUTE = "lk.agent.state"
+CLOSING_REASONS = {
+    rtc.DisconnectReason.CLIENT_INITIATED,
+    rtc.DisconnectReason.ROOM_DELETED,
+    rtc.DisconnectReason.USER_REJECTED,
+}
 LINKABLE_KINDS = {
     rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
     rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
@@ -54,6 +59,7 @@ class AgentJob:
     linked_identity: str | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _reply_task: asyncio.Task[None] | None = None
+    _chat_readers: asyncio.Queue[tuple[rtc.TextStreamReader, str]] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
@@ -92,12 +98,25 @@ class AgentJob:
         self._maybe_link(participant)
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.identity == self.linked_identity and self.owner.close_on_disconnect:
-            # The agents framework closes its session when the linked user leaves, and leaves too.
+        if participant.identity != self.linked_identity or not self.owner.close_on_disconnect:
+            return
+        # The agents framework closes its session (and leaves) when the linked user leaves for
+        # good: client-initiated, room deleted or user rejected; not on other reasons.
+        reason = getattr(participant, "disconnect_reason", None)
+        if reason is None or reason in CLOSING_REASONS:
             self._spawn(self.leave(), f"agent-leave-{self.room_name}")
 
     def _on_chat_stream(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        self._spawn(self._read_chat(reader, sender), f"agent-chat-{self.room_name}")
+        # One reader at a time, in arrival order, so messages are seen in the order sent.
+        if self._chat_readers is None:
+            self._chat_readers = asyncio.Queue()
+            self._spawn(self._read_chats(self._chat_readers), f"agent-chat-{self.room_name}")
+        self._chat_readers.put_nowait((reader, sender))
+
+    async def _read_chats(self, readers: asyncio.Queue[tuple[rtc.TextStreamReader, str]]) -> None:
+        while True:
+            reader, sender = await readers.get()
+            await self._read_chat(reader, sender)
 
     async def _read_chat(self, reader: rtc.TextStreamReader, sender: str) -> None:
         try:
