@@ -1,0 +1,324 @@
+"""The MQTT-side clients and the terminal printer, against the embedded broker and a fake daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lkbridge.bridges.mqtt.client import MqttClient, MqttSettings
+from lkbridge.clients import (
+    BridgeClient,
+    ClientError,
+    Target,
+    load_target,
+    render_status,
+    send,
+    status,
+    topic_matches,
+)
+from lkbridge.config import load_config
+from lkbridge.console import TranscriptPrinter
+from lkbridge.demo.replies import HELP, demo_reply
+from lkbridge.demo.stack import SECRET_ENV, StackSettings, demo_config
+from lkbridge.devstack.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def event(msg_id: str, text: str, final: bool = False, kind: str = "agent_transcript") -> dict[str, Any]:
+    return {"id": msg_id, "type": kind, "text": text, "final": final, "session": "demo",
+            "timestamp": "2026-01-01T00:00:00.000+00:00"}
+
+
+@pytest.fixture(autouse=True)
+def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_printer_extends_the_growing_line_and_rewrites_a_replaced_one() -> None:
+    out = FakeTty()
+    printer = TranscriptPrinter(out, prompt=True)
+    printer.prompt()
+    printer.expect_own("hi")
+    printer.message(event("u1", "hi", True, "user_input"))  # our own loopback: not shown
+    printer.message(event("a1", "Hel"))
+    printer.message(event("a1", "Hello"))
+    printer.message(event("a1", "Hello there", final=True))
+    printer.message(event("u2", "from elsewhere", True, "user_input"))
+    printer.message(event("a2", "one"))
+    printer.message(event("a2", "two", final=True))  # replaced, not extended
+    assert out.getvalue() == (
+        "you: "  # the prompt, cleared when the answer starts
+        "\r\x1b[Kagent: Hello there\n"  # written as "Hel", "lo", " there"
+        "you: \r\x1b[Kyou: from elsewhere\n"  # sent by another client: shown
+        "you: \r\x1b[Kagent: one\r\x1b[Kagent: two\n"  # replaced text: the line is rewritten
+        "you: "
+    )
+
+
+def test_terminal_printer_writes_only_the_new_part_of_a_growing_answer() -> None:
+    out = FakeTty()
+    printer = TranscriptPrinter(out, tty=True)
+    for text in ("You", "You said", "You said: hi"):
+        printer.message(event("a1", text))
+    printer.message(event("a1", "You said: hi", final=True))
+    assert out.getvalue() == "agent: You said: hi\n"
+
+
+def test_terminal_labels_are_coloured_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR")
+    out = FakeTty()
+    TranscriptPrinter(out).message(event("a1", "hi", final=True))
+    assert out.getvalue() == "\x1b[36magent\x1b[0m: hi\n"
+
+
+def test_plain_printer_prints_final_lines_and_notes_cut_off_answers() -> None:
+    out = io.StringIO()
+    printer = TranscriptPrinter(out)
+    printer.message(event("a1", "partial"))
+    printer.message(event("a1", "partial answer"))
+    printer.message(event("u1", "stop", True, "user_input"))
+    printer.message(event("a2", "Okay", final=True))
+    printer.message(event("t1", "hello there", True, "user_transcript"))
+    assert out.getvalue().splitlines() == [
+        "agent: partial answer …(cut off)", "you: stop", "agent: Okay", "user: hello there",
+    ]
+
+
+def test_state_notes_only_on_changes() -> None:
+    out = io.StringIO()
+    printer = TranscriptPrinter(out)
+    connected = {"connection_state": "connected", "agent": {"lifecycle": "connected"}, "error": None}
+    printer.state(connected)
+    printer.state({**connected, "agent": {"lifecycle": "connected", "state": "thinking"}})
+    printer.state({"connection_state": "disconnected", "agent": None,
+                   "error": {"kind": "connection", "message": "server went away"}})
+    assert out.getvalue().splitlines() == [
+        "· session connected, agent connected",
+        "· session disconnected, agent absent; error: server went away",
+    ]
+
+
+@pytest.mark.parametrize(("topic_filter", "topic", "expected"), [
+    ("a/+/state", "a/x/state", True), ("a/#", "a/b/c", True), ("a/+", "a/b/c", False),
+    ("a/b", "a/b", True), ("a/+/state", "a/x/message", False),
+])
+def test_topic_matches(topic_filter: str, topic: str, expected: bool) -> None:
+    assert topic_matches(topic_filter, topic) is expected
+
+
+def test_load_target_reads_mqtt_settings_and_flags_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[mqtt]\nhost = "broker.lan"\nport = 1884\nbase_topic = "home/lk"\n'
+                      'client_id = "daemon-id"\nusername = "me"\npassword = { env = "PW" }\n'
+                      'protocol = "3.1.1"\n')
+    monkeypatch.setenv("PW", "s3cret-value")
+    target = load_target(str(config))
+    s = target.settings
+    assert (s.host, s.port, s.username, s.password, s.protocol) == (
+        "broker.lan", 1884, "me", "s3cret-value", "3.1.1")
+    assert target.base_topic == "home/lk" and target.topic("demo", "send") == "home/lk/demo/send"
+    assert s.client_id != "daemon-id" and s.client_id.startswith("lkbridge-cli-")
+    assert not s.persistent_session
+    other = load_target(str(config), host="127.0.0.1", port=1, base_topic="x")
+    assert (other.settings.host, other.settings.port, other.base_topic) == ("127.0.0.1", 1, "x")
+    with pytest.raises(ClientError, match="must not contain"):
+        load_target(str(config), base_topic="a/#")
+    monkeypatch.delenv("PW")
+    with pytest.raises(ClientError, match=r"mqtt\.password: environment variable PW is not set"):
+        load_target(str(config))
+
+
+def test_load_target_without_a_config_uses_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LKBRIDGE_CONFIG", str(tmp_path / "missing.toml"))
+    target = load_target(None)
+    assert (target.settings.host, target.settings.port, target.base_topic) == (
+        "127.0.0.1", 1883, "lkbridge")
+    with pytest.raises(ClientError, match="file does not exist"):
+        load_target(str(tmp_path / "missing.toml"))
+
+
+def test_render_status_table() -> None:
+    text = render_status({
+        "broker": "127.0.0.1:1883", "base_topic": "lkbridge",
+        "bridge": {"state": "online", "info": {"version": "0.1.0", "sessions": ["demo", "bad"]}},
+        "sessions": {
+            "demo": {"state": {"connection_state": "connected", "room": "r1",
+                               "agent": {"lifecycle": "connected", "state": "listening"}},
+                     "messages": 2, "last_message": event("a", "line one\nline two", True)},
+            "bad": {"state": {"connection_state": "disconnected", "agent": None,
+                              "error": {"kind": "config", "message": "no such plugin"}}},
+        },
+    })
+    lines = text.splitlines()
+    assert lines[0] == "lkbridge 0.1.0: online on 127.0.0.1:1883 (base topic 'lkbridge'), 2 session(s)"
+    assert lines[2].split() == ["SESSION", "CONNECTION", "AGENT", "ROOM", "MESSAGES", "LAST",
+                                "MESSAGE"]
+    assert lines[3].split() == ["demo", "connected", "listening", "r1", "2", "agent_transcript:",
+                                "line", "one", "line", "two"]
+    assert lines[4].split() == ["bad", "disconnected", "-", "-", "-", "-"]
+    assert "  bad: config error: no such plugin" in lines
+
+
+def test_demo_replies() -> None:
+    noon = datetime(2026, 1, 2, 12, 34, 56)
+    assert demo_reply("What time is it?", lambda: noon) == "It is 12:34:56 here."
+    assert demo_reply("what day is it", lambda: noon) == "Today is Friday, 02 January 2026."
+    assert demo_reply("help") == HELP
+    assert demo_reply("count one two three") == "That is 3 words and 13 characters."
+    assert demo_reply("reverse hello world") == "dlrow olleh"
+    assert demo_reply("repeat after me: lights on") == "lights on"
+    assert demo_reply("what is 6 * 7") == "6 * 7 = 42"
+    assert demo_reply("7 / 0") == "I cannot divide by zero."
+    assert demo_reply("hello").startswith("Hello! I am the lkbridge demo agent")
+    assert demo_reply("turn on   the lights") == "You said: turn on the lights"
+    assert demo_reply("sayonara") == "You said: sayonara"
+
+
+def test_demo_config_is_valid_and_references_the_secret(tmp_path: Path) -> None:
+    settings = StackSettings(tmp_path, base_topic="demo-x")
+    path = tmp_path / "config.toml"
+    path.write_text(demo_config(settings, 1999, "ws://127.0.0.1:7880", "devkey"))
+    config = load_config(path, environ={SECRET_ENV: "the-secret"}, resolve_secrets=True)
+    assert (config.mqtt.port, config.mqtt.base_topic) == (1999, "demo-x")
+    token = config.sessions["demo"].token
+    assert token.api_secret.reveal({SECRET_ENV: "the-secret"}) == "the-secret"  # type: ignore[union-attr]
+    assert "the-secret" not in path.read_text()
+    assert config.sessions["demo"].agent_name == "lkbridge-demo"
+
+
+async def test_reply_watcher_finds_the_answer_whichever_arrives_first() -> None:
+    from lkbridge.bridges.mqtt.client import IncomingMessage
+    from lkbridge.clients import ReplyWatcher
+
+    def msg(e: dict[str, Any]) -> IncomingMessage:
+        return IncomingMessage("lkb/demo/message", json.dumps(e).encode(), 1, False)
+
+    events = [event("old", "still going"), event("m1", "hi", True, "user_input"),
+              event("old", "still going, done", True), event("a1", "Hel"),
+              event("a1", "Hello", True)]
+    # The daemon's acknowledgement (with our message id) before the events, and after them.
+    early = ReplyWatcher("demo")
+    early.sent("m1")
+    for e in events:
+        early.on_message(msg(e))
+    late = ReplyWatcher("demo")
+    for e in events:
+        late.on_message(msg(e))
+    late.sent("m1")
+    assert early.answer.result() == late.answer.result() == "Hello"
+    other = ReplyWatcher("kitchen")
+    for e in events:
+        other.on_message(msg(e))
+    other.sent("m1")
+    assert not other.answer.done(), "another session's events are ignored"
+
+
+class FakeDaemon:
+    """Answers session/send and session/history like the daemon, and streams a reply."""
+
+    def __init__(self, port: int, base: str = "lkb") -> None:
+        self.base = base
+        self.client = MqttClient(MqttSettings(host="127.0.0.1", port=port, client_id="fake"))
+
+    async def run(self) -> None:
+        client = self.client
+        await client.subscribe(f"{self.base}/bridge/request/#")
+        await client.publish(f"{self.base}/bridge/state", '{"state":"online"}', retain=True)
+        await client.publish(f"{self.base}/bridge/info", json.dumps(
+            {"version": "9.9", "sessions": ["demo"]}), retain=True)
+        await client.publish(f"{self.base}/demo/state", json.dumps(
+            {"session": "demo", "connection_state": "connected", "room": "r",
+             "agent": {"lifecycle": "connected", "state": "listening"}}), retain=True)
+        async for msg in client.messages():
+            action = msg.topic.split("/bridge/request/", 1)[1]
+            body = json.loads(msg.payload)
+            tx = body.get("transaction")
+            answer: dict[str, Any]
+            if body.get("session") != "demo":
+                answer = {"status": "error", "error": f"unknown session {body.get('session')!r}"}
+            elif action == "session/send":
+                answer = {"status": "ok", "data": {"id": "m1", "text": body["text"],
+                                                   "duplicate": body.get("id") == "dup"}}
+                await self._reply(body["text"])
+            else:
+                answer = {"status": "ok", "data": {"session": "demo", "messages": [
+                    event("a0", "earlier answer", True)]}}
+            await client.publish(f"{self.base}/bridge/response/{action}",
+                                 json.dumps({**answer, "transaction": tx}))
+
+    async def _reply(self, text: str) -> None:
+        topic = f"{self.base}/demo/message"
+        await self.client.publish(topic, json.dumps(event("old", "an older answer, still going")))
+        await self.client.publish(topic, json.dumps(event("m1", text, True, "user_input")))
+        for part in ("You", "You said: ", f"You said: {text}"):
+            await self.client.publish(topic, json.dumps(event("a1", part)))
+        await self.client.publish(topic, json.dumps(event("old", "an older answer, done", True)))
+        await self.client.publish(topic, json.dumps(event("a1", f"You said: {text}", True)))
+
+
+@pytest.fixture
+async def daemon_target() -> AsyncIterator[Target]:
+    async with EmbeddedBroker() as broker:
+        fake = FakeDaemon(broker.port)
+        async with fake.client:
+            task = asyncio.create_task(fake.run())
+            await fake.client.wait_connected(5)
+            await asyncio.sleep(0.1)
+            try:
+                yield Target(MqttSettings(host="127.0.0.1", port=broker.port,
+                                          client_id="cli-test", persistent_session=False), "lkb")
+            finally:
+                task.cancel()
+
+
+async def test_send_prints_the_acknowledgement_or_waits_for_the_answer(daemon_target: Target) -> None:
+    out = io.StringIO()
+    assert await send(daemon_target, "demo", "hi", out=out) == 0
+    assert out.getvalue() == "sent to demo: message m1\n"
+    out = io.StringIO()
+    assert await send(daemon_target, "demo", "hi", wait=True, out=out) == 0
+    assert out.getvalue() == "You said: hi\n", "the answer that came after our message"
+    out = io.StringIO()
+    assert await send(daemon_target, "demo", "hi", send_id="dup", wait=True, out=out) == 0
+    assert "not sent again" in out.getvalue()
+    with pytest.raises(ClientError, match="unknown session 'nope'"):
+        await send(daemon_target, "nope", "hi")
+
+
+async def test_status_collects_retained_state_and_the_last_message(daemon_target: Target) -> None:
+    out = io.StringIO()
+    assert await status(daemon_target, as_json=True, out=out) == 0
+    data = json.loads(out.getvalue())
+    assert data["bridge"]["state"] == "online" and data["bridge"]["info"]["version"] == "9.9"
+    assert data["sessions"]["demo"]["state"]["room"] == "r"
+    assert data["sessions"]["demo"]["messages"] == 1
+    assert data["sessions"]["demo"]["last_message"]["text"] == "earlier answer"
+
+
+async def test_requests_without_a_daemon_say_so() -> None:
+    async with EmbeddedBroker() as broker:
+        target = Target(MqttSettings(host="127.0.0.1", port=broker.port, client_id="c",
+                                     persistent_session=False), "nobody-home")
+        async with BridgeClient(target) as client:
+            with pytest.raises(ClientError, match="no lkbridge daemon has published on"):
+                await client.request("health_check", {}, timeout=0.5)
+        out = io.StringIO()
+        assert await status(target, out=out) == 1
+        assert out.getvalue().startswith("lkbridge: not seen on 127.0.0.1:")
