@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from lkbridge import __version__
 
@@ -34,6 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list the plugins found and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", help="config file (for its [plugins] disable list)")
+
+    demo = sub.add_parser("demo", help="a complete local stack: LiveKit server, broker, agent, daemon")
+    demo.add_argument("--headless", action="store_true", help="no terminal input (for tests, CI)")
+    demo.add_argument("--port", type=int, default=0, help="MQTT broker port (default: a free one)")
+    demo.add_argument("--base-topic", default="lkbridge", help="MQTT base topic (lkbridge)")
+    demo.add_argument("--addr", default="127.0.0.1", help="LiveKit server address (127.0.0.1)")
+    demo.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                      help="auto: Mosquitto when installed, else the embedded broker")
+    demo.add_argument("--dir", help="keep config, state and logs here (default: a temporary dir)")
+
+    send = sub.add_parser("send", help="send text to a session through the running daemon")
+    send.add_argument("session")
+    send.add_argument("text")
+    send.add_argument("--id", help="idempotency key: a repeated id is not sent twice")
+    send.add_argument("--wait", action="store_true", help="print the agent's final answer")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds --wait waits (30)")
+    status = sub.add_parser("status", help="the daemon and its sessions, from MQTT")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    chat = sub.add_parser("chat", help="an interactive chat with a session through the daemon")
+    chat.add_argument("session")
+    for client in (send, status, chat):
+        client.add_argument("-c", "--config", help="its [mqtt] settings are used "
+                            "($LKBRIDGE_CONFIG, else /etc/lkbridge/config.toml if it exists)")
+        client.add_argument("--host", help="MQTT broker host (overrides the config)")
+        client.add_argument("--port", type=int, help="MQTT broker port (overrides the config)")
+        client.add_argument("--base-topic", help="MQTT base topic (overrides the config)")
     return parser
 
 
@@ -102,7 +129,57 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "init": cmd_init, "plugins": cmd_plugins}
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from lkbridge.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        headless=args.headless, addr=args.addr, mqtt_port=args.port, base_topic=args.base_topic,
+        broker=args.broker, directory=Path(args.dir) if args.dir else None,
+        log_level=args.log_level,
+    )
+    return asyncio.run(run_demo(options))
+
+
+def _client_command(args: argparse.Namespace, run: Any) -> int:
+    import asyncio
+
+    from lkbridge.clients import ClientError, load_target
+    from lkbridge.log import configure_logging
+
+    configure_logging(args.log_level or "error", "auto")
+    try:
+        target = load_target(args.config, host=args.host, port=args.port,
+                             base_topic=args.base_topic)
+        return int(asyncio.run(run(target)))
+    except ClientError as exc:
+        print(f"lkbridge {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from lkbridge.clients import send
+
+    return _client_command(args, lambda target: send(
+        target, args.session, args.text, send_id=args.id, wait=args.wait, timeout=args.timeout))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lkbridge.clients import status
+
+    return _client_command(args, lambda target: status(target, as_json=args.json))
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from lkbridge.console import chat
+
+    return _client_command(args, lambda target: chat(target, args.session))
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "init": cmd_init, "plugins": cmd_plugins,
+            "demo": cmd_demo, "send": cmd_send, "status": cmd_status, "chat": cmd_chat}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
