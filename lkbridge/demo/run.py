@@ -57,7 +57,7 @@ def instructions(stack: DemoStack, target: Target, interactive: bool) -> str:
     return "\n".join([
         "",
         f"Ready. Talk to the agent (session {session!r}) from another terminal:",
-        f'  {cmd} send -c {cfg} {session} "hello"            (--wait prints the answer)',
+        f'  {cmd} send -c {cfg} {session} "hello"    # --wait: also print the answer',
         f"  {cmd} chat -c {cfg} {session}",
         f"  {cmd} status -c {cfg}",
         f"  mosquitto_sub -h 127.0.0.1 -p {port} -t '{base}/#' -v",

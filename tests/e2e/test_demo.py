@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import pty
 import re
+import select
+import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +20,7 @@ import pytest
 from lkbridge.devstack.mosquitto import find_mosquitto
 from tests.support.demo_proc import (
     IN_CI,
+    TEST_ADDR,
     DemoProcess,
     lkbridge,
     processes_mentioning,
@@ -113,3 +122,58 @@ async def test_demo_fails_clearly_when_the_mqtt_port_is_taken(tmp_path: Path) ->
     finally:
         holder.close()
         await holder.wait_closed()
+
+
+def test_interactive_demo_in_a_terminal_answers_what_is_typed_and_stops_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    """As a newcomer runs it: a terminal, typing into the demo, then Ctrl-C from the keyboard.
+
+    The pseudo-terminal is the demo's controlling terminal, so ^C goes to its whole foreground
+    process group, as it would on a real terminal.
+    """
+    require_server_binary()
+    directory = tmp_path / "tty-demo"
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lkbridge", "demo", "--addr", TEST_ADDR, "--dir", str(directory)],
+        stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    os.close(slave)
+    seen = b""
+
+    def read_until(needle: bytes, timeout: float) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not shown; got:\n{seen.decode(errors='replace')}")
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"the demo ended early:\n{seen.decode(errors='replace')}")
+                seen += chunk
+
+    try:
+        read_until(b"Ctrl-D or Ctrl-C stops everything.", 120)
+        read_until(b"you: ", 10)
+        os.write(master, b"what is 6 * 7\n")
+        read_until(b"agent: 6 * 7 = 42\r\n", 20)
+        os.write(master, b"\x03")  # ^C: SIGINT to the terminal's foreground process group
+        read_until(b"stopped.", 40)
+        assert proc.wait(20) == 0
+        assert processes_mentioning(str(directory)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
