@@ -28,6 +28,7 @@ CONFIG_ENV = "LKBRIDGE_CONFIG"
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 RETAINED_GRACE = 1.0  # seconds to collect retained messages after subscribing
+DAEMON_GRACE = 2.0  # seconds a request waits when no daemon is online on the base topic
 
 
 class ClientError(LkbridgeError):
@@ -211,7 +212,7 @@ class BridgeClient:
             return f"the lkbridge daemon on {self.target.where} is offline"
         if state is None:
             return f"no lkbridge daemon has published on {self.target.where}"
-        return f"the lkbridge daemon on {self.target.where} did not answer"
+        return f"the lkbridge daemon on {self.target.where} did not answer in time"
 
     async def request(
         self, action: str, body: dict[str, Any], timeout: float = REQUEST_TIMEOUT
@@ -222,15 +223,20 @@ class BridgeClient:
             await self.subscribe(response_topic)
             self._response_filters.add(response_topic)
         transaction = f"cli-{secrets.token_hex(6)}"
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters[transaction] = waiter
         payload = json.dumps({**body, "transaction": transaction}, ensure_ascii=False)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await self._mqtt.publish(self.target.topic("bridge", "request", action), payload)
-            return await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise ClientError(f"no answer to {action} within {timeout:.0f} s: "
-                              f"{self.daemon_problem()}") from None
+            while not waiter.done():
+                waited = loop.time() - started
+                # No daemon online (its retained state says so, or there is none): say so soon.
+                if waited > timeout or (waited > DAEMON_GRACE and self.bridge_state != "online"):
+                    raise ClientError(f"no answer to {action}: {self.daemon_problem()}")
+                await asyncio.wait({waiter}, timeout=0.05)
+            return waiter.result()
         finally:
             self._waiters.pop(transaction, None)
 

@@ -20,13 +20,15 @@ MAX_PACKET = 16 * 1024 * 1024  # bytes of remaining length; more closes the conn
 MAX_WRITE_BUFFER = 8 * 1024 * 1024  # a subscriber this far behind is disconnected
 CONNECT_TIMEOUT = 10.0
 
-# v5 property ids by how their values are encoded.
-_BYTE_PROPS = frozenset({0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A})
-_U16_PROPS = frozenset({0x13, 0x21, 0x22, 0x23})
-_U32_PROPS = frozenset({0x02, 0x11, 0x18, 0x27})
-_VARINT_PROPS = frozenset({0x0B})
-_LENGTH_PROPS = frozenset({0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F})
-_PAIR_PROPS = frozenset({0x26})
+# v5 property ids by how their values are encoded: fixed sizes, a variable byte integer ("v"),
+# a length-prefixed string or binary ("s"), a string pair ("p").
+_PROP_KINDS: dict[int, int | str] = {
+    **dict.fromkeys((0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A), 1),
+    **dict.fromkeys((0x13, 0x21, 0x22, 0x23), 2),
+    **dict.fromkeys((0x02, 0x11, 0x18, 0x27), 4),
+    0x0B: "v", 0x26: "p",
+    **dict.fromkeys((0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F), "s"),
+}
 MESSAGE_EXPIRY = 0x02
 ASSIGNED_CLIENT_ID = 0x12
 SHARED_SUBS_AVAILABLE = 0x2A
@@ -91,21 +93,17 @@ class Reader:
         props: Props = []
         while self.pos < end:
             pid, start = self.varint(), self.pos
-            if pid in _BYTE_PROPS:
-                self.take(1)
-            elif pid in _U16_PROPS:
-                self.take(2)
-            elif pid in _U32_PROPS:
-                self.take(4)
-            elif pid in _VARINT_PROPS:
-                self.varint()
-            elif pid in _LENGTH_PROPS:
-                self.binary()
-            elif pid in _PAIR_PROPS:
-                self.binary()
-                self.binary()
-            else:
+            kind = _PROP_KINDS.get(pid)
+            if kind is None:
                 raise ProtocolError(f"unknown property id {pid:#x}")
+            if isinstance(kind, int):
+                self.take(kind)
+            elif kind == "v":
+                self.varint()
+            else:
+                self.binary()
+                if kind == "p":  # a user property: name and value
+                    self.binary()
             props.append((pid, self.data[start : self.pos]))
         if self.pos != end:
             raise ProtocolError("property length mismatch")

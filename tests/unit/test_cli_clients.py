@@ -318,7 +318,10 @@ async def test_requests_without_a_daemon_say_so() -> None:
                                      persistent_session=False), "nobody-home")
         async with BridgeClient(target) as client:
             with pytest.raises(ClientError, match="no lkbridge daemon has published on"):
-                await client.request("health_check", {}, timeout=0.5)
+                await client.request("health_check", {}, timeout=30)  # gives up after 2 s
+            with pytest.raises(ClientError, match="did not answer in time"):
+                client.latest["nobody-home/bridge/state"] = b'{"state":"online"}'
+                await client.request("health_check", {}, timeout=0.3)
         out = io.StringIO()
         assert await status(target, out=out) == 1
         assert out.getvalue().startswith("lkbridge: not seen on 127.0.0.1:")
