@@ -44,7 +44,7 @@ def command_name() -> str:
     if on_path and argv0 and Path(on_path).resolve() == Path(argv0).resolve():
         return "lkbridge"
     if Path(argv0).name == "lkbridge":
-        return shlex.quote(argv0)
+        return shlex.quote(str(Path(argv0).absolute()))  # e.g. make demo's .venv/bin/lkbridge
     return f"{shlex.quote(sys.executable)} -m lkbridge" if not on_path else "lkbridge"
 
 
@@ -109,17 +109,20 @@ async def _run(opts: DemoOptions, directory: Path, stop: asyncio.Event, out: Tex
             if not await stack.start(progress, stop):
                 return 0
             progress("config", str(stack.config_path))
+            # Input is read from a terminal only: with stdin at /dev/null or a pipe, the demo
+            # runs (headless) until it is stopped rather than ending at end of input.
+            interactive = not opts.headless and stdin.isatty()
             async with BridgeClient(load_target(str(stack.config_path))) as client:
-                printer = TranscriptPrinter(out, prompt=not opts.headless)
+                printer = TranscriptPrinter(out, prompt=interactive)
                 for topic_filter in listen(client, printer):
                     await client.subscribe(topic_filter)
                 ready = await first_done(wait_ready(client, stack, opts.ready_timeout), stop.wait())
                 if ready is None:
                     return 0
                 ready.result()  # raises what went wrong
-                print(instructions(stack, client.target, not opts.headless), file=out, flush=True)
+                print(instructions(stack, client.target, interactive), file=out, flush=True)
                 log.info("demo_ready", config=str(stack.config_path), mqtt_port=stack.mqtt_port)
-                if opts.headless:
+                if not interactive:
                     await first_done(stop.wait(), watch_daemon(stack))
                 else:
                     talk = converse(client, settings.session, printer, LineReader(stdin), stop)
