@@ -342,13 +342,15 @@ class Daemon:
             for failure in self.plugins.failures():
                 self.report("plugin_failed", plugin=failure.name, distribution=failure.distribution,
                             version=failure.version, error=failure.error)
+            # Sessions are built and launched before anything a bridge receives is carried
+            # out (a command queued by the broker arrives right after the bridge connects).
             for cfg in self.config.sessions.values():
                 self._add_runner(cfg)
-            # READY once the bridges are up (bounded: a broker outage is a status, not a
-            # reason to hold back start-up) and the sessions are launched.
-            await asyncio.gather(*(self._wait_bridge(b) for b in bridges))
             for sid in list(self.runners):
                 self._launch(sid)
+            # READY once the bridges are up too (bounded: a broker outage is a status, not a
+            # reason to hold back start-up).
+            await asyncio.gather(*(self._wait_bridge(b) for b in bridges))
             count = len(self.runners)
             systemd.ready(self._status_line(bridges))
             log.info("daemon_ready", sessions=count, broken=len(self.broken), version=__version__)

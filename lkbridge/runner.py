@@ -70,6 +70,7 @@ class SessionRunner:
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._inflight_sends: set[str] = set()
+        self._state_waiters: list[asyncio.Event] = []
         self._log = log.bind(session=cfg.id)
         session.add_listener(self._on_event)
 
@@ -81,6 +82,9 @@ class SessionRunner:
 
     def _on_event(self, event: SessionEvent) -> None:
         self._wake.set()
+        if isinstance(event, ConnectionStateChanged):
+            for waiter in self._state_waiters:
+                waiter.set()
         if isinstance(event, MessageReceived):
             # Persist first: a message is on disk before anyone is told about it.
             self.store.upsert(self.id, event.message)
@@ -184,7 +188,27 @@ class SessionRunner:
 
     # -- commands --------------------------------------------------------------------------
 
+    async def _wait_until_not_disconnected(self, timeout: float) -> None:
+        """While the session is wanted but (re)starting, wait (bounded) for it to connect, so
+        text sent during a restart is held for the agent instead of failing at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.wanted and self.session.connection_state == ConnectionState.DISCONNECTED:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            changed = asyncio.Event()
+            self._state_waiters.append(changed)
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                return
+            finally:
+                if changed in self._state_waiters:
+                    self._state_waiters.remove(changed)
+
     async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+        await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
         if send_id is not None:
             if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
                 return {"id": send_id, "duplicate": True}

@@ -231,3 +231,33 @@ async def test_mqtt_transport_in_the_daemon_shares_the_bridge_connection(
         assert outbound.json()["text"] == "who is it?"
     finally:
         probe.close()
+
+
+async def test_text_sent_while_a_session_restarts_is_held_and_delivered(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """The agent leaves; while the daemon restarts the session in a fresh room, a send waits."""
+    agent = await scripted_agent()
+    config = daemon_config(tmp_path, mqtt_broker.port,
+                           session_toml("attic", livekit_server, agent.agent_name), base_topic="e2e6")
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, "e2e6/#")
+    try:
+        daemon_factory(config)
+        await probe.wait_for("e2e6/attic/state", _state_is("connected", "listening"), timeout=20)
+        first = agent.jobs[0]
+        mark = probe.mark()
+        await first.leave()
+        # The session sees the agent leave and schedules a restart (state carries retry_in).
+        await probe.wait_for("e2e6/attic/state", lambda m: "retry_in" in m.json(), after=mark,
+                             timeout=20)
+        probe.publish("e2e6/attic/send", "are you back?")
+        second = await agent.wait_for_job(20)
+        second = await agent.wait_for_job(20) if second is first else second
+        chat = await asyncio.wait_for(second.chat.get(), 30)
+        assert chat.text == "are you back?"
+        assert second.room_name != first.room_name, "restarted in a fresh room"
+        failures = [m for m in probe.seen("e2e6/bridge/event") if "send_failed" in m.text]
+        assert not failures, failures
+    finally:
+        probe.close()
