@@ -71,12 +71,11 @@ def ensure_binary(version: str = LIVEKIT_SERVER_VERSION, *, build: bool = True) 
     return path
 
 
-def server_config(addr: str, http_port: int, rtc_port: int, keys: dict[str, str]) -> dict[str, object]:
+def server_config(addr: str, http_port: int, rtc_port: int) -> dict[str, object]:
     """A config that listens and advertises only on addr and never uses public STUN."""
     return {
         "port": http_port,
         "bind_addresses": [addr],
-        "keys": keys,
         "logging": {"level": "info", "json": False},
         "rtc": {
             "tcp_port": rtc_port,
@@ -135,14 +134,17 @@ class LiveKitServer:
             self.rtc_port = free_tcp_udp_port(self.addr)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.log_dir / "livekit-server.yaml"
-        config = server_config(self.addr, self.http_port, self.rtc_port, {self.api_key: self.api_secret})
+        config = server_config(self.addr, self.http_port, self.rtc_port)
         cfg_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+        # The key pair goes in through the environment, never into a file on disk.
+        env = {**os.environ, "LIVEKIT_KEYS": f"{self.api_key}: {self.api_secret}"}
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [str(binary), "--config", str(cfg_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=self.new_session,
         )
         log.close()
