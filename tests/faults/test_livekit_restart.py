@@ -1,0 +1,137 @@
+"""The LiveKit server is killed and comes back: sessions restart in fresh rooms, history intact."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lkbridge.devstack.agent import ScriptedAgent
+from lkbridge.devstack.livekit_server import LiveKitServer
+from lkbridge.devstack.mosquitto import Mosquitto
+from tests.faults.helpers import (
+    duplicates,
+    message_events,
+    request,
+    state_is,
+    tally,
+)
+from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
+from tests.support.mqtt_probe import MqttProbe
+
+pytestmark = pytest.mark.e2e
+
+SESSIONS = ("alpha", "beta")
+
+
+def is_subsequence(wanted: list[str], seen: list[str]) -> bool:
+    it = iter(seen)
+    return all(any(step == s for s in it) for step in wanted)
+
+
+async def converse(probe: MqttProbe, base: str, session: str, text: str) -> None:
+    """Send text and wait for the agent's final answer to it."""
+    mark = probe.mark()
+    probe.publish(f"{base}/{session}/send", text)
+    await probe.wait_for(
+        f"{base}/{session}/message",
+        lambda m: m.json()["type"] == "agent_transcript" and m.json()["final"]
+        and m.json()["text"] == f"You said: {text}",
+        after=mark, timeout=20,
+    )
+
+
+async def start_agent(server: LiveKitServer, agent_name: str) -> ScriptedAgent:
+    agent = ScriptedAgent(server.url, server.api_key, server.api_secret, agent_name, chunk_size=4)
+    await agent.start()
+    return agent
+
+
+async def test_livekit_server_killed_and_restarted(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto, log_dir: Path,
+    daemons: object,
+) -> None:
+    # A server of this test's own (the shared one must stay up), restarted on the same ports.
+    server = LiveKitServer(
+        addr=livekit_server.addr, log_dir=log_dir / f"livekit-fault-{uuid.uuid4().hex[:6]}",
+        binary=livekit_server.binary,
+    )
+    server.start()
+    base = f"fault-lk-{uuid.uuid4().hex[:6]}"
+    agent_name = f"agent-{uuid.uuid4().hex[:8]}"
+    agents = [await start_agent(server, agent_name)]
+    tables = "".join(session_toml(sid, server, agent_name) for sid in SESSIONS)
+    config = daemon_config(tmp_path, mqtt_broker.port, tables, base_topic=base)
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
+    try:
+        daemon: DaemonProcess = daemons(config, server=server)  # type: ignore[operator]
+        rooms_before: dict[str, str] = {}
+        agents_before: dict[str, str] = {}
+        for sid in SESSIONS:
+            up = await probe.wait_for(
+                f"{base}/{sid}/state", state_is("connected", "listening"), timeout=20
+            )
+            rooms_before[sid] = up.json()["room"]
+            agents_before[sid] = up.json()["agent"]["identity"]
+            await converse(probe, base, sid, f"before the crash, {sid}")
+        history_before = {
+            sid: (await request(probe, base, "session/history", {"session": sid}))["data"]["messages"]
+            for sid in SESSIONS
+        }
+
+        mark = probe.mark()
+        killed_at = time.monotonic()
+        server.kill()
+        for sid in SESSIONS:
+            await probe.wait_for(
+                f"{base}/{sid}/connection_state", lambda m: m.text == "disconnected",
+                after=mark, timeout=60,
+            )
+        down_for = time.monotonic() - killed_at
+        await asyncio.to_thread(server.start)
+        # The old worker's connection died with the server: a fresh worker registers again.
+        agents.append(await start_agent(server, agent_name))
+
+        for sid in SESSIONS:
+            up = await probe.wait_for(
+                f"{base}/{sid}/state", state_is("connected", "listening"), after=mark, timeout=60
+            )
+            assert up.json()["room"] != rooms_before[sid], "restarted in a fresh room"
+            assert up.json()["agent"]["identity"] != agents_before[sid], "with a fresh agent"
+            assert up.json()["restarts"] >= 1
+            steps = [m.text for m in probe.messages[mark:]
+                     if m.topic == f"{base}/{sid}/connection_state"]
+            wanted = ["reconnecting", "disconnected", "connecting", "connected"]
+            assert is_subsequence(wanted, steps), steps
+            states = [m.json() for m in probe.messages[mark:]
+                      if m.topic == f"{base}/{sid}/state" and m.payload]
+            assert any("retry_in" in s for s in states), "the pending restart is on the state topic"
+
+            history = (await request(probe, base, "session/history", {"session": sid}))["data"]
+            ids = [m["id"] for m in history["messages"]]
+            assert not duplicates(ids)
+            assert history["messages"][: len(history_before[sid])] == history_before[sid]
+            await converse(probe, base, sid, f"after the restart, {sid}")
+        published = {e["id"] for sid in SESSIONS for e in message_events(probe, base, sid)}
+        stored = set()
+        for sid in SESSIONS:
+            reply = await request(probe, base, "session/history", {"session": sid})
+            stored |= {m["id"] for m in reply["data"]["messages"]}
+        assert published <= stored
+        assert daemon.proc is not None and daemon.proc.poll() is None
+
+        line = tally("LiveKit server killed and restarted")
+        line.injected += 1
+        line.survived += 1
+        line.notes.append(
+            f"{len(SESSIONS)} sessions: disconnected {down_for:.1f} s after the kill, restarted"
+            f" in fresh rooms with a fresh agent; {len(published)} messages, none lost"
+        )
+    finally:
+        probe.close()
+        for agent in agents:
+            await agent.aclose()
+        server.stop()
