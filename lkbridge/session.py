@@ -100,6 +100,7 @@ class Session(SessionState):
             self._gate,
             limit=self._options.send_queue_limit,
             hold_time=self._options.agent_connect_timeout,
+            send_timeout=self._options.send_timeout,
         )
 
         self._room: rtc.Room | None = None

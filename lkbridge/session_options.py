@@ -26,6 +26,10 @@ class SessionOptions:
     as the reference SDKs do (text sent before the agent listens is then lost)."""
     send_queue_limit: int = 32
     """How many messages may wait in the outbox; one more fails at once with a sender error."""
+    send_timeout: float = 10.0
+    """Upper bound in seconds for the senders to deliver one message once it is due; a sender
+    that takes longer is cancelled and the message fails with a sender error, so a stuck
+    transport never wedges the messages behind it."""
     connect_timeout: float = 30.0
     """Upper bound in seconds for `room.connect()` (rtc retries internally)."""
     room_options: Callable[[], rtc.RoomOptions] | None = None
@@ -38,6 +42,8 @@ class SessionOptions:
             raise ValueError("agent_connect_timeout: must be positive")
         if not self.connect_timeout > 0:
             raise ValueError("connect_timeout: must be positive")
+        if not self.send_timeout > 0:
+            raise ValueError("send_timeout: must be positive")
         if self.send_queue_limit < 1:
             raise ValueError("send_queue_limit: must be at least 1")
 

@@ -12,7 +12,12 @@ from enum import Enum
 import structlog
 
 from lkbridge.agent import Agent, AgentLifecycle
-from lkbridge.errors import AgentUnavailableError, SendQueueFullError, SessionClosedError
+from lkbridge.errors import (
+    AgentUnavailableError,
+    SendQueueFullError,
+    SessionClosedError,
+    TransportError,
+)
 from lkbridge.messages import SentMessage
 
 log = structlog.get_logger(__name__)
@@ -74,7 +79,9 @@ class Outbox:
     `gate(held)` is asked before each delivery (`held` says whether that message already had to
     wait). A held message fails with AgentUnavailableError when its hold time runs out; when the
     queue already holds `limit` messages, `submit()` fails at once with SendQueueFullError.
-    Call `notify()` whenever something the gate looks at has changed.
+    A delivery that takes longer than `send_timeout` seconds is cancelled and fails with
+    TransportError (None: no bound). Call `notify()` whenever something the gate looks at has
+    changed.
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class Outbox:
         *,
         limit: int,
         hold_time: float,
+        send_timeout: float | None = None,
         name: str = "lkbridge.session.outbox",
     ) -> None:
         if limit < 1:
@@ -92,6 +100,7 @@ class Outbox:
         self._gate = gate
         self._limit = limit
         self.hold_time = hold_time
+        self.send_timeout = send_timeout
         self._name = name
         self._entries: deque[_Entry] = deque()
         self._changed = asyncio.Event()
@@ -160,10 +169,17 @@ class Outbox:
             decision = self._gate(entry.held)
             if decision is Gate.OPEN:
                 error: BaseException | None = None
+                bound = asyncio.timeout(self.send_timeout)
                 try:
-                    await self._deliver(entry.message)
+                    async with bound:
+                        await self._deliver(entry.message)
                 except Exception as exc:
                     error = exc
+                    if isinstance(exc, TimeoutError) and bound.expired():
+                        error = TransportError(
+                            f"the message was not sent within {self.send_timeout:g} s"
+                            " (a sender did not finish; it was cancelled)"
+                        )
                 if self._entries and self._entries[0] is entry:
                     self._entries.popleft()
                 self._settle(entry, error)
