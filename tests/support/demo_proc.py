@@ -42,6 +42,19 @@ def lkbridge(*args: str, stdin: str | None = None, timeout: float = 60.0,
     )
 
 
+def server_secret(directory: Path) -> str:
+    """The demo's LiveKit API secret, read from the running server's environment (LIVEKIT_KEYS)."""
+    for line in processes_mentioning(str(directory)):
+        pid, cmdline = line.split(": ", 1)
+        if "livekit-server" not in cmdline:
+            continue
+        environ = (Path("/proc") / pid / "environ").read_bytes().split(b"\0")
+        for item in environ:
+            if item.startswith(b"LIVEKIT_KEYS="):
+                return item.split(b": ", 1)[1].decode()
+    raise AssertionError(f"no running livekit-server for {directory}")
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes that mention text (the demo's directory)."""
     found = []
