@@ -223,6 +223,8 @@ class TranscriptionStreamReceiver(ReceiverBase):
                 if exc.description == ROOM_DISCONNECT_ERROR or room_gone:
                     return
                 log.warning("transcription_stream_aborted", sender=sender, reason=exc.description)
+                # The kept text (now final) reaches the history before the error is shown.
+                await self.flush()
                 if binding is not None:
                     binding.report_error(
                         TransportError(
