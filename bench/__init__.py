@@ -1,0 +1,1 @@
+"""Benchmarks: lkbridge side by side with a bare-SDK baseline (`make bench`, docs/benchmarks.md)."""
