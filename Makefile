@@ -2,6 +2,7 @@
 # `make test` runs every test. Both set up what they need on a fresh machine.
 VENV ?= .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: demo test lint bootstrap bench clean
 
@@ -18,8 +19,11 @@ lint: bootstrap
 test: bootstrap lint
 	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# `make bench BENCH_ARGS=--quick` for a short smoke run; docs/benchmarks.md explains the figures.
 bench: bootstrap
-	scripts/netns-run $(VENV)/bin/python -m bench
+	@$(VENV)/bin/python -c "import matplotlib, pyinstrument" 2>/dev/null \
+		|| $(VENV)/bin/python -m pip install -q --only-binary=livekit -e ".[bench]"
+	scripts/netns-run $(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache
