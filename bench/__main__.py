@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -181,6 +182,11 @@ async def main(args: argparse.Namespace) -> int:
         say("bench: LKB_TEST_ADDR is not set; run it as `make bench` or through scripts/netns-run")
         return 2
     configure_logging("warning", "console")  # the agent's and the SDK's logs, in this process
+    # SIGINT or SIGTERM cancel the run, so that every process it started is stopped on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
     started = time.monotonic()
     run_name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_name += "-quick" if args.quick else ""
@@ -224,5 +230,13 @@ async def main(args: argparse.Namespace) -> int:
     return 1 if run.errors else 0
 
 
+def run() -> int:
+    try:
+        return asyncio.run(main(parse_args(None)))
+    except asyncio.CancelledError:
+        print("bench: interrupted; every process it started was stopped", flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main(parse_args(None))))
+    raise SystemExit(run())

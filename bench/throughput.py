@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -20,16 +21,20 @@ BLOWN_UP_MS = 1000.0
 """Past this p99 a backlog is building up: higher rates would only show the same."""
 
 
-def _paced(mqttc: BenchMqtt, topic: str, tag: str, rate: float, sent: list[float]) -> float:
+def _paced(
+    mqttc: BenchMqtt, topic: str, tag: str, rate: float, sent: list[float],
+    stop: threading.Event,
+) -> float:  # fmt: skip
     """Publish len(sent) messages at `rate` per second on a fixed schedule; returns seconds taken.
 
-    Runs in its own thread so the agent's event loop never delays the schedule.
+    Runs in its own thread so the agent's event loop never delays the schedule; `stop` ends it
+    early (the run was interrupted).
     """
     start = time.perf_counter()
     for i in range(len(sent)):
         delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+        if delay > 0 and stop.wait(delay):
+            break
         sent[i] = time.perf_counter()
         mqttc.publish(topic, f"{tag}:{i}")
     return time.perf_counter() - start
@@ -48,9 +53,13 @@ async def one_step(
     machine = MachineWindow()
     for window in (cpu, bench_cpu, *servers.values(), machine):
         window.start()
-    elapsed = await asyncio.to_thread(
-        _paced, mqttc, target.send_topic(target.sessions[0]), tag, rate, sent
-    )
+    stop = threading.Event()
+    try:
+        elapsed = await asyncio.to_thread(
+            _paced, mqttc, target.send_topic(target.sessions[0]), tag, rate, sent, stop
+        )
+    finally:
+        stop.set()
     for window in (cpu, bench_cpu, *servers.values(), machine):
         window.stop()
     await arrivals.wait_for_count(len(sent), drain)
