@@ -115,6 +115,12 @@ def _loads(text: str, source_name: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(source_name, f"invalid TOML: {exc}")], source_name) from exc
+    except RecursionError as exc:  # tomllib recurses per nested array or inline table
+        problem = Problem(source_name, "invalid TOML: arrays or tables nested too deeply")
+        raise ConfigError([problem], source_name) from exc
+    except ValueError as exc:  # tomllib lets int() refuse integers of over 4300 digits
+        reason = str(exc).split(";")[0]
+        raise ConfigError([Problem(source_name, f"invalid TOML: {reason}")], source_name) from exc
 
 
 def _read(path: Path) -> str:
