@@ -121,16 +121,47 @@ def decode_text(payload: bytes, max_payload_bytes: int) -> str:
         ) from None
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a decoded JSON value holds a string that is not Unicode (from a \\udXXX escape)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 def decode_object(text: str) -> dict[str, Any]:
-    """Parse text as a JSON object; raises BadPayload naming what was wrong."""
+    """Parse text as a JSON object (RFC 8259: no NaN or Infinity, strings are Unicode); raises
+    BadPayload naming what was wrong."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise BadPayload(
             f"payload is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
     except RecursionError:
         raise BadPayload("payload is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # NaN/Infinity, or int() refusing a number of over 4300 digits
+        raise BadPayload(f"payload is not valid JSON ({str(exc).split(';')[0]})") from None
+    # Only an escape can make a lone surrogate: the text itself was decoded from UTF-8.
+    if "\\u" in text and _has_lone_surrogate(value):
+        raise BadPayload(
+            "payload is not valid JSON (a string holds a lone surrogate escape such as \\ud800,"
+            " which is not Unicode)"
+        )
     if not isinstance(value, dict):
         raise BadPayload(f"payload must be a JSON object, got {json_type_name(value)}")
     return value
@@ -201,10 +232,10 @@ def _oversize_transaction(payload: bytes, max_payload_bytes: int) -> tuple[Any, 
     if not max_payload_bytes < len(payload) <= max_payload_bytes * OVERSIZE_ECHO_FACTOR:
         return None, False
     try:
-        body = json.loads(payload)
-    except (ValueError, RecursionError):
+        body = decode_object(payload.decode("utf-8"))
+    except (BadPayload, UnicodeDecodeError):
         return None, False
-    if isinstance(body, dict) and "transaction" in body:
+    if "transaction" in body:
         return body["transaction"], True
     return None, False
 
