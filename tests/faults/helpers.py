@@ -243,6 +243,20 @@ def integrity_check(database: Path) -> list[str]:
         db.close()
 
 
+def stored_finals(database: Path, session: str) -> int:
+    """How many final messages the daemon's store holds for a session (read-only, live)."""
+    if not database.exists():
+        return 0
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5.0)
+    try:
+        row = db.execute(
+            "SELECT COUNT(*) FROM messages WHERE session_id = ? AND final = 1", (session,)
+        ).fetchone()
+        return int(row[0])
+    finally:
+        db.close()
+
+
 def vm_rss_kb(pid: int) -> int:
     """Resident set size of a process, from /proc/<pid>/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
