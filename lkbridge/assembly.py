@@ -105,13 +105,20 @@ def token_options(cfg: SessionConfig) -> TokenRequestOptions:
 
 
 def build_session(
-    cfg: SessionConfig, plugins: PluginHost, services: Mapping[str, Any] | None = None
+    cfg: SessionConfig,
+    plugins: PluginHost,
+    services: Mapping[str, Any] | None = None,
+    *,
+    history_limit: int | None = None,
 ) -> Session:
     """A Session for cfg; raises AssemblyError (or the secret's error) with a clear reason."""
     source = build_token_source(cfg.id, cfg.token, plugins)
     senders, receivers = build_transports(cfg, plugins, services or {})
     options = SessionOptions(
-        agent_connect_timeout=cfg.agent_connect_timeout, room_name=cfg.room_name, name=cfg.id
+        agent_connect_timeout=cfg.agent_connect_timeout,
+        room_name=cfg.room_name,
+        name=cfg.id,
+        history_limit=history_limit,
     )
     if isinstance(cfg.token, LiteralTokenConfig):
         return Session.from_fixed_token_source(

@@ -267,7 +267,9 @@ class Daemon:
 
     def _add_runner(self, cfg: SessionConfig) -> None:
         try:
-            session = build_session(cfg, self.plugins, self.services)
+            session = build_session(
+                cfg, self.plugins, self.services, history_limit=self.config.state.history_limit
+            )
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             self.broken[cfg.id] = reason

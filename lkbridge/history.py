@@ -17,8 +17,16 @@ def _timestamp_key(message: ReceivedMessage) -> datetime:
 class MessageHistory:
     """New ids are appended; a known id is updated in place and keeps its position (spec §4.2)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._items: dict[str, ReceivedMessage] = {}
+        self.limit = limit
+        """Keep at most this many messages (the oldest by arrival go first); None: unbounded."""
+
+    def _trim(self) -> None:
+        if self.limit is None:
+            return
+        while len(self._items) > self.limit:
+            del self._items[next(iter(self._items))]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -38,6 +46,8 @@ class MessageHistory:
         if previous == message:
             return False, previous
         self._items[message.id] = message
+        if previous is None:
+            self._trim()
         return True, previous
 
     def restore(self, messages: Iterable[Any]) -> tuple[list[ReceivedMessage], int]:
@@ -60,5 +70,7 @@ class MessageHistory:
             latest.pop(message.id, None)
             latest[message.id] = message
         ordered = sorted(latest.values(), key=_timestamp_key)
+        if self.limit is not None:
+            ordered = ordered[len(ordered) - self.limit :] if self.limit else []
         self._items = {m.id: m for m in ordered}
         return ordered, skipped

@@ -88,7 +88,7 @@ class Session(SessionState):
             if token_options is not None
             else None
         )
-        super().__init__(name=self._options.name)
+        super().__init__(name=self._options.name, history_limit=self._options.history_limit)
         self._transports = TransportSet(
             senders,
             receivers,

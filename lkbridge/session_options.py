@@ -36,6 +36,8 @@ class SessionOptions:
     """Factory for the `rtc.RoomOptions` of each new room (default: the rtc defaults)."""
     name: str | None = None
     """A label bound to this session's log lines (e.g. the daemon's session id)."""
+    history_limit: int | None = None
+    """Keep at most this many messages in `messages` (oldest first out); None keeps all."""
 
     def __post_init__(self) -> None:
         if not self.agent_connect_timeout > 0:
@@ -44,6 +46,8 @@ class SessionOptions:
             raise ValueError("connect_timeout: must be positive")
         if not self.send_timeout > 0:
             raise ValueError("send_timeout: must be positive")
+        if self.history_limit is not None and self.history_limit < 0:
+            raise ValueError("history_limit: must not be negative")
         if self.send_queue_limit < 1:
             raise ValueError("send_queue_limit: must be at least 1")
 

@@ -173,6 +173,12 @@ class Outbox:
                 try:
                     async with bound:
                         await self._deliver(entry.message)
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the outbox itself is being stopped
+                    # A sender that raises CancelledError on its own must not kill the worker.
+                    error = TransportError(f"a sender was cancelled: {exc or 'CancelledError'}")
                 except Exception as exc:
                     error = exc
                     if isinstance(exc, TimeoutError) and bound.expired():

@@ -31,12 +31,12 @@ class SessionState:
     Session builds on this; it is public for type hints and for tests of the store logic.
     """
 
-    def __init__(self, *, name: str | None = None) -> None:
+    def __init__(self, *, name: str | None = None, history_limit: int | None = None) -> None:
         self._name = name
         self._connection_state = ConnectionState.DISCONNECTED
         self._agent = Agent.disconnected()
         self._error: SessionError | None = None
-        self._history = MessageHistory()
+        self._history = MessageHistory(history_limit)
         self._hub = EventHub()
 
     @property

@@ -473,3 +473,49 @@ def test_public_api_resolves_and_importing_lkbridge_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_history_limit_keeps_the_newest_by_arrival_and_bounds_restore() -> None:
+    from lkbridge.history import MessageHistory
+    from lkbridge.messages import MessageType, ReceivedMessage, utcnow
+
+    def msg(i: int) -> ReceivedMessage:
+        return ReceivedMessage(f"m{i}", utcnow(), MessageType.AGENT_TRANSCRIPT, str(i))
+
+    history = MessageHistory(limit=3)
+    for i in range(10):
+        history.put(msg(i))
+    assert [m.id for m in history.snapshot()] == ["m7", "m8", "m9"]
+    history.put(ReceivedMessage("m8", utcnow(), MessageType.AGENT_TRANSCRIPT, "updated"))
+    assert [m.id for m in history.snapshot()] == ["m7", "m8", "m9"], "updates never evict"
+    history.restore([msg(i) for i in range(5)])
+    assert [m.id for m in history.snapshot()] == ["m2", "m3", "m4"]
+    assert MessageHistory(limit=0).put(msg(1)) == (True, None)
+
+
+async def test_a_sender_raising_cancelled_error_fails_that_send_not_the_outbox() -> None:
+    import asyncio
+
+    from lkbridge import LiteralTokenSource, Session, SessionOptions
+
+    class CancelsOnce:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send(self, message: Any) -> None:
+            if not self.sent:
+                self.sent.append("<cancelled>")
+                raise asyncio.CancelledError("sender gave up")
+            self.sent.append(message.text)
+
+    sender = CancelsOnce()
+    session = Session.from_fixed_token_source(
+        LiteralTokenSource("ws://127.0.0.1:1", "x"),
+        options=SessionOptions(hold_until_agent=False),
+        senders=[sender], receivers=[],
+    )
+    first = await asyncio.wait_for(session.send_text("one"), 5)
+    assert first is None and session.error is not None and session.error.kind.value == "sender"
+    second = await asyncio.wait_for(session.send_text("two"), 5)
+    assert second is not None and sender.sent == ["<cancelled>", "two"]
+    await session.aclose()
