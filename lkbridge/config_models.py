@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from lkbridge.config_secrets import Secret, SecretError
+from lkbridge.errors import redact_url
 
 __all__ = [
     "DEFAULT_DEVELOPMENT_BASE_URL",
@@ -400,6 +401,9 @@ def _plain(obj: Any, *, redact: bool, refused: list[Problem] | None = None) -> A
         return str(obj)
     if redact and isinstance(obj, datetime | date | time):
         return obj.isoformat()
+    if redact and isinstance(obj, str) and "://" in obj:
+        # A URL may carry credentials (user:password@, ?api_key=…): publish it without them.
+        return redact_url(obj)
     return obj
 
 

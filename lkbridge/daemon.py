@@ -150,6 +150,13 @@ class Daemon:
 
     async def start_session(self, session_id: str) -> dict[str, Any]:
         self._check_accepting()
+        if session_id in self.broken and session_id in self.config.sessions:
+            # Try to build it again: what was missing (a secret, a plugin) may be there now.
+            async with self._lock:
+                await self._drop_runner(session_id, forget_history=False, replaced=True)
+                self._add_runner(self.config.sessions[session_id])
+            if session_id in self.runners:
+                self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
         runner = self._runner(session_id)
         runner.start()
         return runner.snapshot()
@@ -242,13 +249,15 @@ class Daemon:
             except ConfigError as exc:
                 raise HubError(f"config not reloaded: {exc}") from exc
             diff = diff_configs(self.config, new)
+            # A session that could not be built (e.g. a secret was missing) is tried again.
+            retried = [sid for sid in diff.unchanged if sid in self.broken]
             old_ids = set(self.config.sessions)
             self.config = new
             for sid in diff.removed:
                 await self._drop_runner(sid, forget_history=True)
-            for sid in diff.changed:
+            for sid in [*diff.changed, *retried]:
                 await self._drop_runner(sid, forget_history=False, replaced=True)
-            for sid in [*diff.changed, *diff.added]:
+            for sid in [*diff.changed, *retried, *diff.added]:
                 self._add_runner(new.sessions[sid])
                 if sid not in old_ids:
                     self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, {"session": sid}))
@@ -256,11 +265,12 @@ class Daemon:
             result = {
                 "added": list(diff.added),
                 "removed": list(diff.removed),
-                "changed": list(diff.changed),
-                "unchanged": list(diff.unchanged),
+                "changed": [*diff.changed, *retried],
+                "unchanged": [sid for sid in diff.unchanged if sid not in retried],
                 "needs_restart": list(diff.sections),
             }
             log.info("config_reloaded", **result)
+            self.report("config_reloaded", **result)
             return result
 
     # -- sessions --------------------------------------------------------------------------
@@ -288,6 +298,8 @@ class Daemon:
         if runner is None:
             return
         self._emit(HubEvent(HubEventKind.STATE, session_id, runner.snapshot()))
+        # Also clears an error retained from a session of the same id before it.
+        self._emit(HubEvent(HubEventKind.ERROR, session_id, runner.error_data()))
         if runner.cfg.autostart:
             runner.start()
 
@@ -337,8 +349,11 @@ class Daemon:
                     await stack.enter_async_context(bridge)
                     bridges.append(bridge)
                 except Exception as exc:
+                    # Without its bridge the daemon would run doing nothing and look healthy:
+                    # fail before READY so that systemd (Restart=on-failure) and the operator see it.
                     log.error("bridge_failed", bridge=name, plugin=spec.plugin, error=str(exc))
-                    continue
+                    systemd.status(f"bridge {name} failed: {exc}")
+                    return 1
                 log.info("bridge_started", bridge=name)
             # Reported once bridges observe, so the failures reach MQTT too.
             for failure in self.plugins.failures():
@@ -367,6 +382,9 @@ class Daemon:
             systemd.stopping("stopping")
             log.info("daemon_stopping")
             self._accepting = False
+            reload_task = getattr(self, "_reload_task", None)
+            if reload_task is not None and not reload_task.done():
+                reload_task.cancel()
             await asyncio.gather(
                 *(self._close_runner(r) for r in list(self.runners.values())),
                 return_exceptions=True,

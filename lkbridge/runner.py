@@ -12,6 +12,7 @@ import structlog
 
 from lkbridge.config_models import SessionConfig
 from lkbridge.hub import HubError, HubEvent, HubEventKind
+from lkbridge.log import redact_text
 from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.session import Session
 from lkbridge.session_events import (
@@ -23,9 +24,11 @@ from lkbridge.session_events import (
     MessageReceived,
     SessionEvent,
 )
-from lkbridge.store import MessageStore
+from lkbridge.store import MessageStore, StoreError
 
 log = structlog.get_logger(__name__)
+
+ANSWERS_KEPT = 1000
 
 
 class Backoff:
@@ -68,8 +71,11 @@ class SessionRunner:
         self.retry_at: float | None = None
         self.restarts = 0
         self._wake = asyncio.Event()
+        self._start_now = asyncio.Event()
+        self._store_failing = False
         self._supervisor: asyncio.Task[None] | None = None
         self._inflight_sends: set[str] = set()
+        self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
         self._state_waiters: list[asyncio.Event] = []
         self._log = log.bind(session=cfg.id)
         session.add_listener(self._on_event)
@@ -87,16 +93,40 @@ class SessionRunner:
                 waiter.set()
         if isinstance(event, MessageReceived):
             # Persist first: a message is on disk before anyone is told about it.
-            self.store.upsert(self.id, event.message)
+            self._persist(self.store.upsert, event.message)
             self._emit(HubEvent(HubEventKind.MESSAGE, self.id, self.message_event(event.message)))
         elif isinstance(event, ConnectionStateChanged | AgentChanged):
             self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
         elif isinstance(event, ErrorChanged):
-            data = event.error.to_dict() if event.error is not None else None
-            self._emit(HubEvent(HubEventKind.ERROR, self.id, data))
+            self._emit(HubEvent(HubEventKind.ERROR, self.id, self.error_data()))
             self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
         elif isinstance(event, HistoryRestored):
-            self.store.replace(self.id, event.messages)
+            self._persist(self.store.replace, event.messages)
+
+    def _persist(self, write: Callable[[str, Any], None], data: Any) -> None:
+        """Write to the store; a failing disk is reported once, and events still go out."""
+        try:
+            write(self.id, data)
+        except StoreError as exc:
+            if not self._store_failing:
+                self._store_failing = True
+                self._log.error("history_not_saved", error=str(exc))
+                self._emit(HubEvent(HubEventKind.BRIDGE, "", {
+                    "event": "history_not_saved", "session": self.id, "error": str(exc),
+                }))
+            return
+        if self._store_failing:
+            self._store_failing = False
+            self._log.info("history_saved_again")
+
+    def error_data(self) -> dict[str, Any] | None:
+        """The current error for MQTT, with anything secret-looking scrubbed from its text."""
+        error = self.session.error
+        if error is None:
+            return None
+        data = error.to_dict()
+        data["message"] = redact_text(data["message"])
+        return data
 
     def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
         data = message.to_dict()
@@ -105,13 +135,12 @@ class SessionRunner:
 
     def snapshot(self) -> dict[str, Any]:
         session = self.session
-        error = session.error
         return {
             "session": self.id,
             "connection_state": session.connection_state.value,
             "is_connected": session.is_connected,
             "agent": session.agent.to_dict(),
-            "error": error.to_dict() if error is not None else None,
+            "error": self.error_data(),
             "room": session.room_name,
             "wanted": self.wanted,
             "restarts": self.restarts,
@@ -135,7 +164,7 @@ class SessionRunner:
                 self._supervise(), name=f"session-supervisor-{self.id}"
             )
         else:
-            self._wake.set()
+            self._start_now.set()  # cut a restart delay short
 
     async def end(self) -> None:
         """Stop wanting it: cancel supervision and leave the room."""
@@ -162,28 +191,47 @@ class SessionRunner:
         return None
 
     async def _supervise(self) -> None:
-        loop = asyncio.get_running_loop()
         while self.wanted:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the supervisor die silently
+                self._log.exception("session_supervisor_failed", error=str(exc))
+                await self._pause(self.backoff.next())
+
+    async def _run_once(self) -> None:
+        """Start, wait for trouble, then leave and wait out a backoff delay."""
+        loop = asyncio.get_running_loop()
+        self._wake.clear()
+        started = loop.time()
+        await self.session.start()
+        reason = self._trouble()
+        while reason is None:
+            await self._wake.wait()
             self._wake.clear()
-            started = loop.time()
-            await self.session.start()
             reason = self._trouble()
-            while reason is None:
-                await self._wake.wait()
-                self._wake.clear()
-                reason = self._trouble()
-            if not self.wanted:
-                return
-            if loop.time() - started > self.stable_after:
-                self.backoff.reset()
-            delay = self.backoff.next()
-            self.restarts += 1
-            self.retry_at = loop.time() + delay
-            self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
-            if self.session.connection_state != ConnectionState.DISCONNECTED:
-                await self.session.end()  # leave the room the agent failed in; start afresh
-            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
-            await asyncio.sleep(delay)
+        if not self.wanted:
+            return
+        if loop.time() - started > self.stable_after:
+            self.backoff.reset()
+        delay = self.backoff.next()
+        self.restarts += 1
+        self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
+        if self.session.connection_state != ConnectionState.DISCONNECTED:
+            await self.session.end()  # leave the room the agent failed in; start afresh
+        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
+        await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep for delay, or less if start() is asked for meanwhile."""
+        self._start_now.clear()
+        self.retry_at = asyncio.get_running_loop().time() + delay
+        try:
+            await asyncio.wait_for(self._start_now.wait(), delay)
+        except TimeoutError:
+            pass
+        finally:
             self.retry_at = None
 
     # -- commands --------------------------------------------------------------------------
@@ -208,10 +256,18 @@ class SessionRunner:
                     self._state_waiters.remove(changed)
 
     async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+        """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
+
+        The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
+        first answer is no longer remembered (e.g. after a restart) id and timestamp are None.
+        """
         await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
         if send_id is not None:
             if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
-                return {"id": send_id, "duplicate": True}
+                first = self._answers.get(send_id)
+                if first is None:
+                    first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
+                return first | {"duplicate": True}
             self._inflight_sends.add(send_id)
         try:
             sent = await self.session.send_text(text)
@@ -219,8 +275,15 @@ class SessionRunner:
             if send_id is not None:
                 self._inflight_sends.discard(send_id)
         if sent is None:
-            error = self.session.error
-            raise HubError(error.message if error is not None else "the message was not sent")
+            error = self.error_data()
+            raise HubError(error["message"] if error is not None else "the message was not sent")
+        answer = sent.to_dict() | {"send_id": send_id}
         if send_id is not None:
-            self.store.remember_send_id(self.id, send_id)
-        return sent.to_dict() | {"duplicate": False, "send_id": send_id}
+            try:
+                self.store.remember_send_id(self.id, send_id)
+            except StoreError as exc:
+                self._log.error("send_id_not_saved", error=str(exc))
+            self._answers[send_id] = answer
+            while len(self._answers) > ANSWERS_KEPT:
+                del self._answers[next(iter(self._answers))]
+        return answer | {"duplicate": False}

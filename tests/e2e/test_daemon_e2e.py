@@ -261,3 +261,30 @@ async def test_text_sent_while_a_session_restarts_is_held_and_delivered(
         assert not failures, failures
     finally:
         probe.close()
+
+
+async def test_a_session_that_could_not_be_built_is_built_again_on_reload(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """Its secret file is missing at start: an error on MQTT; once it exists, reload fixes it."""
+    agent = await scripted_agent()
+    secret_file = tmp_path / "api-secret"
+    sessions = session_toml("cellar", livekit_server, agent.agent_name).replace(
+        'api_secret = { env = "LKB_TEST_API_SECRET" }', f'api_secret = {{ file = "{secret_file}" }}'
+    )
+    config = daemon_config(tmp_path, mqtt_broker.port, sessions, base_topic="e2e7")
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, "e2e7/#")
+    try:
+        daemon_factory(config)
+        error = await probe.wait_for("e2e7/cellar/error", lambda m: bool(m.payload))
+        assert "api_secret" in error.json()["message"] and str(secret_file) in error.json()["message"]
+        secret_file.write_text(livekit_server.api_secret + "\n")
+        reply = await _request(probe, "e2e7", "config/reload", {}, "r1")
+        assert reply["status"] == "ok" and "cellar" in reply["data"]["changed"], reply
+        await probe.wait_for("e2e7/cellar/state", _state_is("connected", "listening"), timeout=20)
+        cleared = probe.seen("e2e7/cellar/error")[-1]
+        assert cleared.payload == b"", "the stale error is cleared"
+        assert secret_file.read_text().strip() not in probe.seen("e2e7/bridge/info")[-1].text
+    finally:
+        probe.close()

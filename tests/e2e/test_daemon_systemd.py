@@ -117,3 +117,27 @@ async def test_ready_watchdog_status_reload_and_stopping(
     finally:
         if daemon.proc.poll() is None:
             daemon.kill()
+
+
+async def test_a_bridge_that_cannot_start_fails_the_daemon_before_ready(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    notify_socket: NotifySocket, log_dir: Path,
+) -> None:
+    """Running without MQTT would look healthy and do nothing: exit non-zero, never READY."""
+    config = daemon_config(
+        tmp_path, mqtt_broker.port, session_toml("lab", livekit_server, None, autostart=False),
+        base_topic="sdfail",
+    )
+    text = config.read_text().replace(
+        "[mqtt]\n", '[mqtt]\nusername = "u"\npassword = { env = "LKB_SURELY_UNSET_PASSWORD" }\n'
+    )
+    config.write_text(text)
+    daemon = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log",
+                           env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    daemon.start()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(20) == 1
+    lines = notify_socket.drain()
+    assert "READY=1" not in lines
+    assert any(line.startswith("STATUS=bridge mqtt failed") for line in lines), lines
+    assert "LKB_SURELY_UNSET_PASSWORD" in daemon.log_text()

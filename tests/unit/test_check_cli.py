@@ -74,3 +74,20 @@ def test_init_writes_a_config_that_checks_and_refuses_to_overwrite(tmp_path: Pat
     assert _lkbridge("check", "-c", str(path), env={"LIVEKIT_API_SECRET": "s" * 32}).returncode == 0
     again = _lkbridge("init", str(path))
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
+def test_check_notes_systemd_credentials_instead_of_failing_outside_the_service(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[sessions.kitchen.token]\nsource = "minted"\nurl = "ws://127.0.0.1:7880"\napi_key = "k"\n'
+        'api_secret = { credential = "livekit-api-secret" }\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    out = subprocess.run([sys.executable, "-m", "lkbridge", "check", "-c", str(cfg)],
+                         capture_output=True, text=True, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "note: sessions.kitchen.token.api_secret: a systemd credential" in out.stdout
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    missing = _lkbridge("check", "-c", str(cfg), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert missing.returncode == 2 and "livekit-api-secret" in missing.stderr

@@ -1192,3 +1192,16 @@ def test_the_session_id_bridge_is_reserved() -> None:
     with pytest.raises(ConfigError, match="reserved"):
         session_from_table("bridge", {"token": {"source": "literal", "server_url": "ws://x",
                                                 "participant_token": {"env": "X"}}})
+
+
+def test_redacted_config_drops_credentials_carried_in_urls() -> None:
+    from lkbridge.config import parse_config
+
+    text = (
+        '[sessions.kitchen.token]\nsource = "endpoint"\n'
+        'url = "https://svc:hunter2@tokens.example.com/issue?api_key=sk-live-123#frag"\n'
+    )
+    redacted = parse_config(text).redacted()
+    url = redacted["sessions"]["kitchen"]["token"]["url"]
+    assert url == "https://tokens.example.com/issue"
+    assert "hunter2" not in str(redacted) and "sk-live-123" not in str(redacted)

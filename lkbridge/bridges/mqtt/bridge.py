@@ -312,6 +312,8 @@ class MqttBridge:
             self._publish_info()
         elif kind is HubEventKind.BRIDGE:
             self._pub(self._topics.bridge_event, dumps(dict(data or {})), retain=False)
+            if data and data.get("event") == "config_reloaded":
+                self._publish_info()
 
     # -- connection --------------------------------------------------------------------------
 
