@@ -60,15 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="start-up runs per session count (5)")
     parser.add_argument("--only", type=lambda s: s.split(","), default=list(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")  # fmt: skip
+    parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
+                        help="comma-separated subset of lkbridge,baseline")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="run both targets of benchmarks 1-3 under pyinstrument (to find where "
                         "time goes; the figures are then not comparable and not kept)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="results directory (bench/results; quick runs "
                         "go to test-logs/bench/ unless this is given)")  # fmt: skip
     args = parser.parse_args(argv)
-    unknown = set(args.only) - set(SCENARIOS)
+    unknown = (set(args.only) - set(SCENARIOS)) | (set(args.targets) - set(TARGETS))
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}")
+        parser.error(f"unknown scenario(s) or target(s): {', '.join(sorted(unknown))}")
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
@@ -150,11 +152,11 @@ class Run:
     async def all(self) -> None:
         args = self.args
         if {"latency", "throughput"} & set(args.only):
-            for name in TARGETS:
+            for name in args.targets:
                 await self.guarded(f"{name} one-session benchmarks", lambda n=name: self.one_session(n))
         if "footprint" in args.only:
             for count in args.sessions:
-                for name in TARGETS:
+                for name in args.targets:
                     say(f"[{name}] 4. footprint with {count} idle session(s)")
                     data = await self.guarded(f"{name} footprint {count}", lambda n=name, c=count:
                                               footprint(self.stack, n, c, self.log_dir,
@@ -166,7 +168,7 @@ class Run:
                             f"CPU {data['cpu_percent']} %")  # fmt: skip
         if "startup" in args.only:
             for count in args.startup_sessions:
-                for name in TARGETS:
+                for name in args.targets:
                     say(f"[{name}] 5. start-up to READY=1 with {count} session(s), {args.runs} runs")
                     data = await self.guarded(f"{name} startup {count}", lambda n=name, c=count:
                                               startup(self.stack, n, c, self.log_dir,
@@ -204,7 +206,7 @@ async def main(args: argparse.Namespace) -> int:
         **info,
         "network": {"livekit": addr, "mqtt": MQTT_HOST, "netns": os.environ.get("LKB_NETNS")},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "settings": {k: getattr(args, k) for k in (*FULL, "only")},
+        "settings": {k: getattr(args, k) for k in (*FULL, "only", "targets")},
     }
     say(f"bench {run_name}: {report.machine_line(results)}")
     say(f"logs in {log_dir}")

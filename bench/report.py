@@ -174,7 +174,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         diff = lkb["p50"] - base["p50"]
         rows.append({
             "target": f"{short}: p50 within {P50_MARGIN_MS} ms of the baseline",
-            "figure": f"{lkb['p50']:.2f} vs {base['p50']:.2f} ms (+{diff:.2f} ms)",
+            "figure": f"{lkb['p50']:.2f} vs {base['p50']:.2f} ms ({diff:+.2f} ms)",
             "met": diff <= P50_MARGIN_MS,
         })  # fmt: skip
         rows.append({
@@ -201,7 +201,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({
             "target": f"peak RSS at most {RSS_MARGIN_MB:g} MB above the baseline, {n} sessions",
             "figure": f"{lkb_f[n]['peak_rss_mb']:.1f} vs {base_f[n]['peak_rss_mb']:.1f} MB "
-                      f"(+{diff:.1f} MB)",
+                      f"({diff:+.1f} MB)",
             "met": diff <= RSS_MARGIN_MB,
         })  # fmt: skip
     if IDLE_CPU_SESSIONS in lkb_f:
