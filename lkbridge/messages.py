@@ -32,7 +32,10 @@ def _parse_timestamp(value: Any) -> datetime:
         ts = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
         # Numbers are milliseconds since the epoch (the wire format of stream headers).
-        ts = datetime.fromtimestamp(value / 1000.0, UTC)
+        try:
+            ts = datetime.fromtimestamp(value / 1000.0, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"timestamp: out of range: {value!r}") from exc
     elif isinstance(value, str):
         text = value.strip()
         if text.endswith("Z"):
@@ -45,13 +48,20 @@ def _parse_timestamp(value: Any) -> datetime:
         raise ValueError(f"timestamp: expected an ISO 8601 string, got {type(value).__name__}")
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise ValueError(f"timestamp: out of range: {value!r}") from exc
 
 
 def _require_str(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str):
         raise ValueError(f"{key}: expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\ud800") is not Unicode text
+        raise ValueError(f"{key}: not valid Unicode (a lone surrogate)") from exc
     return value
 
 
