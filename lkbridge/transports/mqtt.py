@@ -74,6 +74,10 @@ def parse_message_event(payload: bytes) -> ReceivedMessage:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidPayloadError(f"not JSON ({exc.msg} at offset {exc.pos})") from exc
+    except RecursionError as exc:
+        raise InvalidPayloadError("not JSON (nested too deeply)") from exc
+    except ValueError as exc:  # int() refusing a number of over 4300 digits
+        raise InvalidPayloadError(f"not JSON ({str(exc).split(';')[0]})") from exc
     if not isinstance(data, dict):
         raise InvalidPayloadError(f"expected a JSON object, got {_json_type(data)}")
     try:
