@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ async def start_agent(server: LiveKitServer, agent_name: str) -> ScriptedAgent:
 
 async def test_livekit_server_killed_and_restarted(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto, log_dir: Path,
-    daemons: object,
+    daemons: Callable[..., DaemonProcess],
 ) -> None:
     # A server of this test's own (the shared one must stay up), restarted on the same ports.
     server = LiveKitServer(
@@ -67,7 +68,7 @@ async def test_livekit_server_killed_and_restarted(
     config = daemon_config(tmp_path, mqtt_broker.port, tables, base_topic=base)
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        daemon: DaemonProcess = daemons(config, server=server)  # type: ignore[operator]
+        daemon = daemons(config, server=server)
         rooms_before: dict[str, str] = {}
         agents_before: dict[str, str] = {}
         for sid in SESSIONS:
