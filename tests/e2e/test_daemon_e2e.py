@@ -90,7 +90,10 @@ async def test_send_reaches_the_agent_and_the_reply_streams_back_as_message_even
         loopback = [m.json() for m in probe.seen("e2e1/kitchen/message") if m.json()["type"] == "user_input"]
         assert loopback and loopback[0]["text"] == "turn on the lights"
         assert loopback[0]["session"] == "kitchen"
-        # The retained state and its scalar mirror followed the agent through its states.
+        # The retained state and its scalar mirror followed the agent through its states
+        # (the agent goes back to listening just after its reply stream closes).
+        await probe.wait_for("e2e1/kitchen/agent_state", lambda m: m.text == "listening",
+                             after=probe.seen().index(final))
         agent_states = [m.text for m in probe.seen("e2e1/kitchen/agent_state")]
         assert "thinking" in agent_states and "speaking" in agent_states, agent_states
         assert agent_states[-1] == "listening"
