@@ -53,6 +53,7 @@ class Mosquitto:
                     f"listener {self.port} {self.host}",
                     "allow_anonymous true",
                     "persistence false",
+                    "set_tcp_nodelay true",
                     "max_queued_messages 100000",
                     "max_inflight_messages 0",
                     "log_dest stdout",
