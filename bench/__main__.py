@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")  # fmt: skip
     parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
                         help="comma-separated subset of lkbridge,baseline")  # fmt: skip
+    parser.add_argument("--broker-nodelay", action="store_true",
+                        help="run Mosquitto with set_tcp_nodelay true (its default is false)")
     parser.add_argument("--profile", action="store_true",
                         help="run both targets of benchmarks 1-3 under pyinstrument (to find where "
                         "time goes; the figures are then not comparable and not kept)")  # fmt: skip
@@ -193,6 +195,7 @@ async def main(args: argparse.Namespace) -> int:
     run_name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_name += "-quick" if args.quick else ""
     run_name += "-profile" if args.profile else ""
+    run_name += "-broker-nodelay" if args.broker_nodelay else ""
     log_dir = ROOT / "test-logs" / "bench" / run_name
     log_dir.mkdir(parents=True)
     throwaway = args.quick or args.profile
@@ -202,7 +205,11 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "schema": 1,
         "run": run_name,
-        "mode": ("quick" if args.quick else "full") + (" profile" if args.profile else ""),
+        "mode": " ".join(
+            ["quick" if args.quick else "full"]
+            + ["profile"] * args.profile
+            + ["broker-nodelay"] * args.broker_nodelay
+        ),
         **info,
         "network": {"livekit": addr, "mqtt": MQTT_HOST, "netns": os.environ.get("LKB_NETNS")},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -210,7 +217,8 @@ async def main(args: argparse.Namespace) -> int:
     }
     say(f"bench {run_name}: {report.machine_line(results)}")
     say(f"logs in {log_dir}")
-    async with running_stack(addr, log_dir) as stack:
+    async with running_stack(addr, log_dir, broker_nodelay=args.broker_nodelay) as stack:
+        results["broker_config"] = stack.broker.config_lines
         run = Run(args, stack, log_dir)
         try:
             await run.all()

@@ -16,15 +16,55 @@ from typing import Any
 
 from lkbridge.devstack.agent import AgentJob, ScriptedAgent
 from lkbridge.devstack.livekit_server import LIVEKIT_SERVER_VERSION, LiveKitServer, ensure_binary
-from lkbridge.devstack.mosquitto import Mosquitto, find_mosquitto
+from lkbridge.devstack.mosquitto import find_mosquitto
+from lkbridge.devstack.procs import free_port, stop_process, wait_for_tcp
 
 MQTT_HOST = "127.0.0.1"
+
+
+class BenchBroker:
+    """Mosquitto as users run it: its defaults, except anonymous access on a local port.
+
+    Not the test broker (lkbridge.devstack.mosquitto), which is tuned for the tests. Mosquitto
+    leaves Nagle's algorithm on by default (`set_tcp_nodelay false`); `nodelay` turns it off.
+    """
+
+    def __init__(self, log_dir: Path, *, nodelay: bool = False) -> None:
+        self.log_dir = log_dir
+        self.nodelay = nodelay
+        self.host = MQTT_HOST
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_lines(self) -> list[str]:
+        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "persistence false"]
+        return lines + (["set_tcp_nodelay true"] if self.nodelay else [])
+
+    def start(self) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise SystemExit("bench: mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.port = free_port(self.host)
+        conf = self.log_dir / "mosquitto.conf"
+        conf.write_text("\n".join(self.config_lines) + "\n")
+        log_path = self.log_dir / "mosquitto.log"
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        wait_for_tcp(self.host, self.port, 10.0, self.proc, "mosquitto", log_path)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 class Stack:
     """Running servers and the agent worker; `jobs()` hands out the rooms the agent joined."""
 
-    def __init__(self, broker: Mosquitto, server: LiveKitServer, agent: ScriptedAgent) -> None:
+    def __init__(self, broker: BenchBroker, server: LiveKitServer, agent: ScriptedAgent) -> None:
         self.broker = broker
         self.server = server
         self.agent = agent
@@ -32,7 +72,7 @@ class Stack:
     @property
     def server_pids(self) -> dict[str, int]:
         """The LiveKit server's and the broker's process ids (to see how busy they are)."""
-        procs = {"livekit-server": self.server._proc, "mosquitto": self.broker._proc}
+        procs = {"livekit-server": self.server._proc, "mosquitto": self.broker.proc}
         return {name: proc.pid for name, proc in procs.items() if proc is not None}
 
     def drain_jobs(self) -> None:
@@ -61,11 +101,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(addr: str, log_dir: Path) -> AsyncIterator[Stack]:
+async def running_stack(addr: str, log_dir: Path, *, broker_nodelay: bool) -> AsyncIterator[Stack]:
     """Start Mosquitto on 127.0.0.1 and the LiveKit server on addr; register the agent."""
-    if find_mosquitto() is None:
-        raise SystemExit("bench: mosquitto is not installed (Debian: apt-get install mosquitto)")
-    broker = Mosquitto(log_dir=log_dir, host=MQTT_HOST)
+    broker = BenchBroker(log_dir, nodelay=broker_nodelay)
     server = LiveKitServer(addr=addr, log_dir=log_dir, binary=ensure_binary(build=False))
     broker.start()
     try:
@@ -115,6 +153,9 @@ def machine_info() -> dict[str, Any]:
                 ram_mb = int(line.split()[1]) // 1024
     root = Path(__file__).resolve().parent.parent
     commit = _first_line(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
+    changed = _first_line(["git", "-C", str(root), "status", "--porcelain", "--", "lkbridge"])
+    if commit and changed:
+        commit += "+uncommitted"  # lkbridge/ differs from the commit: figures are not reproducible
     mosquitto = _first_line([find_mosquitto() or "mosquitto", "-h"])
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
