@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from lkbridge.bridges.mqtt.bridge import tls_settings
 from lkbridge.bridges.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
-from lkbridge.bridges.mqtt.client_types import TlsSettings
 from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config_models import MqttConfig
 from lkbridge.errors import LkbridgeError
@@ -81,14 +81,7 @@ def load_target(
         password = mqtt.password.reveal() if mqtt.password is not None else None
     except SecretError as exc:
         raise ClientError(f"mqtt.password: {exc.message}") from exc
-    tls = None
-    if mqtt.tls is not None:
-        tls = TlsSettings(
-            ca_file=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
-            cert_file=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
-            key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
-            insecure=mqtt.tls.insecure,
-        )
+    tls = tls_settings(mqtt)
     settings = MqttSettings(
         host=host or mqtt.host,
         port=port or mqtt.port,

@@ -62,16 +62,21 @@ def dumps(data: Any) -> bytes:
     return _encode(data).encode()
 
 
+def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
+    """[mqtt.tls] as client settings (None: no TLS)."""
+    if mqtt.tls is None:
+        return None
+    return TlsSettings(
+        ca_file=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
+        cert_file=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
+        key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
+        insecure=mqtt.tls.insecure,
+    )
+
+
 def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
     """The client's settings from [mqtt], with the offline will on `{base}/bridge/state`."""
-    tls = None
-    if mqtt.tls is not None:
-        tls = TlsSettings(
-            ca_file=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
-            cert_file=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
-            key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
-            insecure=mqtt.tls.insecure,
-        )
+    tls = tls_settings(mqtt)
     return MqttSettings(
         host=mqtt.host,
         port=mqtt.port,
