@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-SESSION_ID_PATTERN = r"[a-z0-9_-]{1,64}"
-_SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
-RESERVED_SESSION_IDS = frozenset({"bridge"})
+from lkbridge.config_schema import RESERVED_SESSION_IDS
+from lkbridge.config_schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
+
+# One definition of what a session id may be, shared with the config's validation.
+_SESSION_ID_RE = CONFIG_SESSION_ID_RE
+SESSION_ID_PATTERN = CONFIG_SESSION_ID_RE.pattern
 """Ids that would collide with the `{base}/bridge/...` topics."""
 
 _TOPIC_FORBIDDEN = frozenset("+#\0")
