@@ -481,11 +481,24 @@ class MqttClient:
 
     def _on_readable(self) -> None:
         self._paho.loop_read()
+        self._quick_ack()
         for _ in range(100):  # TLS may hold decrypted bytes the selector cannot see
             sock = self._paho.socket()
             if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
                 break
             self._paho.loop_read()
+
+    def _quick_ack(self) -> None:
+        """ACK what we just read at once (Linux resets TCP_QUICKACK, so after every read).
+
+        A broker with Nagle on (Mosquitto's default) holds its next small packet until we ACK
+        the last one, and Linux delays that ACK by up to 40 ms: every command that follows a
+        PUBACK of one of our events would wait that long (docs/benchmarks.md).
+        """
+        sock = self._paho.socket()
+        if isinstance(sock, socket.socket) and hasattr(socket, "TCP_QUICKACK"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     def _watch_write(self, fd: int, on: bool) -> None:
         if self._loop is None or fd != self._fd:
