@@ -227,7 +227,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def targets_table(results: dict[str, Any], *, markdown: bool = False) -> str:
     rows = [[r["target"], r["figure"], "met" if r["met"] else "MISSED"] for r in evaluate(results)]
-    return table(["target", "measured (lkbridge vs baseline)", ""], rows, markdown=markdown)
+    return table(["target", "measured (lkbridge vs baseline)", "verdict"], rows, markdown=markdown)
 
 
 def sections(results: dict[str, Any], *, markdown: bool = False) -> list[tuple[str, str]]:
