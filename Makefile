@@ -10,7 +10,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	$(VENV)/bin/lkbridge demo
+	$(VENV)/bin/python -m lkbridge demo
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

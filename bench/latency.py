@@ -16,7 +16,7 @@ from typing import Any
 from bench.mqttc import BenchMqtt
 from bench.stats import summarize
 from bench.targets import Launched
-from lkbridge.devstack.agent import AgentJob, ChatMessage
+from devstack.agent import AgentJob, ChatMessage
 
 MAX_LOST_IN_A_ROW = 10
 """A target that loses this many messages in a row is broken; stop measuring it."""

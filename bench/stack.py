@@ -14,10 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lkbridge.devstack.agent import AgentJob, ScriptedAgent
-from lkbridge.devstack.livekit_server import LIVEKIT_SERVER_VERSION, LiveKitServer, ensure_binary
-from lkbridge.devstack.mosquitto import find_mosquitto
-from lkbridge.devstack.procs import free_port, stop_process, wait_for_tcp
+from devstack.agent import AgentJob, ScriptedAgent
+from devstack.livekit_server import LIVEKIT_SERVER_VERSION, LiveKitServer, ensure_binary
+from devstack.mosquitto import find_mosquitto
+from devstack.procs import free_port, stop_process, wait_for_tcp
 
 MQTT_HOST = "127.0.0.1"
 
@@ -25,7 +25,7 @@ MQTT_HOST = "127.0.0.1"
 class BenchBroker:
     """Mosquitto as users run it: its defaults, except anonymous access on a local port.
 
-    Not the test broker (lkbridge.devstack.mosquitto), which is tuned for the tests. Mosquitto
+    Not the test broker (devstack.mosquitto), which is tuned for the tests. Mosquitto
     leaves Nagle's algorithm on by default (`set_tcp_nodelay false`); `nodelay` turns it off.
     """
 

@@ -14,7 +14,7 @@ from bench.mqttc import BenchMqtt
 from bench.procstat import CpuWindow, MachineWindow
 from bench.stats import summarize
 from bench.targets import Launched
-from lkbridge.devstack.agent import AgentJob
+from devstack.agent import AgentJob
 
 P99_LIMIT_MS = 50.0
 

@@ -11,40 +11,40 @@ __version__ = "0.1.0"
 # `import lkbridge` stays light (no livekit, aiohttp or structlog until something needs them).
 _EXPORTS: dict[str, str] = {
     # session
-    "Session": "lkbridge.session",
-    "SessionOptions": "lkbridge.session_options",
-    "SessionState": "lkbridge.session_state",
+    "Session": "lkbridge.session.core",
+    "SessionOptions": "lkbridge.session.options",
+    "SessionState": "lkbridge.session.state",
     # state and events
-    "ConnectionState": "lkbridge.session_events",
-    "SessionError": "lkbridge.session_events",
-    "SessionErrorKind": "lkbridge.session_events",
-    "SessionEvent": "lkbridge.session_events",
-    "ConnectionStateChanged": "lkbridge.session_events",
-    "AgentChanged": "lkbridge.session_events",
-    "MessageReceived": "lkbridge.session_events",
-    "ErrorChanged": "lkbridge.session_events",
-    "HistoryRestored": "lkbridge.session_events",
-    "EventStream": "lkbridge.session_events",
+    "ConnectionState": "lkbridge.session.events",
+    "SessionError": "lkbridge.session.events",
+    "SessionErrorKind": "lkbridge.session.events",
+    "SessionEvent": "lkbridge.session.events",
+    "ConnectionStateChanged": "lkbridge.session.events",
+    "AgentChanged": "lkbridge.session.events",
+    "MessageReceived": "lkbridge.session.events",
+    "ErrorChanged": "lkbridge.session.events",
+    "HistoryRestored": "lkbridge.session.events",
+    "EventStream": "lkbridge.session.events",
     # agent
-    "Agent": "lkbridge.agent",
-    "AgentState": "lkbridge.agent",
-    "AgentLifecycle": "lkbridge.agent",
-    "AgentFailure": "lkbridge.agent",
+    "Agent": "lkbridge.session.agent",
+    "AgentState": "lkbridge.session.agent",
+    "AgentLifecycle": "lkbridge.session.agent",
+    "AgentFailure": "lkbridge.session.agent",
     # messages
     "ReceivedMessage": "lkbridge.messages",
     "SentMessage": "lkbridge.messages",
     "MessageType": "lkbridge.messages",
     # tokens
-    "TokenRequestOptions": "lkbridge.tokens",
-    "TokenSourceResponse": "lkbridge.tokens",
-    "TokenSourceFixed": "lkbridge.tokens",
-    "TokenSourceConfigurable": "lkbridge.tokens",
-    "LiteralTokenSource": "lkbridge.tokens",
-    "EndpointTokenSource": "lkbridge.tokens",
-    "DevelopmentTokenSource": "lkbridge.tokens",
-    "MintedTokenSource": "lkbridge.tokens",
-    "CustomTokenSource": "lkbridge.tokens",
-    "CachingTokenSource": "lkbridge.tokens",
+    "TokenRequestOptions": "lkbridge.tokens.sources",
+    "TokenSourceResponse": "lkbridge.tokens.sources",
+    "TokenSourceFixed": "lkbridge.tokens.sources",
+    "TokenSourceConfigurable": "lkbridge.tokens.sources",
+    "LiteralTokenSource": "lkbridge.tokens.sources",
+    "EndpointTokenSource": "lkbridge.tokens.sources",
+    "DevelopmentTokenSource": "lkbridge.tokens.sources",
+    "MintedTokenSource": "lkbridge.tokens.sources",
+    "CustomTokenSource": "lkbridge.tokens.sources",
+    "CachingTokenSource": "lkbridge.tokens.sources",
     # transports
     "MessageSender": "lkbridge.transports.base",
     "MessageReceiver": "lkbridge.transports.base",
@@ -120,11 +120,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from lkbridge.agent import Agent, AgentFailure, AgentLifecycle, AgentState
     from lkbridge.errors import InvalidTokenError, LkbridgeError, TokenSourceError, TransportError
     from lkbridge.messages import MessageType, ReceivedMessage, SentMessage
-    from lkbridge.session import Session
-    from lkbridge.session_events import (
+    from lkbridge.session.agent import Agent, AgentFailure, AgentLifecycle, AgentState
+    from lkbridge.session.core import Session
+    from lkbridge.session.events import (
         AgentChanged,
         ConnectionState,
         ConnectionStateChanged,
@@ -136,9 +136,9 @@ if TYPE_CHECKING:
         SessionErrorKind,
         SessionEvent,
     )
-    from lkbridge.session_options import SessionOptions
-    from lkbridge.session_state import SessionState
-    from lkbridge.tokens import (
+    from lkbridge.session.options import SessionOptions
+    from lkbridge.session.state import SessionState
+    from lkbridge.tokens.sources import (
         CachingTokenSource,
         CustomTokenSource,
         DevelopmentTokenSource,

@@ -1,5 +1,5 @@
 """`python -m lkbridge` runs the command line."""
 
-from lkbridge.cli import main
+from lkbridge.cli.main import main
 
 raise SystemExit(main())

@@ -59,7 +59,7 @@ fi
 
 # --- the LiveKit server -------------------------------------------------------------
 if [ -d /usr/local/go/bin ]; then export PATH="$PATH:/usr/local/go/bin"; fi
-if ! "$VENV/bin/python" -m lkbridge.devstack.livekit_server --ensure; then
+if ! "$VENV/bin/python" -m devstack.livekit_server --ensure; then
     warn "the LiveKit server could not be built (see above); e2e tests need it"
 fi
 step "ready"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer, ServerUnavailable, ensure_binary
-from lkbridge.devstack.mosquitto import Mosquitto, find_mosquitto
+from devstack.livekit_server import LiveKitServer, ServerUnavailable, ensure_binary
+from devstack.mosquitto import Mosquitto, find_mosquitto
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_ADDR = os.environ.get("LKB_TEST_ADDR", "127.0.0.1")
@@ -95,7 +95,7 @@ async def scripted_agent(
     livekit_server: LiveKitServer, unique_name: Callable[[str], str]
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """Factory: `agent = await scripted_agent(**options)` registers a worker; all closed at teardown."""
-    from lkbridge.devstack.agent import ScriptedAgent
+    from devstack.agent import ScriptedAgent
 
     agents: list[ScriptedAgent] = []
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from devstack.livekit_server import LiveKitServer
 from lkbridge import (
     AgentChanged,
     ConnectionStateChanged,
@@ -15,8 +16,7 @@ from lkbridge import (
     ReceivedMessage,
     Session,
 )
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.session_events import SessionEvent
+from lkbridge.session.events import SessionEvent
 
 
 async def wait_until(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.demo.replies import HELP
+from devstack.demo.replies import HELP
 from tests.support.demo_proc import DemoProcess, Ready, lkbridge, require_server_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

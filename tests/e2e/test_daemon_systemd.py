@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import Mosquitto
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import Mosquitto
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.devstack.mosquitto import find_mosquitto
+from devstack.mosquitto import find_mosquitto
 from tests.support.demo_proc import (
     IN_CI,
     TEST_ADDR,

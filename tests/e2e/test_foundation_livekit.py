@@ -12,7 +12,7 @@ import pytest
 from livekit import rtc
 from livekit.protocol import rtc as rtc_pb
 
-from lkbridge.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from lkbridge.bridges.mqtt.client import MqttClient, MqttSettings
-from lkbridge.devstack.mosquitto import Mosquitto
+from devstack.mosquitto import Mosquitto
+from lkbridge.mqtt.client import MqttClient, MqttSettings
 
 pytestmark = pytest.mark.e2e
 

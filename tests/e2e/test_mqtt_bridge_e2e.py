@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import Mosquitto
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import Mosquitto
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe, Seen
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.mqtt.client import (
+from devstack.mosquitto import Mosquitto, find_mosquitto
+from devstack.procs import free_port, stop_process, wait_for_tcp
+from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
     MqttClient,
@@ -28,8 +30,6 @@ from lkbridge.bridges.mqtt.client import (
     TlsSettings,
     WillMessage,
 )
-from lkbridge.devstack.mosquitto import Mosquitto, find_mosquitto
-from lkbridge.devstack.procs import free_port, stop_process, wait_for_tcp
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 WILL_CLIENT = """
 import asyncio, sys
-from lkbridge.bridges.mqtt.client import MqttClient, MqttSettings, WillMessage
+from lkbridge.mqtt.client import MqttClient, MqttSettings, WillMessage
 async def main():
     s = MqttSettings(host=sys.argv[1], port=int(sys.argv[2]), client_id=sys.argv[3],
                      will=WillMessage(sys.argv[4], b"offline", qos=1, retain=False))

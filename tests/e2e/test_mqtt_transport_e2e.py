@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from lkbridge.assembly import build_session
-from lkbridge.config import session_from_table
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import Mosquitto
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import Mosquitto
+from lkbridge.config.files import session_from_table
+from lkbridge.daemon.assembly import build_session
 from lkbridge.hookspecs import TransportContext
 from lkbridge.messages import MessageType, utcnow
-from lkbridge.plugins import load_plugins
-from lkbridge.session import Session, SessionErrorKind
-from lkbridge.transports.mqtt import MqttTransport
+from lkbridge.mqtt.transport import MqttTransport
+from lkbridge.plugins.host import load_plugins
+from lkbridge.session.core import Session, SessionErrorKind
 from tests.support.mqtt_probe import MqttProbe
 
 pytestmark = pytest.mark.e2e

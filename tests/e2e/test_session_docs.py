@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from livekit import api
 
+from devstack.livekit_server import LiveKitServer
 from lkbridge import (
     ConnectionState,
     CustomTokenSource,
@@ -23,7 +24,6 @@ from lkbridge import (
     TokenRequestOptions,
     TokenSourceResponse,
 )
-from lkbridge.devstack.livekit_server import LiveKitServer
 from tests.e2e.session_helpers import minted, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from livekit import rtc
 
+from devstack.livekit_server import LiveKitServer
 from lkbridge import (
     AgentFailure,
     AgentLifecycle,
@@ -19,7 +20,6 @@ from lkbridge import (
     Session,
     SessionOptions,
 )
-from lkbridge.devstack.livekit_server import LiveKitServer
 from tests.e2e.session_helpers import Recorder, minted, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devstack.livekit_server import LiveKitServer
 from lkbridge import (
     MessageType,
     ReceivedMessage,
@@ -19,7 +20,6 @@ from lkbridge import (
     TextMessageSender,
     TranscriptionStreamReceiver,
 )
-from lkbridge.devstack.livekit_server import LiveKitServer
 from lkbridge.transports.base import MemorySender
 from tests.e2e.session_helpers import Recorder, minted, wait_until
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "lkbridge.service"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 from tests.faults.helpers import LEDGER
 from tests.support.daemon_proc import DaemonProcess
 

@@ -21,8 +21,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lkbridge.devstack.mosquitto import find_mosquitto
-from lkbridge.devstack.procs import free_port, kill_process, stop_process, wait_for_tcp
+from devstack.mosquitto import find_mosquitto
+from devstack.procs import free_port, kill_process, stop_process, wait_for_tcp
 from tests.support.mqtt_probe import MqttProbe, Seen
 
 # -- the fault ledger: what each fault test injected, what the daemon survived, what was lost --

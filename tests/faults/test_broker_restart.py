@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.agent import AgentJob
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.store import DATABASE_NAME
+from devstack.agent import AgentJob
+from devstack.livekit_server import LiveKitServer
+from lkbridge.daemon.store import DATABASE_NAME
 from tests.faults.helpers import (
     PersistentMosquitto,
     PersistentProbe,

@@ -25,10 +25,10 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import find_mosquitto
 from lkbridge.bridges.mqtt.router import ACTIONS
-from lkbridge.checks import check_config_file
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import find_mosquitto
+from lkbridge.cli.check import check_config_file
 from tests.faults.helpers import PersistentMosquitto, Publisher, strict_json, tally, vm_rss_kb
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe, Seen

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.devstack.agent import ScriptedAgent
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import Mosquitto
+from devstack.agent import ScriptedAgent
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import Mosquitto
 from tests.faults.helpers import (
     duplicates,
     message_events,

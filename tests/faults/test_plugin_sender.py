@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import Mosquitto
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import Mosquitto
 from tests.faults.helpers import bridge_events, state_is, tally
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from lkbridge.devstack.livekit_server import LiveKitServer
-from lkbridge.devstack.mosquitto import Mosquitto
-from lkbridge.store import DATABASE_NAME
+from devstack.livekit_server import LiveKitServer
+from devstack.mosquitto import Mosquitto
+from lkbridge.daemon.store import DATABASE_NAME
 from tests.faults.helpers import (
     duplicates,
     eventually,

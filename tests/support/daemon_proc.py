@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lkbridge.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 
 
 def session_toml(session_id: str, server: LiveKitServer, agent_name: str | None, **extra: object) -> str:

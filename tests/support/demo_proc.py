@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.devstack.livekit_server import ServerUnavailable, ensure_binary
+from devstack.livekit_server import ServerUnavailable, ensure_binary
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_ADDR = os.environ.get("LKB_TEST_ADDR", "127.0.0.1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lkbridge.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
+from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
 
 MESSAGE = {
     "id": "m1",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lkbridge.agent import (
+from lkbridge.session.agent import (
     Agent,
     AgentFailure,
     AgentLifecycle,

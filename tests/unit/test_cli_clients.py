@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.mqtt.client import MqttClient, MqttSettings
-from lkbridge.clients import (
+from devstack.broker import EmbeddedBroker
+from devstack.demo.replies import HELP, demo_reply
+from devstack.demo.stack import SECRET_ENV, StackSettings, demo_config
+from lkbridge.cli.clients import (
     BridgeClient,
     ClientError,
     Target,
@@ -23,11 +25,9 @@ from lkbridge.clients import (
     status,
     topic_matches,
 )
-from lkbridge.config import load_config
-from lkbridge.console import TranscriptPrinter
-from lkbridge.demo.replies import HELP, demo_reply
-from lkbridge.demo.stack import SECRET_ENV, StackSettings, demo_config
-from lkbridge.devstack.broker import EmbeddedBroker
+from lkbridge.cli.console import TranscriptPrinter
+from lkbridge.config.files import load_config
+from lkbridge.mqtt.client import MqttClient, MqttSettings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -204,8 +204,8 @@ def test_demo_config_is_valid_and_references_the_secret(tmp_path: Path) -> None:
 
 
 async def test_reply_watcher_finds_the_answer_whichever_arrives_first() -> None:
-    from lkbridge.bridges.mqtt.client import IncomingMessage
-    from lkbridge.clients import ReplyWatcher
+    from lkbridge.cli.clients import ReplyWatcher
+    from lkbridge.mqtt.client import IncomingMessage
 
     def msg(e: dict[str, Any]) -> IncomingMessage:
         return IncomingMessage("lkb/demo/message", json.dumps(e).encode(), 1, False)

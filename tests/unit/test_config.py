@@ -18,7 +18,7 @@ import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lkbridge.config import (
+from lkbridge.config.files import (
     OVERRIDES_FILE,
     Config,
     ConfigError,
@@ -47,7 +47,7 @@ from lkbridge.config import (
     write_overrides,
     write_starter_config,
 )
-from lkbridge.config_models import (
+from lkbridge.config.models import (
     HomeAssistantConfig,
     LogConfig,
     MqttConfig,
@@ -1182,8 +1182,8 @@ def test_effective_config_without_an_overrides_file(tmp_path: Path) -> None:
 
 
 def test_the_session_id_bridge_is_reserved() -> None:
-    from lkbridge.config import parse_config, session_from_table
-    from lkbridge.config_models import ConfigError
+    from lkbridge.config.files import parse_config, session_from_table
+    from lkbridge.config.models import ConfigError
 
     text = '[sessions.bridge.token]\nsource = "literal"\nserver_url = "ws://x"\nparticipant_token = "t"\n'
     with pytest.raises(ConfigError) as err:
@@ -1195,7 +1195,7 @@ def test_the_session_id_bridge_is_reserved() -> None:
 
 
 def test_redacted_config_drops_credentials_carried_in_urls() -> None:
-    from lkbridge.config import parse_config
+    from lkbridge.config.files import parse_config
 
     text = (
         '[sessions.kitchen.token]\nsource = "endpoint"\n'

@@ -16,8 +16,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from lkbridge.bridges.mqtt.client import MqttClient, MqttSettings
-from lkbridge.devstack.broker import EmbeddedBroker, topic_matches, valid_filter
+from devstack.broker import EmbeddedBroker, topic_matches, valid_filter
+from lkbridge.mqtt.client import MqttClient, MqttSettings
 
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 BOTH = pytest.mark.parametrize("protocol", [V311, V5], ids=["v3.1.1", "v5"])

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from lkbridge.agent import Agent, AgentFailure, AgentLifecycle, AgentState
 from lkbridge.bridges.mqtt.discovery import (
     AGENT_STATE_OPTIONS,
     EVENT_TYPES,
@@ -24,6 +23,7 @@ from lkbridge.bridges.mqtt.discovery import (
 from lkbridge.bridges.mqtt.router import SPECS, Command, parse_command, parse_send
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics
 from lkbridge.messages import MessageType
+from lkbridge.session.agent import Agent, AgentFailure, AgentLifecycle, AgentState
 
 # Every abbreviation Home Assistant expands that could appear in what we publish: using none of
 # them (full names throughout) is the consistency issue 6 asks for.

@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from lkbridge import log
-from lkbridge.config_secrets import Secret
+from lkbridge.config.secrets import Secret
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
@@ -268,7 +268,7 @@ def test_redact_text_helper() -> None:
 def test_importing_lkbridge_modules_configures_nothing() -> None:
     code = (
         "import logging, structlog\n"
-        "import lkbridge.log, lkbridge.config, lkbridge.store, lkbridge.systemd\n"
+        "import lkbridge.log, lkbridge.config.files, lkbridge.daemon.store, lkbridge.daemon.systemd\n"
         "assert not logging.getLogger().handlers, logging.getLogger().handlers\n"
         "assert not structlog.is_configured()\n"
     )

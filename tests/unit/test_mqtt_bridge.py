@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
+from lkbridge.bridges.hub import HubEvent, HubEventKind
 from lkbridge.bridges.mqtt.bridge import MqttBridge, client_settings
-from lkbridge.bridges.mqtt.client import (
+from lkbridge.bridges.mqtt.topics import Topics
+from lkbridge.config.models import Config, HomeAssistantConfig, MqttConfig
+from lkbridge.config.secrets import Secret
+from lkbridge.mqtt.client import (
     ConnectHook,
     ConnectInfo,
     IncomingMessage,
     MqttError,
     OutgoingMessage,
 )
-from lkbridge.bridges.mqtt.topics import Topics
-from lkbridge.config_models import Config, HomeAssistantConfig, MqttConfig
-from lkbridge.config_secrets import Secret
-from lkbridge.hub import HubEvent, HubEventKind
 from tests.support.fake_hub import MESSAGE, FakeHub
 
 
@@ -479,7 +479,7 @@ async def test_homeassistant_birth_republishes_once(
 
 def test_the_bridge_is_registered_as_mqtt_through_the_plugin_hook() -> None:
     from lkbridge.bridges.mqtt import plugin
-    from lkbridge.plugins import PluginHost
+    from lkbridge.plugins.host import PluginHost
 
     host = PluginHost()
     assert host.register(plugin, "mqtt_bridge")

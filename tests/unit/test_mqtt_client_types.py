@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lkbridge.bridges.mqtt.client import (
+from lkbridge.errors import LkbridgeError
+from lkbridge.mqtt.client import (
     IncomingMessage,
     MqttClient,
     MqttError,
@@ -12,7 +13,7 @@ from lkbridge.bridges.mqtt.client import (
     TlsSettings,
     WillMessage,
 )
-from lkbridge.bridges.mqtt.client_types import (
+from lkbridge.mqtt.types import (
     Hooks,
     Inbox,
     Outbox,
@@ -21,7 +22,6 @@ from lkbridge.bridges.mqtt.client_types import (
     check_properties,
     check_topic,
 )
-from lkbridge.errors import LkbridgeError
 
 
 def queued(n: int, expiry: int | None = None, at: float = 100.0) -> QueuedMessage:

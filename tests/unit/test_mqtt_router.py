@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from lkbridge.bridges.hub import HubError
 from lkbridge.bridges.mqtt.router import (
     ACTIONS,
     EXPIRED,
@@ -18,7 +19,6 @@ from lkbridge.bridges.mqtt.router import (
     parse_command,
     parse_send,
 )
-from lkbridge.hub import HubError
 from tests.support.fake_hub import MESSAGE, FakeHub
 
 

@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 
-from lkbridge.config_secrets import Secret
+from lkbridge.config.secrets import Secret
 from lkbridge.errors import TransportError
 from lkbridge.hookspecs import TransportContext
 from lkbridge.messages import MessageType, ReceivedMessage, SentMessage
-from lkbridge.plugins import PluginHost, load_plugins
-from lkbridge.transports.base import MessageReceiver, MessageSender, RoomBinding
-from lkbridge.transports.mqtt import (
+from lkbridge.mqtt.transport import (
     InvalidPayloadError,
     MessageHandler,
     MqttService,
@@ -26,6 +24,8 @@ from lkbridge.transports.mqtt import (
     parse_message_event,
     topic_matches,
 )
+from lkbridge.plugins.host import PluginHost, load_plugins
+from lkbridge.transports.base import MessageReceiver, MessageSender, RoomBinding
 
 GOOD = {
     "id": "SG_abc",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lkbridge.hookspecs import TransportContext, hookimpl
-from lkbridge.plugins import PluginHost
+from lkbridge.plugins.host import PluginHost
 
 
 class Transports:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge.checks import check_config_file
+from lkbridge.cli.check import check_config_file
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)

@@ -31,11 +31,11 @@ from lkbridge import (
     TranscriptionStreamReceiver,
 )
 from lkbridge.errors import AgentUnavailableError, SendQueueFullError, SessionClosedError
-from lkbridge.history import MessageHistory
-from lkbridge.session_events import EventHub, SessionError, SessionErrorKind, SessionEvent
-from lkbridge.session_options import describe_connect_error
-from lkbridge.session_outbox import Gate, GateDecision, Outbox
-from lkbridge.tokens import CustomTokenSource
+from lkbridge.session.events import EventHub, SessionError, SessionErrorKind, SessionEvent
+from lkbridge.session.history import MessageHistory
+from lkbridge.session.options import describe_connect_error
+from lkbridge.session.outbox import Gate, GateDecision, Outbox
+from lkbridge.tokens.sources import CustomTokenSource
 from lkbridge.transports.base import MemoryReceiver, MemorySender
 
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -434,8 +434,8 @@ async def test_aclose_ends_event_streams() -> None:
 
 
 def test_agent_gate_rules() -> None:
-    from lkbridge.agent import Agent, AgentFailure, AgentState
-    from lkbridge.session_outbox import agent_gate
+    from lkbridge.session.agent import Agent, AgentFailure, AgentState
+    from lkbridge.session.outbox import agent_gate
 
     active = Agent.connected("a", AgentState.LISTENING)
     pending = Agent.connecting()
@@ -476,8 +476,8 @@ def test_public_api_resolves_and_importing_lkbridge_stays_light() -> None:
 
 
 def test_history_limit_keeps_the_newest_by_arrival_and_bounds_restore() -> None:
-    from lkbridge.history import MessageHistory
     from lkbridge.messages import MessageType, ReceivedMessage, utcnow
+    from lkbridge.session.history import MessageHistory
 
     def msg(i: int) -> ReceivedMessage:
         return ReceivedMessage(f"m{i}", utcnow(), MessageType.AGENT_TRANSCRIPT, str(i))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lkbridge.daemon.store import DATABASE_NAME, MessageStore, StoreError
 from lkbridge.messages import MessageType, ReceivedMessage
-from lkbridge.store import DATABASE_NAME, MessageStore, StoreError
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -213,7 +213,7 @@ def test_kill_9_right_after_a_write_loses_nothing(tmp_path: Path) -> None:
         import sys, time
         from datetime import UTC, datetime
         from lkbridge.messages import MessageType, ReceivedMessage
-        from lkbridge.store import MessageStore
+        from lkbridge.daemon.store import MessageStore
         store = MessageStore({str(path)!r})
         for i in range(50):
             store.upsert("s", ReceivedMessage(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lkbridge import systemd
+from lkbridge.daemon import systemd
 
 
 class NotifyListener:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from lkbridge.errors import InvalidTokenError, TokenSourceError
-from lkbridge.tokens import (
+from lkbridge.tokens.sources import (
     CachingTokenSource,
     CustomTokenSource,
     DevelopmentTokenSource,

@@ -13,16 +13,7 @@ from typing import Any
 
 import structlog
 
-from lkbridge.bridges.mqtt.client import (
-    ConnectInfo,
-    IncomingMessage,
-    MqttClient,
-    MqttError,
-    MqttSettings,
-    OutgoingMessage,
-    TlsSettings,
-    WillMessage,
-)
+from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind
 from lkbridge.bridges.mqtt.discovery import (
     agent_display_state,
     bridge_device_config,
@@ -40,10 +31,19 @@ from lkbridge.bridges.mqtt.router import (
     parse_command,
     parse_send,
 )
-from lkbridge.bridges.mqtt.service import SharedMqttService
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
-from lkbridge.config_models import Config, MqttConfig
-from lkbridge.hub import Hub, HubError, HubEvent, HubEventKind
+from lkbridge.config.models import Config, MqttConfig
+from lkbridge.mqtt.client import (
+    ConnectInfo,
+    IncomingMessage,
+    MqttClient,
+    MqttError,
+    MqttSettings,
+    OutgoingMessage,
+    TlsSettings,
+    WillMessage,
+)
+from lkbridge.mqtt.service import SharedMqttService
 
 log = structlog.get_logger(__name__)
 

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from lkbridge import __version__
-from lkbridge.agent import AgentLifecycle, AgentState
 from lkbridge.bridges.mqtt.router import Command
 from lkbridge.bridges.mqtt.topics import SessionLeaf, Topics
 from lkbridge.messages import MessageType
+from lkbridge.session.agent import AgentLifecycle, AgentState
 
 ORIGIN_NAME = "lkbridge"
 SUPPORT_URL = "https://github.com/lkbridge/lkbridge"

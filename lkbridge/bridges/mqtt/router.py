@@ -11,8 +11,8 @@ from typing import Any
 
 import structlog
 
+from lkbridge.bridges.hub import Hub, HubError
 from lkbridge.bridges.mqtt.topics import json_type_name, session_id_problem
-from lkbridge.hub import Hub, HubError
 from lkbridge.messages import ReceivedMessage
 
 log = structlog.get_logger(__name__)

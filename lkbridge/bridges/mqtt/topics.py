@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lkbridge.config_schema import RESERVED_SESSION_IDS
-from lkbridge.config_schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
+from lkbridge.config.schema import RESERVED_SESSION_IDS
+from lkbridge.config.schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
 
 # One definition of what a session id may be, shared with the config's validation.
 _SESSION_ID_RE = CONFIG_SESSION_ID_RE

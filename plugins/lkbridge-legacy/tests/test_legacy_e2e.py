@@ -11,12 +11,12 @@ import pytest
 from livekit import rtc
 from lkbridge_legacy.chat import LEGACY_CHAT_TOPIC, LegacyChatMessage, decode_legacy_chat
 
-from lkbridge.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 from lkbridge.hookspecs import TransportContext
 from lkbridge.messages import MessageType
-from lkbridge.plugins import PluginHost, load_plugins
-from lkbridge.session import Session
-from lkbridge.tokens import MintedTokenSource
+from lkbridge.plugins.host import PluginHost, load_plugins
+from lkbridge.session.core import Session
+from lkbridge.tokens.sources import MintedTokenSource
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from lkbridge_legacy.transcription import LegacyTranscriptionReceiver, SegmentCl
 from lkbridge.errors import NotConnectedError, TransportError
 from lkbridge.hookspecs import TransportContext
 from lkbridge.messages import MessageType, ReceivedMessage, SentMessage
-from lkbridge.plugins import load_plugins
+from lkbridge.plugins.host import load_plugins
 from lkbridge.transports.base import RoomBinding
 
 

@@ -1,0 +1,333 @@
+"""The config schema: plain data (parsed TOML, or JSON) validated into the frozen models."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection, Mapping
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Final, cast
+
+from lkbridge.config.models import (
+    DEFAULT_DEVELOPMENT_BASE_URL,
+    Config,
+    ConfigError,
+    DevelopmentTokenConfig,
+    EndpointTokenConfig,
+    FrozenMap,
+    HomeAssistantConfig,
+    LiteralTokenConfig,
+    LogConfig,
+    LogFormat,
+    LogLevel,
+    MintedTokenConfig,
+    MqttConfig,
+    MqttProtocol,
+    Overrides,
+    PluginsConfig,
+    PluginTokenConfig,
+    Problem,
+    SessionConfig,
+    StateConfig,
+    TlsConfig,
+    TokenConfig,
+    default_client_id,
+)
+from lkbridge.config.reader import (
+    MISSING,
+    NAME,
+    TableReader,
+    freeze,
+    is_int,
+    join_path,
+    type_name,
+)
+from lkbridge.config.secrets import Secret
+
+__all__ = [
+    "BUILTIN_TOKEN_SOURCES",
+    "SESSION_ID_PATTERN",
+    "config_from_dict",
+    "overrides_from_dict",
+    "session_from_table",
+    "unknown_name_problems",
+]
+
+SESSION_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
+BUILTIN_TOKEN_SOURCES: Final = ("minted", "literal", "endpoint", "development")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_WS = ("ws", "wss", "http", "https")
+_HTTP = ("http", "https")
+_BAD_SESSION_ID = "session id must be 1 to 64 characters from a-z, 0-9, _ and -"
+RESERVED_SESSION_IDS: Final = frozenset({"bridge"})
+_RESERVED_SESSION_ID = "session id 'bridge' is reserved (it would collide with {base}/bridge/...)"
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why session_id cannot be used, or None."""
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        return _BAD_SESSION_ID
+    if session_id in RESERVED_SESSION_IDS:
+        return _RESERVED_SESSION_ID
+    return None
+_LEVELS: Final = ("debug", "info", "warning", "error")
+_FORMATS: Final = ("auto", "json", "console")
+
+
+def _parse_token(session: TableReader, inline_ok: bool) -> TokenConfig | None:
+    table = session.section("token")
+    if table is None:
+        if "token" not in session.data:
+            sources = ", ".join(f'"{s}"' for s in BUILTIN_TOKEN_SOURCES)
+            session.report("token", f"is required: a table with source = {sources} or a plugin's")
+        return None
+    source = table.required_string("source")
+    token: TokenConfig | None = None
+    if source == "minted":
+        url = table.url("url", _WS)
+        api_key = table.required_string("api_key")
+        secret = table.secret("api_secret", required=True, inline_ok=inline_ok)
+        if secret is not None:
+            token = MintedTokenConfig(url=url, api_key=api_key, api_secret=secret)
+    elif source == "literal":
+        server_url = table.url("server_url", _WS)
+        secret = table.secret("participant_token", required=True, inline_ok=inline_ok)
+        if secret is not None:
+            token = LiteralTokenConfig(server_url=server_url, participant_token=secret)
+    elif source == "endpoint":
+        url = table.url("url", _HTTP)
+        headers: dict[str, Secret] = {}
+        header_table = table.section("headers") or TableReader({}, "", table.problems)
+        for name in header_table.data:
+            if not _HEADER_NAME.fullmatch(name):
+                header_table.report(name, "is not a valid HTTP header name")
+            found = header_table.secret(name, required=True, inline_ok=inline_ok)
+            if found is not None:
+                headers[name] = found
+        token = EndpointTokenConfig(url=url, headers=FrozenMap(headers))
+    elif source == "development":
+        sandbox_id = table.required_string("sandbox_id")
+        base_url = table.url("base_url", _HTTP, DEFAULT_DEVELOPMENT_BASE_URL)
+        token = DevelopmentTokenConfig(sandbox_id=sandbox_id, base_url=base_url)
+    elif source:
+        if not NAME.fullmatch(source):
+            table.report("source", f"{source!r} is not a valid token source name")
+        options = {k: v for k, v in table.data.items() if k != "source"}
+        table.seen.update(options)
+        frozen = freeze(options, table.path, table.problems, inline_ok, False)
+        token = PluginTokenConfig(source=source, options=frozen)
+    if source:
+        table.finish()  # without a valid source, which keys belong is unknown
+    return token
+
+
+def _parse_transports(session: TableReader, inline_ok: bool) -> FrozenMap[str, FrozenMap[str, Any]]:
+    table = session.section("transports")
+    if table is None:
+        return FrozenMap()
+    transports: dict[str, FrozenMap[str, Any]] = {}
+    for name in table.data:
+        options = table.section(name)
+        if not NAME.fullmatch(name):
+            table.report(name, "is not a valid transport name")
+        elif options is not None:
+            transports[name] = freeze(options.data, options.path, table.problems, inline_ok, False)
+    return FrozenMap(transports)
+
+
+def _parse_session(session_id: str, table: TableReader, inline_ok: bool) -> SessionConfig | None:
+    token = _parse_token(table, inline_ok)
+    fields: dict[str, Any] = dict(
+        agent_name=table.opt_string("agent_name"),
+        agent_metadata=table.opt_string("agent_metadata", nonempty=False),
+        autostart=table.boolean("autostart", True),
+        agent_connect_timeout=table.positive_number("agent_connect_timeout", 20.0),
+        room_name=table.opt_string("room_name"),
+        participant_identity=table.opt_string("participant_identity"),
+        participant_name=table.opt_string("participant_name"),
+        participant_metadata=table.opt_string("participant_metadata", nonempty=False),
+        participant_attributes=table.str_map("participant_attributes"),
+        senders=table.names("senders", ("chat",)),
+        receivers=table.names("receivers", ("chat", "transcription")),
+        transports=_parse_transports(table, inline_ok),
+    )
+    table.finish()
+    return None if token is None else SessionConfig(id=session_id, token=token, **fields)
+
+
+def _parse_sessions(root: TableReader, inline_ok: bool) -> dict[str, SessionConfig]:
+    sessions: dict[str, SessionConfig] = {}
+    table = root.section("sessions") or TableReader({}, "sessions", root.problems)
+    for session_id in table.data:
+        section = table.section(session_id)
+        id_problem = session_id_problem(session_id)
+        valid_id = id_problem is None
+        if id_problem is not None:
+            table.report(session_id, id_problem)
+        if section is not None:
+            session = _parse_session(session_id, section, inline_ok)
+            if session is not None and valid_id:
+                sessions[session_id] = session
+    return sessions
+
+
+def _parse_mqtt(table: TableReader, hostname: str | None, inline_ok: bool) -> MqttConfig:
+    tls_table = table.section("tls")
+    tls = None
+    if tls_table is not None:
+        tls = TlsConfig(
+            ca_file=tls_table.abs_path("ca_file"),
+            cert_file=tls_table.abs_path("cert_file"),
+            key_file=tls_table.abs_path("key_file"),
+            insecure=tls_table.boolean("insecure", False),
+        )
+        if tls.key_file is not None and tls.cert_file is None:
+            tls_table.report("key_file", "needs cert_file as well")
+        tls_table.finish()
+    protocol = MqttProtocol.V5
+    raw_protocol = table.take("protocol")
+    if raw_protocol in ("3.1.1", "5") or (is_int(raw_protocol) and raw_protocol == 5):
+        protocol = MqttProtocol(str(raw_protocol))
+    elif raw_protocol is not MISSING:
+        table.report("protocol", f'must be "5" or "3.1.1", got {raw_protocol!r}')
+    mqtt = MqttConfig(
+        host=table.string("host", "127.0.0.1"),
+        port=table.integer("port", 8883 if tls else 1883, 1, 65535),
+        base_topic=table.topic("base_topic", "lkbridge"),
+        client_id=table.string("client_id", default_client_id(hostname)),
+        username=table.opt_string("username"),
+        password=table.secret("password", required=False, inline_ok=inline_ok),
+        protocol=protocol,
+        keepalive=table.integer("keepalive", 60, 0, 65535),
+        queue_limit=table.integer("queue_limit", 10_000, 0),
+        max_payload_bytes=table.integer("max_payload_bytes", 65_536, 1, 268_435_455),
+        tls=tls,
+    )
+    if mqtt.password is not None and mqtt.username is None and protocol is MqttProtocol.V311:
+        table.report("password", "needs a username with MQTT 3.1.1")
+    table.finish()
+    return mqtt
+
+
+def _default_state_directory(environ: Mapping[str, str]) -> Path:
+    # systemd's StateDirectory= sets STATE_DIRECTORY (colon-separated when several).
+    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(first) if first and os.path.isabs(first) else Path("/var/lib/lkbridge")
+
+
+def _section(root: TableReader, key: str) -> TableReader:
+    return root.section(key) or TableReader({}, key, root.problems)
+
+
+def config_from_dict(
+    data: Mapping[str, Any],
+    source_name: str = "<dict>",
+    *,
+    environ: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+    resolve_secrets: bool = False,
+) -> Config:
+    """Validate parsed TOML data into a Config; raises ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[Problem] = []
+    root = TableReader(data, "", problems)
+    mqtt = _parse_mqtt(_section(root, "mqtt"), hostname, True)
+    state_table = _section(root, "state")
+    state = StateConfig(
+        directory=state_table.abs_path("directory") or _default_state_directory(env),
+        history_limit=state_table.integer("history_limit", 1000, 0, 10_000_000),
+    )
+    log_table = _section(root, "log")
+    log = LogConfig(
+        level=cast(LogLevel, log_table.choice("level", "info", _LEVELS)),
+        format=cast(LogFormat, log_table.choice("format", "auto", _FORMATS)),
+    )
+    plugins_table = _section(root, "plugins")
+    plugins = PluginsConfig(disable=plugins_table.names("disable", ()))
+    ha_table = _section(root, "homeassistant")
+    homeassistant = HomeAssistantConfig(
+        enabled=ha_table.boolean("enabled", True),
+        discovery_prefix=ha_table.topic("discovery_prefix", "homeassistant"),
+    )
+    sessions = _parse_sessions(root, True)
+    for table in (state_table, log_table, plugins_table, ha_table, root):
+        table.finish()
+    if problems:
+        raise ConfigError(problems, source=source_name)
+    config = Config(
+        mqtt=mqtt,
+        state=state,
+        log=log,
+        plugins=plugins,
+        homeassistant=homeassistant,
+        sessions=FrozenMap(sessions),
+        source=source_name,
+    )
+    if resolve_secrets:
+        secret_problems = config.secret_problems(env)
+        if secret_problems:
+            raise ConfigError(secret_problems, source=source_name)
+    return config
+
+
+def session_from_table(
+    session_id: str, table: Mapping[str, Any], *, allow_inline_secrets: bool = False
+) -> SessionConfig:
+    """Validate one session's table (e.g. JSON from session/add); paths read sessions.<id>….
+
+    Inline secrets are refused by default: lkbridge never stores a secret in plain text, so a
+    session added at runtime must reference its secrets by env, file or credential.
+    """
+    problems: list[Problem] = []
+    path = join_path("sessions", session_id)
+    id_problem = session_id_problem(session_id)
+    if id_problem is not None:
+        problems.append(Problem(path, id_problem))
+    if not isinstance(table, Mapping):
+        problems.append(Problem(path, f"expected a table, got {type_name(table)}"))
+        raise ConfigError(problems)
+    session = _parse_session(session_id, TableReader(table, path, problems), allow_inline_secrets)
+    if problems or session is None:
+        raise ConfigError(problems)
+    return session
+
+
+def overrides_from_dict(data: Mapping[str, Any], source_name: str = "<dict>") -> Overrides:
+    """Validate the overrides file's data: a removed list and sessions without inline secrets."""
+    problems: list[Problem] = []
+    root = TableReader(data, "", problems)
+    removed = root.names("removed", ())
+    sessions = _parse_sessions(root, False)
+    root.finish()
+    if problems:
+        raise ConfigError(problems, source=source_name)
+    return Overrides(FrozenMap(sessions), frozenset(removed))
+
+
+def unknown_name_problems(
+    config: Config,
+    *,
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
+    """Problems for transport and token source names no plugin provides (checked after loading)."""
+    problems: list[Problem] = []
+    known_sources = [*BUILTIN_TOKEN_SOURCES, *token_sources]
+
+    def check(path: str, name: str, known: Collection[str], what: str) -> None:
+        if name not in known:
+            close = get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            listed = ", ".join(sorted(known)) or "none"
+            problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
+
+    for session_id, session in config.sessions.items():
+        path = join_path("sessions", session_id)
+        for index, name in enumerate(session.senders):
+            check(f"{path}.senders[{index}]", name, senders, "sender")
+        for index, name in enumerate(session.receivers):
+            check(f"{path}.receivers[{index}]", name, receivers, "receiver")
+        check(f"{path}.token.source", session.token.source, known_sources, "token source")
+    return problems

@@ -1,0 +1,1 @@
+"""The daemon: hosts configured sessions, supervises them, keeps history, talks to systemd."""

@@ -1,0 +1,289 @@
+"""Runs one daemon session: supervision with backoff, history persistence, and hub events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
+from lkbridge.config.models import SessionConfig
+from lkbridge.daemon.store import MessageStore, StoreError
+from lkbridge.log import redact_text
+from lkbridge.messages import ReceivedMessage, utcnow
+from lkbridge.session.core import Session
+from lkbridge.session.events import (
+    AgentChanged,
+    ConnectionState,
+    ConnectionStateChanged,
+    ErrorChanged,
+    HistoryRestored,
+    MessageReceived,
+    SessionEvent,
+)
+
+log = structlog.get_logger(__name__)
+
+ANSWERS_KEPT = 1000
+
+
+class Backoff:
+    """Jittered exponential backoff: initial * 2^(n-1), capped, times a factor in [0.5, 1]."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next(self) -> float:
+        self.attempt += 1
+        base = min(self.maximum, self.initial * 2 ** (self.attempt - 1))
+        return float(base * random.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class SessionRunner:
+    """Owns one Session for the daemon and keeps it running while it is wanted."""
+
+    def __init__(
+        self,
+        cfg: SessionConfig,
+        session: Session,
+        store: MessageStore,
+        emit: Callable[[HubEvent], None],
+        *,
+        backoff: Backoff | None = None,
+        stable_after: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.store = store
+        self._emit = emit
+        self.backoff = backoff or Backoff()
+        self.stable_after = stable_after
+        self.wanted = False
+        self.retry_at: float | None = None
+        self.restarts = 0
+        self._wake = asyncio.Event()
+        self._start_now = asyncio.Event()
+        self._store_failing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._inflight_sends: set[str] = set()
+        self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
+        self._state_waiters: list[asyncio.Event] = []
+        self._log = log.bind(session=cfg.id)
+        session.add_listener(self._on_event)
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_event(self, event: SessionEvent) -> None:
+        self._wake.set()
+        if isinstance(event, ConnectionStateChanged):
+            for waiter in self._state_waiters:
+                waiter.set()
+        if isinstance(event, MessageReceived):
+            # Persist first: a message is on disk before anyone is told about it.
+            self._persist(self.store.upsert, event.message)
+            self._emit(HubEvent(HubEventKind.MESSAGE, self.id, self.message_event(event.message)))
+        elif isinstance(event, ConnectionStateChanged | AgentChanged):
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+        elif isinstance(event, ErrorChanged):
+            self._emit(HubEvent(HubEventKind.ERROR, self.id, self.error_data()))
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+        elif isinstance(event, HistoryRestored):
+            self._persist(self.store.replace, event.messages)
+
+    def _persist(self, write: Callable[[str, Any], None], data: Any) -> None:
+        """Write to the store; a failing disk is reported once, and events still go out."""
+        try:
+            write(self.id, data)
+        except StoreError as exc:
+            if not self._store_failing:
+                self._store_failing = True
+                self._log.error("history_not_saved", error=str(exc))
+                self._emit(HubEvent(HubEventKind.BRIDGE, "", {
+                    "event": "history_not_saved", "session": self.id, "error": str(exc),
+                }))
+            return
+        if self._store_failing:
+            self._store_failing = False
+            self._log.info("history_saved_again")
+
+    def error_data(self) -> dict[str, Any] | None:
+        """The current error for MQTT, with anything secret-looking scrubbed from its text."""
+        error = self.session.error
+        if error is None:
+            return None
+        data = error.to_dict()
+        data["message"] = redact_text(data["message"])
+        return data
+
+    def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
+        data = message.to_dict()
+        data["session"] = self.id
+        return data
+
+    def snapshot(self) -> dict[str, Any]:
+        session = self.session
+        return {
+            "session": self.id,
+            "connection_state": session.connection_state.value,
+            "is_connected": session.is_connected,
+            "agent": session.agent.to_dict(),
+            "error": self.error_data(),
+            "room": session.room_name,
+            "wanted": self.wanted,
+            "restarts": self.restarts,
+            "timestamp": utcnow().isoformat(timespec="milliseconds"),
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def restore_from_store(self) -> int:
+        messages = self.store.load(self.id)
+        if messages:
+            self.session.restore_message_history(messages)
+        return len(messages)
+
+    def start(self) -> None:
+        """Want the session running: start it now and keep restarting it until end()."""
+        self.wanted = True
+        self.backoff.reset()
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"session-supervisor-{self.id}"
+            )
+        else:
+            self._start_now.set()  # cut a restart delay short
+
+    async def end(self) -> None:
+        """Stop wanting it: cancel supervision and leave the room."""
+        self.wanted = False
+        task, self._supervisor = self._supervisor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.retry_at = None
+        await self.session.end()
+        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+
+    async def aclose(self) -> None:
+        await self.end()
+        await self.session.aclose()
+
+    def _trouble(self) -> str | None:
+        session = self.session
+        if session.connection_state == ConnectionState.DISCONNECTED:
+            return "disconnected"
+        if session.agent.failure is not None:
+            return f"agent {session.agent.failure.value}"
+        return None
+
+    async def _supervise(self) -> None:
+        while self.wanted:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the supervisor die silently
+                self._log.exception("session_supervisor_failed", error=str(exc))
+                await self._pause(self.backoff.next())
+
+    async def _run_once(self) -> None:
+        """Start, wait for trouble, then leave and wait out a backoff delay."""
+        loop = asyncio.get_running_loop()
+        self._wake.clear()
+        started = loop.time()
+        await self.session.start()
+        reason = self._trouble()
+        while reason is None:
+            await self._wake.wait()
+            self._wake.clear()
+            reason = self._trouble()
+        if not self.wanted:
+            return
+        if loop.time() - started > self.stable_after:
+            self.backoff.reset()
+        delay = self.backoff.next()
+        self.restarts += 1
+        self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
+        if self.session.connection_state != ConnectionState.DISCONNECTED:
+            await self.session.end()  # leave the room the agent failed in; start afresh
+        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
+        await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep for delay, or less if start() is asked for meanwhile."""
+        self._start_now.clear()
+        self.retry_at = asyncio.get_running_loop().time() + delay
+        try:
+            await asyncio.wait_for(self._start_now.wait(), delay)
+        except TimeoutError:
+            pass
+        finally:
+            self.retry_at = None
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _wait_until_not_disconnected(self, timeout: float) -> None:
+        """While the session is wanted but (re)starting, wait (bounded) for it to connect, so
+        text sent during a restart is held for the agent instead of failing at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.wanted and self.session.connection_state == ConnectionState.DISCONNECTED:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            changed = asyncio.Event()
+            self._state_waiters.append(changed)
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                return
+            finally:
+                if changed in self._state_waiters:
+                    self._state_waiters.remove(changed)
+
+    async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+        """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
+
+        The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
+        first answer is no longer remembered (e.g. after a restart) id and timestamp are None.
+        """
+        await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
+        if send_id is not None:
+            if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
+                first = self._answers.get(send_id)
+                if first is None:
+                    first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
+                return first | {"duplicate": True}
+            self._inflight_sends.add(send_id)
+        try:
+            sent = await self.session.send_text(text)
+        finally:
+            if send_id is not None:
+                self._inflight_sends.discard(send_id)
+        if sent is None:
+            error = self.error_data()
+            raise HubError(error["message"] if error is not None else "the message was not sent")
+        answer = sent.to_dict() | {"send_id": send_id}
+        if send_id is not None:
+            try:
+                self.store.remember_send_id(self.id, send_id)
+            except StoreError as exc:
+                self._log.error("send_id_not_saved", error=str(exc))
+            self._answers[send_id] = answer
+            while len(self._answers) > ANSWERS_KEPT:
+                del self._answers[next(iter(self._answers))]
+        return answer | {"duplicate": False}

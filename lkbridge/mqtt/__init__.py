@@ -1,0 +1,1 @@
+"""MQTT, the only paho user: the asyncio client, the shared connection, and the MQTT transport."""

@@ -1,0 +1,627 @@
+"""The asyncio MQTT client: paho driven on the event loop, outbox, reconnects (sole paho user)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from typing import Any
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from lkbridge.mqtt.types import (
+    ConnectHook,
+    ConnectInfo,
+    DisconnectHook,
+    Hooks,
+    Inbox,
+    IncomingMessage,
+    MqttError,
+    MqttSettings,
+    Outbox,
+    OutgoingMessage,
+    Payload,
+    PublishProperties,
+    QueuedMessage,
+    TlsSettings,
+    WillMessage,
+    backoff_delay,
+    check_properties,
+    check_qos,
+    check_topic,
+    os_reason,
+    tls_context,
+)
+
+__all__ = [
+    "ConnectHook",
+    "ConnectInfo",
+    "DisconnectHook",
+    "IncomingMessage",
+    "MqttClient",
+    "MqttError",
+    "MqttSettings",
+    "OutgoingMessage",
+    "PublishProperties",
+    "TlsSettings",
+    "WillMessage",
+]
+
+log = structlog.get_logger(__name__)
+STABLE_AFTER = 10.0  # a connection that lasted this long resets the reconnect backoff
+
+
+def _paho_properties(props: PublishProperties, expiry_left: int | None) -> Properties:
+    out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if "response_topic" in props:
+        out.ResponseTopic = props["response_topic"]
+    if "correlation_data" in props:
+        out.CorrelationData = bytes(props["correlation_data"])
+    if expiry_left is not None:
+        out.MessageExpiryInterval = expiry_left  # what is left after waiting in our outbox
+    if "content_type" in props:
+        out.ContentType = props["content_type"]
+    if props.get("user_properties"):
+        out.UserProperty = list(props["user_properties"])
+    return out
+
+
+def _incoming(msg: paho.MQTTMessage) -> IncomingMessage:
+    props = getattr(msg, "properties", None)
+
+    def get(name: str) -> Any:
+        return getattr(props, name, None) if props is not None else None
+
+    corr = get("CorrelationData")
+    return IncomingMessage(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        qos=msg.qos,
+        retain=bool(msg.retain),
+        response_topic=get("ResponseTopic"),
+        correlation_data=bytes(corr) if corr else None,
+        message_expiry_interval=get("MessageExpiryInterval"),
+        content_type=get("ContentType"),
+        user_properties=tuple((str(k), str(v)) for k, v in get("UserProperty") or ()),
+    )
+
+
+class _PahoClient(paho.Client):
+    """paho's client, with a TLS handshake that closes its socket when it fails (paho leaks it)."""
+
+    tls: ssl.SSLContext | None = None  # set whenever paho is told to use TLS
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        try:
+            if self.tls is None:
+                raise MqttError("TLS was requested without a TLS context")
+            ssl_sock = self.tls.wrap_socket(
+                tcp_sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+        except BaseException:
+            tcp_sock.close()
+            raise
+        try:
+            ssl_sock.settimeout(self.connect_timeout)
+            ssl_sock.do_handshake()  # checks the chain, and the hostname unless insecure
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
+class MqttClient:
+    """An MQTT connection that lives on the asyncio loop and reconnects forever.
+
+    `async with MqttClient(settings) as client:` never waits for the broker; publishes made while
+    disconnected wait in the outbox. Call methods from the event loop's thread only.
+
+    Session: with a client_id and `persistent_session` (the default), v5 connects with
+    clean_start=False and a session expiry interval, 3.1.1 with clean_session=False, so the broker
+    keeps our subscriptions and queues QoS 1 messages (commands) while we are away: a restart or
+    a network blip loses no command. The price is stale commands after long outages, so the v5
+    session is bounded (`session_expiry`, 10 min) and publishers can bound each message with a
+    message expiry, which Mosquitto honours: it drops expired queued messages and hands the rest
+    over with the interval reduced by the time they waited (60 s after 2 s arrives as 58).
+    3.1.1 has no session expiry on the wire (Mosquitto: `persistent_client_expiration`).
+    Subscriptions are sent again on every connect anyway, for brokers that lost the session.
+    """
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self._settings = s = settings
+        self._v5 = s.protocol == "5"
+        self._persistent = s.persistent_session and bool(s.client_id)
+        self._where = f"{s.host}:{s.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._outbox = Outbox(s.queue_limit)
+        self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
+        self._window = s.max_inflight
+        self._subscriptions: dict[str, int] = {}
+        self._sub_waiters: dict[int, tuple[list[str], asyncio.Future[list[ReasonCode]] | None]] = {}
+        self._inbox = Inbox(s.incoming_limit)
+        self._connect_hooks: Hooks[ConnectInfo] = Hooks()
+        self._disconnect_hooks: Hooks[str] = Hooks()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._gen = 0  # bumped per connection attempt, so late callbacks of an old one are ignored
+        self._fd: int | None = None
+        self._connack: asyncio.Future[bool] | None = None
+        self._lost, self._up, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._idle.set()
+        self._connected = self._closing = self._ever_connected = False
+        self._disconnect_reason = ""
+        self._last_warn: dict[str, float] = {}
+        self.last_error: MqttError | None = None
+        self._paho = self._make_paho()
+
+    def _make_paho(self) -> paho.Client:
+        s = self._settings
+        client = _PahoClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            reconnect_on_failure=False,
+            clean_session=None if self._v5 else not self._persistent,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+        )
+        client.enable_logger(logging.getLogger("paho.mqtt"))
+        client.connect_timeout = s.connect_timeout
+        client.max_inflight_messages_set(0)  # our window and outbox bound what paho holds
+        client.max_queued_messages_set(0)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls is not None:
+            client.tls = tls_context(s.tls)
+            client.tls_set_context(client.tls)
+            client.tls_insecure_set(s.tls.insecure)
+        if s.will is not None:
+            client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry if self._persistent else 0
+        clean_start = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
+        client.connect_async(s.host, s.port, s.keepalive, clean_start=clean_start, properties=props)
+        # paho callbacks only hop onto the loop: protocol events are posted (handled after paho
+        # returns, never inside its code paths); socket changes apply at once on the loop thread.
+        client.on_connect = lambda _c, _u, flags, rc, props: self._post(
+            self._handle_connect, self._gen, flags.session_present, rc, props
+        )
+        client.on_disconnect = lambda _c, _u, flags, rc, _p: self._post(
+            self._handle_disconnect, self._gen, flags.is_disconnect_packet_from_server, rc
+        )
+        client.on_message = lambda _c, _u, msg: self._post(self._handle_message, msg)
+        client.on_publish = lambda _c, _u, mid, rc, _p: self._post(self._handle_puback, mid, rc)
+        client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._post(self._handle_suback, mid, rcs)
+        client.on_socket_close = lambda _c, _u, sock: self._now(self._detach, sock.fileno())
+        client.on_socket_register_write = lambda _c, _u, sock: self._now(
+            self._watch_write, sock.fileno(), True
+        )
+        client.on_socket_unregister_write = lambda _c, _u, sock: self._now(
+            self._watch_write, sock.fileno(), False
+        )
+        return client
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def dropped_count(self) -> int:
+        """Outgoing messages dropped because the outbox was full (since start)."""
+        return self._outbox.dropped
+
+    @property
+    def expired_count(self) -> int:
+        """Outgoing messages whose message expiry ran out while they waited in the outbox."""
+        return self._outbox.expired
+
+    @property
+    def incoming_dropped_count(self) -> int:
+        """Received messages dropped because nobody read them in time (inbox full)."""
+        return self._inbox.dropped
+
+    @property
+    def queued_count(self) -> int:
+        """Messages waiting in the outbox (not counting sent-but-unacknowledged ones)."""
+        return len(self._outbox)
+
+    async def __aenter__(self) -> MqttClient:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._runner = self._spawn(self._run(), "mqtt-connection")
+        self._spawn(self._misc_loop(), "mqtt-misc")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def on_connect(self, hook: ConnectHook) -> Callable[[], None]:
+        """`await hook(info)` in a task after every (re)connect; returns a remover."""
+        return self._connect_hooks.add(hook)
+
+    def on_disconnect(self, hook: DisconnectHook) -> Callable[[], None]:
+        """`await hook(reason)` in a task after every lost connection; returns a remover."""
+        return self._disconnect_hooks.add(hook)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait for a connection; on timeout raise MqttError naming the last failure."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            last, why = self.last_error, f": {self.last_error}" if self.last_error else ""
+            code = last.reason_code if last else None
+            text = f"not connected to {self._where} after {timeout} s{why}"
+            raise MqttError(text, code) from None
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Payload = b"",
+        qos: int = 1,
+        retain: bool = False,
+        properties: PublishProperties | Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Publish, or queue in order while disconnected; False when dropped (outbox full)."""
+        if self._closing:
+            raise MqttError("the MQTT client is closed")
+        check_topic(topic, is_filter=False)
+        check_qos(qos)
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        props = check_properties(properties) if properties else None
+        if not self._outbox.put(QueuedMessage(topic, data, qos, retain, props)):
+            limit, dropped = self._outbox.limit, self._outbox.dropped
+            self._warn("mqtt_queue_full", limit=limit, dropped=dropped)
+            return False
+        self._idle.clear()
+        self._pump()
+        return True
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Payload = b"",
+        qos: int = 1,
+        retain: bool = False,
+        properties: PublishProperties | Mapping[str, Any] | None = None,
+    ) -> bool:
+        """As publish_nowait(); wait_published() waits for the broker's acknowledgements."""
+        return self.publish_nowait(topic, payload, qos, retain, properties)
+
+    async def wait_published(self, timeout: float | None = None) -> None:
+        """Wait until the outbox is empty and every QoS>0 publish has its PUBACK."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            left = len(self._outbox) + len(self._unacked)
+            raise MqttError(f"{left} MQTT messages unacknowledged after {timeout} s") from None
+
+    async def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 10.0) -> None:
+        """Subscribe now (waiting for SUBACK if connected) and again on every reconnect."""
+        check_topic(topic_filter, is_filter=True)
+        check_qos(qos)
+        self._subscriptions[topic_filter] = qos
+        waiter = self._send_subscribe([topic_filter], wait=True) if self._connected else None
+        if waiter is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                codes = await waiter
+        except TimeoutError:
+            raise MqttError(f"no SUBACK for {topic_filter!r} within {timeout} s") from None
+        if codes and codes[0].is_failure:
+            self._subscriptions.pop(topic_filter, None)
+            text = f"broker refused the subscription to {topic_filter!r}: {codes[0]}"
+            raise MqttError(text, codes[0].value)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Forget a subscription, unsubscribing now if connected."""
+        if self._subscriptions.pop(topic_filter, None) is not None and self._connected:
+            self._paho.unsubscribe(topic_filter)
+
+    async def messages(self) -> AsyncIterator[IncomingMessage]:
+        """Received messages in arrival order, until the client closes (meant for one reader)."""
+        async for msg in self._inbox:
+            yield msg
+
+    async def aclose(self, final: Iterable[OutgoingMessage] = (), timeout: float = 5.0) -> None:
+        """Publish `final`, wait (at most `timeout`) for acknowledgements, DISCONNECT cleanly."""
+        if self._closing:
+            return
+        for m in final:
+            self.publish_nowait(m.topic, m.payload, m.qos, m.retain, m.properties)
+        if not self._idle.is_set() and self._loop is not None:
+            try:
+                await self.wait_published(timeout)
+            except MqttError as exc:
+                log.warning("mqtt_close_unacknowledged", error=str(exc))
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._fd is not None:
+            if self._connected:
+                self._paho.disconnect()  # clean DISCONNECT (reason 0): the broker drops our will
+            else:
+                self._abort()
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._lost.wait()
+            except TimeoutError:
+                self._force_close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._connected = False
+        self._inbox.close()
+        unsent = len(self._outbox) + len(self._unacked)
+        log.info("mqtt_closed", host=self._settings.host, unsent=unsent)
+
+    # -- connection supervision ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._connect_once()
+            except MqttError as exc:
+                self.last_error, delay = exc, backoff_delay(attempt, self._settings)
+                attempt += 1
+                log.warning(
+                    "mqtt_connect_failed",
+                    host=self._settings.host,
+                    port=self._settings.port,
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+                continue
+            started = time.monotonic()
+            await self._lost.wait()
+            await asyncio.sleep(0)  # let the posted disconnect reason land first
+            reason = self._disconnect_reason or "connection lost"
+            log.warning("mqtt_disconnected", host=self._settings.host, reason=reason)
+            self._spawn(self._disconnect_hooks.run(reason), "mqtt-on-disconnect")
+            attempt = 0 if time.monotonic() - started >= STABLE_AFTER else attempt + 1
+            await asyncio.sleep(backoff_delay(attempt, self._settings))
+
+    async def _connect_once(self) -> None:
+        """Open the socket in a thread (DNS, TCP, TLS can block), then wait for CONNACK here.
+
+        While the thread runs, the loop does not touch paho: nothing is attached yet, and
+        publish/subscribe only reach paho when connected.
+        """
+        self._gen += 1
+        self._lost.clear()
+        self._disconnect_reason = ""
+        if self._paho.socket() is not None:  # an aborted attempt paho never noticed
+            self._force_close()
+        loop = asyncio.get_running_loop()
+        thread = loop.run_in_executor(None, self._paho.reconnect)
+        try:
+            rc = await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await thread
+            if (sock := self._paho.socket()) is not None:
+                sock.close()
+            raise
+        except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS, timeout
+            raise MqttError(f"cannot connect to {self._where}: {os_reason(exc)}") from exc
+        sock = self._paho.socket()
+        if rc != paho.MQTT_ERR_SUCCESS or sock is None:
+            raise MqttError(f"cannot connect to {self._where}: {paho.error_string(rc)}")
+        # Small packets (PUBACKs, events) must go out at once: Nagle plus delayed ACKs would add
+        # ~40 ms to every answer and event.
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._fd = sock.fileno()
+        loop.add_reader(self._fd, self._on_readable)
+        if self._paho.want_write():  # the CONNECT packet queued in the thread
+            loop.add_writer(self._fd, self._paho.loop_write)
+        self._connack = fut = loop.create_future()
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                await fut
+        except TimeoutError:
+            self._abort()
+            text = f"no CONNACK from {self._where} within {self._settings.connect_timeout} s"
+            raise MqttError(text) from None
+        finally:
+            self._connack = None
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._fd is not None:
+                self._paho.loop_misc()  # keepalive pings, ping timeouts
+
+    def _abort(self) -> None:
+        """Drop the connection without DISCONNECT: the reader sees EOF and paho cleans up."""
+        if isinstance(sock := self._paho.socket(), socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _force_close(self) -> None:
+        if self._fd is not None:
+            self._detach(self._fd)
+        if (sock := self._paho.socket()) is not None:
+            sock.close()
+
+    # -- hops and socket watching --------------------------------------------------------------
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _now(self, fn: Callable[..., None], *args: Any) -> None:
+        """On the loop thread, run at once (paho closes the fd right after); else post."""
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._post(fn, *args)
+
+    def _on_readable(self) -> None:
+        self._paho.loop_read()
+        self._quick_ack()
+        for _ in range(100):  # TLS may hold decrypted bytes the selector cannot see
+            sock = self._paho.socket()
+            if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
+            self._paho.loop_read()
+
+    def _quick_ack(self) -> None:
+        """ACK what we just read at once (Linux resets TCP_QUICKACK, so after every read).
+
+        A broker with Nagle on (Mosquitto's default) holds its next small packet until we ACK
+        the last one, and Linux delays that ACK by up to 40 ms: every command that follows a
+        PUBACK of one of our events would wait that long (docs/benchmarks.md).
+        """
+        sock = self._paho.socket()
+        if isinstance(sock, socket.socket) and hasattr(socket, "TCP_QUICKACK"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+    def _watch_write(self, fd: int, on: bool) -> None:
+        if self._loop is None or fd != self._fd:
+            return  # the connect thread's socket: _connect_once attaches it
+        if on:
+            self._loop.add_writer(fd, self._paho.loop_write)
+        else:
+            self._loop.remove_writer(fd)
+
+    def _detach(self, fd: int) -> None:
+        if self._loop is not None and fd == self._fd:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+            self._fd = None
+
+    # -- protocol events, posted from paho callbacks ------------------------------------------
+
+    def _handle_connect(self, gen: int, session_present: bool, rc: ReasonCode, props: Any) -> None:
+        fut = self._connack
+        if gen != self._gen or fut is None or fut.done():
+            return
+        if rc.is_failure:
+            fut.set_exception(MqttError(f"{self._where} refused the connection: {rc}", rc.value))
+            return
+        receive_max = getattr(props, "ReceiveMaximum", None) or self._settings.max_inflight
+        self._window = min(self._settings.max_inflight, receive_max)
+        if self._subscriptions:
+            self._send_subscribe(list(self._subscriptions), wait=False)
+        self._connected = True
+        self._pump()  # what waited in the outbox goes first, in order
+        fut.set_result(session_present)
+        self._up.set()
+        self.last_error = None
+        dropped = self._outbox.take_dropped_since_mark()
+        info = ConnectInfo(session_present, not self._ever_connected, dropped)
+        self._ever_connected = True
+        log.info(
+            "mqtt_connected",
+            host=self._settings.host,
+            port=self._settings.port,
+            protocol=self._settings.protocol,
+            session_present=session_present,
+            queued=len(self._outbox) + len(self._unacked),
+            dropped=dropped,
+        )
+        self._spawn(self._connect_hooks.run(info), "mqtt-on-connect")
+
+    def _handle_disconnect(self, gen: int, from_broker: bool, rc: ReasonCode) -> None:
+        if gen != self._gen or self._lost.is_set():
+            return
+        if from_broker:
+            reason = f"broker sent DISCONNECT: {rc}"
+        else:
+            reason = "connection lost" if str(rc) == "Unspecified error" else str(rc)
+        self._disconnect_reason = reason
+        self._connected = False
+        self._up.clear()
+        if (fut := self._connack) is not None and not fut.done():
+            fut.set_exception(MqttError(f"{self._where} closed the connection: {reason}"))
+        for _, waiter in self._sub_waiters.values():
+            if waiter is not None and not waiter.done():
+                waiter.set_result([])  # still remembered: sent again on reconnect
+        self._sub_waiters.clear()
+        self._lost.set()
+
+    def _handle_message(self, msg: paho.MQTTMessage) -> None:
+        if not self._inbox.put(_incoming(msg)):
+            self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=self._inbox.dropped)
+
+    def _handle_puback(self, mid: int, rc: ReasonCode) -> None:
+        topic = self._unacked.pop(mid, None)
+        if topic is not None and rc.is_failure:
+            log.warning("mqtt_publish_rejected", topic=topic, reason=str(rc))
+        self._pump()
+
+    def _handle_suback(self, mid: int, codes: list[ReasonCode]) -> None:
+        topics, waiter = self._sub_waiters.pop(mid, ([], None))
+        for topic, code in zip(topics, codes, strict=False):
+            if code.is_failure:
+                log.warning("mqtt_subscribe_refused", topic_filter=topic, reason=str(code))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(codes)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _send_subscribe(self, topics: list[str], wait: bool) -> asyncio.Future[Any] | None:
+        subs = self._subscriptions
+        items = [(t, SubscribeOptions(qos=subs[t]) if self._v5 else subs[t]) for t in topics]
+        rc, mid = self._paho.subscribe(items)  # type: ignore[arg-type]
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None or self._loop is None:
+            return None
+        waiter = self._loop.create_future() if wait else None
+        self._sub_waiters[mid] = (topics, waiter)
+        return waiter
+
+    def _pump(self) -> None:
+        """Hand outbox messages to paho, in order, while connected and the window has room."""
+        while self._connected and len(self._unacked) < self._window:
+            if (item := self._outbox.pop()) is None:
+                break
+            msg, expiry_left = item
+            props = _paho_properties(msg.properties, expiry_left) if msg.properties else None
+            try:
+                info = self._paho.publish(
+                    msg.topic, msg.payload, msg.qos, msg.retain, props if self._v5 else None
+                )
+            except ValueError as exc:  # e.g. payload over the MQTT maximum
+                log.error("mqtt_publish_failed", topic=msg.topic, error=str(exc))
+                continue
+            if msg.qos > 0 and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                self._unacked[info.mid] = msg.topic  # paho sends it again after a reconnect
+        if not self._outbox and not self._unacked:
+            self._idle.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _warn(self, event: str, **fields: Any) -> None:
+        """Log a repeating warning at most once a second."""
+        now = time.monotonic()
+        if now - self._last_warn.get(event, float("-inf")) >= 1.0:
+            self._last_warn[event] = now
+            log.warning(event, **fields)

@@ -1,0 +1,55 @@
+"""The bridge's MQTT connection offered to transports as `services["mqtt"]` (one connection for all)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from lkbridge.errors import TransportError
+from lkbridge.mqtt.client import MqttClient
+from lkbridge.mqtt.transport import topic_matches
+from lkbridge.mqtt.types import IncomingMessage
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[str, bytes], None]
+
+
+class SharedMqttService:
+    """Implements lkbridge.mqtt.transport.MqttService over the bridge's client."""
+
+    def __init__(self, client: MqttClient, base_topic: str) -> None:
+        self._client = client
+        self.base_topic = base_topic
+        self._handlers: list[tuple[str, Handler]] = []
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if not self._client.publish_nowait(topic, payload, qos=qos, retain=retain):
+            raise TransportError(f"MQTT outgoing queue is full; {topic} not published")
+
+    async def subscribe(self, topic_filter: str, handler: Handler) -> Callable[[], Awaitable[None]]:
+        entry = (topic_filter, handler)
+        self._handlers.append(entry)
+        if sum(1 for f, _ in self._handlers if f == topic_filter) == 1:
+            await self._client.subscribe(topic_filter, qos=1)
+
+        async def unsubscribe() -> None:
+            if entry in self._handlers:
+                self._handlers.remove(entry)
+                if not any(f == topic_filter for f, _ in self._handlers):
+                    await self._client.unsubscribe(topic_filter)
+
+        return unsubscribe
+
+    def dispatch(self, message: IncomingMessage) -> bool:
+        """Hand message to every matching transport subscription; True if any matched."""
+        matched = False
+        for topic_filter, handler in list(self._handlers):
+            if topic_matches(topic_filter, message.topic):
+                matched = True
+                try:
+                    handler(message.topic, message.payload)
+                except Exception:
+                    log.exception("mqtt_service_handler_failed", topic=message.topic)
+        return matched

@@ -1,0 +1,1 @@
+"""The plugin host: entry-point loading with isolation, registries, and the built-in plugins."""

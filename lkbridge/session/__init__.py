@@ -1,0 +1,1 @@
+"""The session layer: Session, its state, events, options, outbox, agent and history."""

@@ -1,0 +1,498 @@
+"""Session: one LiveKit room with an agent, its state, errors and message history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any
+
+from livekit import rtc
+from livekit.rtc.room import EventTypes
+
+from lkbridge.messages import SentMessage
+from lkbridge.session.agent import (
+    PUBLISH_ON_BEHALF_ATTRIBUTE,
+    Agent,
+    AgentFailure,
+    AgentLifecycle,
+    derive_agent,
+)
+from lkbridge.session.events import (
+    ConnectionState,
+    SessionError,
+    SessionErrorKind,
+)
+from lkbridge.session.options import SessionOptions, describe_connect_error, describe_failure
+from lkbridge.session.outbox import GateDecision, Outbox, agent_gate
+from lkbridge.session.state import SessionState
+from lkbridge.session.transport_set import TransportSet
+from lkbridge.tokens.sources import (
+    InvalidatingTokenSource,
+    TokenRequestOptions,
+    TokenSourceConfigurable,
+    TokenSourceFixed,
+    TokenSourceResponse,
+    check_token_usable,
+    with_room_name,
+)
+from lkbridge.transports.base import MessageReceiver, MessageSender
+
+_AGENT_EVENTS: tuple[EventTypes, ...] = (
+    "participant_connected",
+    "participant_disconnected",
+    "participant_active",
+    "participant_attributes_changed",
+    "participant_metadata_changed",
+    "participant_name_changed",
+    "track_published",
+    "track_unpublished",
+    "track_subscribed",
+    "track_unsubscribed",
+)
+
+
+AGENT_LEAVE_GRACE = 1.0
+"""Seconds before an agent that vanished without a known reason counts as having left."""
+
+
+def _is_agent_candidate(p: rtc.RemoteParticipant) -> bool:
+    return p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and not p.attributes.get(
+        PUBLISH_ON_BEHALF_ATTRIBUTE
+    )
+
+
+class Session(SessionState):
+    """A connection to a LiveKit room that can contain an agent.
+
+    Build one with `from_fixed_token_source`, `from_configurable_token_source` or `with_agent`,
+    then `await start()`. State (`connection_state`, `agent`, `error`, `messages`) is observed
+    with `events()` or `add_listener()`; observers hear only about real changes.
+    """
+
+    def __init__(
+        self,
+        token_source: TokenSourceFixed | TokenSourceConfigurable,
+        *,
+        token_options: TokenRequestOptions | None = None,
+        options: SessionOptions | None = None,
+        senders: Sequence[MessageSender] | None = None,
+        receivers: Sequence[MessageReceiver] | None = None,
+    ) -> None:
+        """Prefer the named constructors; `token_options=None` means a fixed token source."""
+        self._token_source = token_source
+        self._options = options or SessionOptions()
+        self._token_options = (
+            with_room_name(token_options, self._options.room_name)
+            if token_options is not None
+            else None
+        )
+        super().__init__(name=self._options.name, history_limit=self._options.history_limit)
+        self._transports = TransportSet(
+            senders,
+            receivers,
+            on_message=self._store,
+            on_error=self._report_transport_error,
+        )
+        self._outbox = Outbox(
+            self._transports.send,
+            self._gate,
+            limit=self._options.send_queue_limit,
+            hold_time=self._options.agent_connect_timeout,
+            send_timeout=self._options.send_timeout,
+        )
+
+        self._room: rtc.Room | None = None
+        self._response: TokenSourceResponse | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._agent_timer: asyncio.Task[None] | None = None
+        self._leave_timer: asyncio.Task[None] | None = None
+        self._timed_out_identity: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ending = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_fixed_token_source(
+        cls,
+        source: TokenSourceFixed,
+        *,
+        options: SessionOptions | None = None,
+        senders: Sequence[MessageSender] | None = None,
+        receivers: Sequence[MessageReceiver] | None = None,
+    ) -> Session:
+        """A session whose credentials are decided by the source alone (`fetch()`)."""
+        return cls(source, options=options, senders=senders, receivers=receivers)
+
+    @classmethod
+    def from_configurable_token_source(
+        cls,
+        source: TokenSourceConfigurable,
+        *,
+        token_options: TokenRequestOptions = TokenRequestOptions(),  # noqa: B008 (frozen)
+        options: SessionOptions | None = None,
+        senders: Sequence[MessageSender] | None = None,
+        receivers: Sequence[MessageReceiver] | None = None,
+    ) -> Session:
+        """A session that asks the source for `token_options` (captured now) on every start."""
+        return cls(
+            source,
+            token_options=token_options,
+            options=options,
+            senders=senders,
+            receivers=receivers,
+        )
+
+    @classmethod
+    def with_agent(
+        cls,
+        agent_name: str,
+        *,
+        agent_metadata: str | None = None,
+        token_source: TokenSourceConfigurable,
+        options: SessionOptions | None = None,
+        senders: Sequence[MessageSender] | None = None,
+        receivers: Sequence[MessageReceiver] | None = None,
+    ) -> Session:
+        """A session whose token dispatches the named agent."""
+        return cls.from_configurable_token_source(
+            token_source,
+            token_options=TokenRequestOptions(agent_name=agent_name, agent_metadata=agent_metadata),
+            options=options,
+            senders=senders,
+            receivers=receivers,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def options(self) -> SessionOptions:
+        return self._options
+
+    def _fail(self, kind: SessionErrorKind, exc: BaseException) -> None:
+        url = self._response.server_url if self._response is not None else None
+        cause = describe_failure(exc, url, self._options.connect_timeout)
+        self._set_error(SessionError(kind=kind, cause=cause, exception=exc))
+
+    def _state_changed(self) -> None:
+        self._outbox.notify()
+
+    @property
+    def room(self) -> rtc.Room | None:
+        """The rtc.Room of the current (or last) start; a fresh one is made by every start."""
+        return self._room
+
+    @property
+    def room_name(self) -> str | None:
+        if self._room is not None and self._room.isconnected() and self._room.name:
+            return self._room.name
+        return self._response.room_name if self._response is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(name={self._options.name!r}, state={self._connection_state.value}, "
+            f"agent={self._agent.lifecycle.value}, messages={len(self._history)})"
+        )
+
+    async def send_text(self, text: str) -> SentMessage | None:
+        """Send text through every sender in order; None (and a `sender` error) on failure.
+
+        Until the agent is active the text is held (see `SessionOptions.hold_until_agent`) and
+        this waits for its delivery.
+        """
+        message = SentMessage(text=text)
+        try:
+            await self._outbox.submit(message)
+        except Exception as exc:
+            self._log.warning("message_send_failed", message_id=message.id, error=str(exc))
+            self._fail(SessionErrorKind.SENDER, exc)
+            return None
+        return message
+
+    def _gate(self, held: bool) -> GateDecision:
+        return agent_gate(
+            self._agent,
+            held=held,
+            hold=self._options.hold_until_agent,
+            disconnected=self._connection_state is ConnectionState.DISCONNECTED,
+            closed=self._closed,
+        )
+
+    # ------------------------------------------------------------------ tasks
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"lkbridge.session.core.{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error(
+                "session_task_failed", task=task.get_name(), error=repr(task.exception())
+            )
+
+    def _ensure_pumps(self) -> None:
+        if not self._closed:
+            self._transports.start_pumps(self._spawn)
+
+    def _report_transport_error(self, exc: BaseException) -> None:
+        self._fail(SessionErrorKind.RECEIVER, exc)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Fetch credentials and connect. Never raises: failures land in `error` (connection).
+
+        Ignored while a start is in flight or the session is not disconnected.
+        """
+        if self._closed:
+            self._log.warning("session_start_ignored", reason="closed")
+            return
+        if (
+            self._start_task is not None
+            or self._connection_state is not ConnectionState.DISCONNECTED
+        ):
+            self._log.info("session_start_ignored", state=self._connection_state.value)
+            return
+        self._ensure_pumps()
+        task = self._spawn(self._run_start(), "start")
+        self._start_task = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # end() or aclose() cancelled the start: that is not an error of start()
+        except Exception as exc:  # a bug below must still not escape start()
+            self._fail(SessionErrorKind.CONNECTION, exc)
+        finally:
+            if self._start_task is task:
+                self._start_task = None
+
+    async def _fetch_token(self) -> TokenSourceResponse:
+        if self._token_options is None:
+            return await self._token_source.fetch()  # type: ignore[call-arg]
+        return await self._token_source.fetch(self._token_options)  # type: ignore[call-arg]
+
+    async def _run_start(self) -> None:
+        self._set_error(None)
+        self._cancel_agent_timer()
+        await self._release_room()
+        self._timed_out_identity = None
+        self._response = None
+        self._set_connection_state(ConnectionState.CONNECTING)
+        self._set_agent(Agent.connecting(buffering=False))
+        room: rtc.Room | None = None
+        try:
+            response = await self._fetch_token()
+            self._response = response
+            check_token_usable(response.participant_token)
+            room = rtc.Room()
+            self._room = room
+            self._observe(room)
+            await self._transports.bind(room)
+            room_options = self._options.room_options() if self._options.room_options else None
+            connect = (
+                room.connect(response.server_url, response.participant_token, room_options)
+                if room_options is not None
+                else room.connect(response.server_url, response.participant_token)
+            )
+            await asyncio.wait_for(connect, self._options.connect_timeout)
+        except asyncio.CancelledError:
+            await self._abort_start(room)
+            raise
+        except Exception as exc:
+            await self._abort_start(room)
+            self._fail(SessionErrorKind.CONNECTION, exc)
+            return
+        if not room.isconnected():  # dropped again while we were finishing up
+            return
+        self._set_connection_state(ConnectionState.CONNECTED)
+        self._update_agent()
+        self._log.info(
+            "session_started",
+            room=room.name or response.room_name,
+            identity=room.local_participant.identity,
+            dispatches_agent=response.dispatches_agent,
+        )
+        if response.dispatches_agent:
+            timeout = self._options.agent_connect_timeout
+            self._agent_timer = self._spawn(self._agent_timeout(timeout), "agent_timeout")
+
+    async def _abort_start(self, room: rtc.Room | None) -> None:
+        with contextlib.suppress(Exception):
+            await self._release_room(room)
+        self._set_connection_state(ConnectionState.DISCONNECTED)
+        self._set_agent(Agent.disconnected())
+
+    async def _release_room(self, room: rtc.Room | None = None) -> None:
+        """Unbind the transports from `room` (default: the current one) and disconnect it."""
+        room = room or self._room
+        await self._transports.unbind(room)
+        if room is not None and room.isconnected():
+            await room.disconnect()
+
+    async def end(self) -> None:
+        """Disconnect from the room. Messages and the last error are kept; the cached token is
+        invalidated so the next start gets a fresh room."""
+        start = self._start_task
+        if start is not None and not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+        self._ending = True
+        try:
+            self._cancel_agent_timer()
+            await self._release_room()
+        finally:
+            self._ending = False
+        self._set_connection_state(ConnectionState.DISCONNECTED)
+        self._set_agent(Agent.disconnected())
+        self._invalidate_token()
+        self._log.info("session_ended")
+
+    async def aclose(self) -> None:
+        """End the session and release everything: tasks, receivers, event streams."""
+        if self._closed:
+            return
+        await self.end()
+        self._closed = True
+        await self._outbox.aclose()
+        await self._transports.aclose()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._hub.close()
+        self._log.info("session_closed")
+
+    async def __aenter__(self) -> Session:
+        self._ensure_pumps()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _invalidate_token(self) -> None:
+        if isinstance(self._token_source, InvalidatingTokenSource):
+            self._token_source.invalidate()
+
+    # ------------------------------------------------------------------ room and agent
+
+    def _observe(self, room: rtc.Room) -> None:
+        def changed(*_: object) -> None:
+            if room is self._room:
+                self._update_agent()
+
+        def participant_left(participant: rtc.RemoteParticipant) -> None:
+            if room is self._room:
+                # A known reason (e.g. CLIENT_INITIATED) is a real departure: judge at once.
+                self._update_agent(judge_left=participant.disconnect_reason is not None)
+
+        for event in _AGENT_EVENTS:
+            room.on(event, participant_left if event == "participant_disconnected" else changed)
+        room.on("reconnecting", lambda: self._on_reconnecting(room))
+        room.on("reconnected", lambda: self._on_reconnected(room))
+        room.on("disconnected", lambda reason: self._on_disconnected(room, reason))
+
+    def _on_reconnecting(self, room: rtc.Room) -> None:
+        if room is self._room and self.is_connected:
+            self._set_connection_state(ConnectionState.RECONNECTING)
+
+    def _on_reconnected(self, room: rtc.Room) -> None:
+        if room is self._room and self.is_connected:
+            self._set_connection_state(ConnectionState.CONNECTED)
+            self._update_agent()
+
+    def _on_disconnected(self, room: rtc.Room, reason: rtc.DisconnectReason.ValueType) -> None:
+        if room is not self._room or self._connection_state is ConnectionState.DISCONNECTED:
+            return
+        intentional = self._ending or reason == rtc.DisconnectReason.CLIENT_INITIATED
+        self._cancel_agent_timer()
+        self._set_connection_state(ConnectionState.DISCONNECTED)
+        self._set_agent(Agent.disconnected())
+        if not intentional:
+            reason_name = rtc.DisconnectReason.Name(reason) if reason else "UNKNOWN_REASON"
+            self._log.warning("session_disconnected_unexpectedly", reason=reason_name)
+            self._invalidate_token()
+            self._spawn(self._release_room(room), "release_room")
+
+    def _update_agent(self, *, judge_left: bool = False) -> None:
+        """Re-derive the agent from the room (spec §3.2, with the [PY] refinements).
+
+        A full reconnect removes every remote participant a moment before the room reports
+        `reconnecting`, so an agent that vanishes without a known reason is judged as left
+        only after AGENT_LEAVE_GRACE seconds, and never while reconnecting.
+        """
+        room = self._room
+        if self._connection_state is ConnectionState.DISCONNECTED:
+            self._set_agent(Agent.disconnected())
+            return
+        if self._connection_state is ConnectionState.CONNECTING or room is None:
+            return
+        if not room.isconnected():
+            return
+        participant = next(
+            (p for p in room.remote_participants.values() if _is_agent_candidate(p)), None
+        )
+        candidate = (participant.identity, participant.attributes) if participant else None
+        hold = self._connection_state is ConnectionState.RECONNECTING
+        if candidate is None and self._agent.is_connected and not hold and not judge_left:
+            hold = True
+            if self._leave_timer is None:
+                self._leave_timer = self._spawn(self._leave_grace(), "agent_leave_grace")
+        self._set_agent(
+            derive_agent(
+                self._agent,
+                candidate,
+                reconnecting=hold,
+                timed_out_identity=self._timed_out_identity,
+            )
+        )
+
+    async def _leave_grace(self) -> None:
+        await asyncio.sleep(AGENT_LEAVE_GRACE)
+        self._leave_timer = None
+        self._update_agent(judge_left=True)
+
+    async def _agent_timeout(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        agent = self._agent
+        if not self.is_connected or agent.is_connected:
+            return
+        if agent.lifecycle not in (AgentLifecycle.CONNECTING, AgentLifecycle.CONNECTED):
+            return
+        self._timed_out_identity = agent.identity
+        self._log.warning("agent_timed_out", timeout=timeout, identity=agent.identity)
+        self._set_agent(agent.failed(AgentFailure.TIMEOUT))
+
+    def _cancel_agent_timer(self) -> None:
+        for timer in (self._agent_timer, self._leave_timer):
+            if timer is not None:
+                timer.cancel()
+        self._agent_timer = self._leave_timer = None
+
+
+__all__ = [
+    "ConnectionState",
+    "Session",
+    "SessionError",
+    "SessionErrorKind",
+    "SessionOptions",
+    "describe_connect_error",
+]
