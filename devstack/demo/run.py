@@ -63,7 +63,7 @@ def instructions(stack: DemoStack, target: Target, interactive: bool) -> str:
         f"  mosquitto_sub -h 127.0.0.1 -p {port} -t '{base}/#' -v",
         f"  mosquitto_pub -h 127.0.0.1 -p {port} -t {base}/{session}/send -m 'what time is it'",
         f"  (or `export LKBRIDGE_CONFIG={cfg}` and leave out -c)",
-        "Ask it the time, to count or reverse words, what 6 * 7 is, or for help.",
+        "Ask it the time, what 2 + 3 * 4 is, to count to 5 or reverse some words, or for help.",
         quit_how,
         f"ready: config={stack.config_path} mqtt=127.0.0.1:{port} base_topic={base} "
         f"session={session}",

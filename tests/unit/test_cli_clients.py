@@ -181,8 +181,8 @@ def test_demo_replies() -> None:
     assert demo_reply("What time is it?", lambda: noon) == "It is 12:34:56 here."
     assert demo_reply("what day is it", lambda: noon) == "Today is Friday, 02 January 2026."
     assert demo_reply("help") == HELP
-    assert demo_reply("count one two three") == "That is 3 words and 13 characters."
-    assert demo_reply("reverse hello world") == "dlrow olleh"
+    assert demo_reply("count one two three") == "That is 3 words."
+    assert demo_reply("reverse hello world") == "world hello"
     assert demo_reply("repeat after me: lights on") == "lights on"
     assert demo_reply("what is 6 * 7") == "6 * 7 = 42"
     assert demo_reply("7 / 0") == "I cannot divide by zero."
