@@ -18,13 +18,12 @@ import structlog
 from lkbridge.bridges.mqtt.bridge import tls_settings
 from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config.models import MqttConfig
+from lkbridge.config.where import find_config
 from lkbridge.errors import LkbridgeError
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_CONFIG = "/etc/lkbridge/config.toml"
-CONFIG_ENV = "LKBRIDGE_CONFIG"
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 RETAINED_GRACE = 1.0  # seconds to collect retained messages after subscribing
@@ -50,10 +49,6 @@ class Target:
         return "/".join((self.base_topic, *levels))
 
 
-def default_config_path() -> str:
-    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
-
-
 def load_target(
     config_path: str | None = None,
     *,
@@ -70,9 +65,10 @@ def load_target(
     from lkbridge.config.models import ConfigError
     from lkbridge.config.secrets import SecretError
 
-    path = config_path or default_config_path()
+    where = find_config(config_path)
+    path = where.path
     mqtt = MqttConfig()
-    if config_path is not None or Path(path).exists():
+    if where.named or Path(path).exists():
         try:
             mqtt = load_config(path).mqtt
         except ConfigError as exc:

@@ -222,11 +222,12 @@ def load_effective_config(
 
 STARTER_HEADER = """\
 # lkbridge configuration, written by `lkbridge init`.
-# Every key is documented in config.example.toml and docs/configuration.md.
+# Every key, documented: `lkbridge init --print-example` (and docs/configuration.md).
 # Check it with: lkbridge check -c THIS_FILE
 #
-# The demo session mints tokens for a local LiveKit server (`livekit-server --dev` uses the
-# API key "devkey"); its secret is read from the LIVEKIT_API_SECRET environment variable.
+# The demo session mints tokens for a LiveKit server (`livekit-server --dev` uses the API key
+# "devkey"); its secret is read from the LIVEKIT_API_SECRET environment variable (under systemd,
+# use a credential instead: api_secret = { credential = "livekit-api-secret" }).
 # Set agent_name to the name your agent worker registers with.
 
 """
@@ -236,7 +237,7 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     """Write a valid starter config; refuses (ConfigError) to overwrite an existing file."""
     file = Path(path)
     data = {
-        "mqtt": {"host": "127.0.0.1", "port": 1883, "base_topic": "lkbridge"},
+        "mqtt": {"server": "mqtt://127.0.0.1:1883", "base_topic": "lkbridge"},
         "log": {"level": "info", "format": "auto"},
         "homeassistant": {"enabled": True, "discovery_prefix": "homeassistant"},
         "sessions": {
@@ -254,6 +255,8 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     }
     text = STARTER_HEADER + tomli_w.dumps(data)
     try:
+        if not file.parent.exists():
+            file.parent.mkdir(mode=0o750, parents=True)  # e.g. /etc/lkbridge on a fresh machine
         with open(file, "x", encoding="utf-8") as handle:
             handle.write(text)
     except FileExistsError as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Collection, Mapping
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 from lkbridge.config.models import (
     DEFAULT_DEVELOPMENT_BASE_URL,
@@ -37,6 +39,7 @@ from lkbridge.config.models import (
 from lkbridge.config.reader import (
     MISSING,
     NAME,
+    KeyHomes,
     TableReader,
     freeze,
     is_int,
@@ -172,6 +175,67 @@ def _parse_sessions(root: TableReader, inline_ok: bool) -> dict[str, SessionConf
     return sessions
 
 
+_SERVER_FORM = 'write server = "mqtt://HOST:1883" (or "mqtts://HOST:8883" for TLS)'
+
+
+def _server_url(table: TableReader, tls: TlsConfig | None) -> tuple[str, int, TlsConfig | None] | None:
+    """[mqtt] server = "mqtt://host:1883" / "mqtts://host:8883": host, port and TLS, or None."""
+    value = table.opt_string("server")
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        table.report("server", f"is not a valid URL; {_SERVER_FORM}")
+        return None
+    scheme = parts.scheme.lower()
+    problem = None
+    if scheme not in ("mqtt", "mqtts"):
+        problem = f"must start with mqtt:// or mqtts://; {_SERVER_FORM}"
+    elif parts.username is not None or parts.password is not None:
+        problem = ("must not contain a user name or password: set [mqtt] username and password"
+                   ' (e.g. password = { env = "MQTT_PASSWORD" })')
+    elif not parts.hostname:
+        problem = f"must include a host name; {_SERVER_FORM}"
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
+        problem = "must be mqtt://HOST or mqtt://HOST:PORT, with nothing after the port"
+    elif scheme == "mqtt" and tls is not None:
+        problem = "is mqtt:// (no TLS) but [mqtt.tls] is set; write mqtts://"
+    if problem:
+        table.report("server", problem)
+        return None
+    for key in ("host", "port"):
+        if key in table.data:
+            table.report(key, "give either server or host and port, not both")
+    if scheme == "mqtts" and tls is None:
+        tls = TlsConfig()
+    assert parts.hostname is not None
+    return parts.hostname, port or (8883 if scheme == "mqtts" else 1883), tls
+
+
+def _mqtt_address(table: TableReader, tls: TlsConfig | None) -> tuple[str, int, TlsConfig | None]:
+    """The broker's host, port and TLS from server, or from host and port."""
+    from_server = _server_url(table, tls)
+    host = table.string("host", "127.0.0.1")
+    port = table.integer("port", 8883 if tls else 1883, 1, 65535)
+    if from_server is not None:
+        return from_server
+    if "://" in host:
+        try:
+            parts = urlsplit(host)
+            hint = f'"{parts.scheme.lower()}://{parts.hostname}:{parts.port or port}"'
+        except ValueError:
+            hint = '"mqtt://HOST:1883"'
+        table.report("host", f"takes a host name or address, not a URL; write server = {hint}"
+                     " instead of host (or host = the name alone, and port)")
+    elif host.count(":") == 1 and host.rpartition(":")[2].isdigit():
+        name, _, number = host.rpartition(":")
+        table.report("host", f'takes the host alone; write host = "{name}" and port = {number}'
+                     f' (or server = "mqtt://{host}")')
+    return host, port, tls
+
+
 def _parse_mqtt(table: TableReader, hostname: str | None, inline_ok: bool) -> MqttConfig:
     tls_table = table.section("tls")
     tls = None
@@ -191,9 +255,10 @@ def _parse_mqtt(table: TableReader, hostname: str | None, inline_ok: bool) -> Mq
         protocol = MqttProtocol(str(raw_protocol))
     elif raw_protocol is not MISSING:
         table.report("protocol", f'must be "5" or "3.1.1", got {raw_protocol!r}')
+    host, port, tls = _mqtt_address(table, tls)
     mqtt = MqttConfig(
-        host=table.string("host", "127.0.0.1"),
-        port=table.integer("port", 8883 if tls else 1883, 1, 65535),
+        host=host,
+        port=port,
         base_topic=table.topic("base_topic", "lkbridge"),
         client_id=table.string("client_id", default_client_id(hostname)),
         username=table.opt_string("username"),
@@ -231,7 +296,31 @@ def config_from_dict(
     """Validate parsed TOML data into a Config; raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
-    root = TableReader(data, "", problems)
+    root = TableReader(data, "", problems, homes=key_homes())
+    config = _read_config(root, env, hostname, source_name)
+    if problems:
+        raise ConfigError(problems, source=source_name)
+    if resolve_secrets:
+        secret_problems = config.secret_problems(env)
+        if secret_problems:
+            raise ConfigError(secret_problems, source=source_name)
+    return config
+
+
+@functools.cache
+def key_homes() -> KeyHomes:
+    """Every table's keys, learnt by reading an empty config with each built-in token source."""
+    homes = KeyHomes()
+    for source in BUILTIN_TOKEN_SOURCES:
+        data = {"mqtt": {"tls": {}}, "state": {}, "log": {}, "plugins": {}, "homeassistant": {},
+                "sessions": {"name": {"token": {"source": source}}}}
+        _read_config(TableReader(data, "", [], learn=homes), {}, "host", "<schema>")
+    return homes
+
+
+def _read_config(
+    root: TableReader, env: Mapping[str, str], hostname: str | None, source_name: str
+) -> Config:
     mqtt = _parse_mqtt(_section(root, "mqtt"), hostname, True)
     state_table = _section(root, "state")
     state = StateConfig(
@@ -253,9 +342,7 @@ def config_from_dict(
     sessions = _parse_sessions(root, True)
     for table in (state_table, log_table, plugins_table, ha_table, root):
         table.finish()
-    if problems:
-        raise ConfigError(problems, source=source_name)
-    config = Config(
+    return Config(
         mqtt=mqtt,
         state=state,
         log=log,
@@ -264,11 +351,6 @@ def config_from_dict(
         sessions=FrozenMap(sessions),
         source=source_name,
     )
-    if resolve_secrets:
-        secret_problems = config.secret_problems(env)
-        if secret_problems:
-            raise ConfigError(secret_problems, source=source_name)
-    return config
 
 
 def session_from_table(
@@ -287,7 +369,8 @@ def session_from_table(
     if not isinstance(table, Mapping):
         problems.append(Problem(path, f"expected a table, got {type_name(table)}"))
         raise ConfigError(problems)
-    session = _parse_session(session_id, TableReader(table, path, problems), allow_inline_secrets)
+    reader = TableReader(table, path, problems, homes=key_homes())
+    session = _parse_session(session_id, reader, allow_inline_secrets)
     if problems or session is None:
         raise ConfigError(problems)
     return session
@@ -296,7 +379,7 @@ def session_from_table(
 def overrides_from_dict(data: Mapping[str, Any], source_name: str = "<dict>") -> Overrides:
     """Validate the overrides file's data: a removed list and sessions without inline secrets."""
     problems: list[Problem] = []
-    root = TableReader(data, "", problems)
+    root = TableReader(data, "", problems, homes=key_homes())
     removed = root.names("removed", ())
     sessions = _parse_sessions(root, False)
     root.finish()
