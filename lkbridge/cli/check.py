@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from lkbridge.config.files import load_config, unknown_name_problems
+from lkbridge.config.files import (
+    OVERRIDES_FILE,
+    config_from_dict,
+    load_config_data,
+    load_overrides,
+)
 from lkbridge.config.models import Config, ConfigError, Problem
+from lkbridge.config.schema import unknown_names_in_data
 from lkbridge.config.secrets import SecretError, SecretKind
 from lkbridge.plugins.host import load_plugins
 
@@ -28,19 +36,32 @@ def _secret_problems(config: Config) -> tuple[list[Problem], list[str]]:
 
 
 def check_config_file(path: str | Path) -> tuple[bool, str]:
-    """(ok, text): a one-line summary, or every problem with its TOML path, one per line."""
+    """(ok, text): a one-line summary, or every problem with its TOML path, one per line.
+
+    Schema problems, names no plugin provides, secrets and the overrides file in the state
+    directory are all reported in one run.
+    """
     try:
-        config = load_config(path)
+        data = load_config_data(path)
     except ConfigError as exc:
         return False, _render(path, exc.problems)
-    problems, notes = _secret_problems(config)
-    host = load_plugins(config.plugins.disable)
+    problems: list[Problem] = []
+    notes: list[str] = []
+    config: Config | None = None
+    try:
+        config = config_from_dict(data, str(path))
+    except ConfigError as exc:
+        problems += exc.problems
+    host = load_plugins(config.plugins.disable if config is not None else _disabled(data))
     senders = [n for n, spec in host.transports.items() if spec.can_send]
     receivers = [n for n, spec in host.transports.items() if spec.can_receive]
-    problems += unknown_name_problems(
-        config, senders=senders, receivers=receivers, token_sources=list(host.token_sources)
+    problems += unknown_names_in_data(
+        data, senders=senders, receivers=receivers, token_sources=list(host.token_sources)
     )
-    if problems:
+    if config is not None:
+        secret_problems, notes = _secret_problems(config)
+        problems += secret_problems + _overrides_problems(config)
+    if problems or config is None:
         return False, _render(path, problems)
     sessions = ", ".join(config.sessions) or "none"
     summary = (
@@ -48,6 +69,25 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
         f"{config.mqtt.host}:{config.mqtt.port} base topic {config.mqtt.base_topic!r}"
     )
     return True, "\n".join([summary, *(f"  note: {n}" for n in notes)])
+
+
+def _disabled(data: Mapping[str, Any]) -> list[str]:
+    """[plugins] disable from data the schema refused (valid names only)."""
+    table = data.get("plugins")
+    names = table.get("disable") if isinstance(table, Mapping) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _overrides_problems(config: Config) -> list[Problem]:
+    """Problems in the sessions added over MQTT (the overrides file), which win over the file."""
+    path = config.state.directory / OVERRIDES_FILE
+    try:
+        load_overrides(path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    except OSError as exc:
+        return [Problem(str(path), f"cannot be read: {exc.strerror or exc}")]
+    return []
 
 
 def _render(path: str | Path, problems: list[Problem]) -> str:

@@ -268,7 +268,9 @@ COMMANDS = {"run": cmd_run, "check": cmd_check, "init": cmd_init, "plugins": cmd
 def main(argv: Sequence[str] | None = None) -> int:
     """The `lkbridge` command. A reader that goes away (`lkbridge status | head`) ends it quietly."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught
+        return code
     except BrokenPipeError:
         _drop_stdout()
         return 0

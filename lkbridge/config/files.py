@@ -78,6 +78,7 @@ __all__ = [
     "config_from_dict",
     "diff_configs",
     "load_config",
+    "load_config_data",
     "load_effective_config",
     "load_overrides",
     "parse_config",
@@ -133,6 +134,11 @@ def _read(path: Path) -> str:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([Problem(str(path), f"cannot be read: {reason}")], str(path)) from exc
+
+
+def load_config_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's TOML as plain data (not validated); raises ConfigError."""
+    return _loads(_read(Path(path)), str(path))
 
 
 def load_config(

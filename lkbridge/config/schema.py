@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, cast
@@ -55,6 +55,7 @@ __all__ = [
     "overrides_from_dict",
     "session_from_table",
     "unknown_name_problems",
+    "unknown_names_in_data",
 ]
 
 SESSION_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
@@ -396,6 +397,42 @@ def unknown_name_problems(
     token_sources: Collection[str],
 ) -> list[Problem]:
     """Problems for transport and token source names no plugin provides (checked after loading)."""
+    named = [(sid, s.senders, s.receivers, s.token.source) for sid, s in config.sessions.items()]
+    return _name_problems(named, senders, receivers, token_sources)
+
+
+def unknown_names_in_data(
+    data: Mapping[str, Any],
+    *,
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
+    """unknown_name_problems on raw config data, so that `check` can report them with the
+    schema's own problems in one run (what is not a name is the schema's problem)."""
+
+    def names(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(key)
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    sessions = data.get("sessions")
+    named: list[tuple[str, tuple[str, ...], tuple[str, ...], str | None]] = []
+    for sid, table in (sessions.items() if isinstance(sessions, Mapping) else ()):
+        if not isinstance(table, Mapping):
+            continue
+        token = table.get("token")
+        source = token.get("source") if isinstance(token, Mapping) else None
+        source = source if isinstance(source, str) and source else None
+        named.append((sid, names(table, "senders"), names(table, "receivers"), source))
+    return _name_problems(named, senders, receivers, token_sources)
+
+
+def _name_problems(
+    named: Sequence[tuple[str, tuple[str, ...], tuple[str, ...], str | None]],
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
     problems: list[Problem] = []
     known_sources = [*BUILTIN_TOKEN_SOURCES, *token_sources]
 
@@ -406,11 +443,12 @@ def unknown_name_problems(
             listed = ", ".join(sorted(known)) or "none"
             problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
 
-    for session_id, session in config.sessions.items():
+    for session_id, session_senders, session_receivers, source in named:
         path = join_path("sessions", session_id)
-        for index, name in enumerate(session.senders):
+        for index, name in enumerate(session_senders):
             check(f"{path}.senders[{index}]", name, senders, "sender")
-        for index, name in enumerate(session.receivers):
+        for index, name in enumerate(session_receivers):
             check(f"{path}.receivers[{index}]", name, receivers, "receiver")
-        check(f"{path}.token.source", session.token.source, known_sources, "token source")
+        if source is not None:
+            check(f"{path}.token.source", source, known_sources, "token source")
     return problems
