@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bootstrap bench clean
+.PHONY: demo test lint bootstrap bench clean dist
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -25,5 +25,11 @@ bench: bootstrap
 		|| $(VENV)/bin/python -m pip install -q --only-binary=livekit -e ".[bench]"
 	scripts/netns-run $(VENV)/bin/python -m bench $(BENCH_ARGS)
 
+# The release artifacts: dist/lkbridge-VERSION-py3-none-any.whl and the sdist (no PyPI release
+# exists); `sudo scripts/install.sh dist/lkbridge-*.whl` installs the wheel as a service.
+dist: bootstrap
+	rm -rf dist
+	$(VENV)/bin/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache build dist
