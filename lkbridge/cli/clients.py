@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import structlog
-
 from lkbridge.bridges.mqtt.bridge import tls_settings
 from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config.models import MqttConfig
 from lkbridge.config.where import find_config
 from lkbridge.errors import LkbridgeError
+from lkbridge.log import get_logger
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0

@@ -11,8 +11,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from lkbridge import __version__
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
 from lkbridge.config.files import (
@@ -28,10 +26,11 @@ from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.runner import Backoff, SessionRunner
 from lkbridge.daemon.store import MessageStore
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage
 from lkbridge.plugins.host import PluginHost, load_plugins
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Daemon:

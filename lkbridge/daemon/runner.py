@@ -8,12 +8,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
 from lkbridge.config.models import SessionConfig
 from lkbridge.daemon.store import MessageStore, StoreError
-from lkbridge.log import redact_text
+from lkbridge.log import get_logger, redact_text
 from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.session.core import Session
 from lkbridge.session.events import (
@@ -26,7 +24,7 @@ from lkbridge.session.events import (
     SessionEvent,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ANSWERS_KEPT = 1000
 

@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
-import structlog
-
 from lkbridge.errors import LkbridgeError
+from lkbridge.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Payload = bytes | bytearray | str
 

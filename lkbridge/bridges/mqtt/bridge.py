@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind
 from lkbridge.bridges.mqtt.discovery import (
     agent_display_state,
@@ -33,6 +31,7 @@ from lkbridge.bridges.mqtt.router import (
 )
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config.models import Config, MqttConfig
+from lkbridge.log import get_logger
 from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
@@ -45,7 +44,7 @@ from lkbridge.mqtt.client import (
 )
 from lkbridge.mqtt.service import SharedMqttService
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
