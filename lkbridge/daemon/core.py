@@ -27,7 +27,7 @@ from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.runner import Backoff, SessionRunner
 from lkbridge.daemon.store import MessageStore
 from lkbridge.log import get_logger
-from lkbridge.messages import ReceivedMessage
+from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.plugins.host import PluginHost, load_plugins
 
 log = get_logger(__name__)
@@ -52,6 +52,7 @@ class Daemon:
         )
         self.runners: dict[str, SessionRunner] = {}
         self.broken: dict[str, str] = {}  # session id -> why it could not be built
+        self._broken_at: dict[str, str] = {}  # session id -> when (ISO 8601, UTC)
         self.services: dict[str, Any] = {}
         self._listeners: list[HubListener] = []
         self._backoff = (backoff_initial, backoff_max)
@@ -112,15 +113,19 @@ class Daemon:
                 "connection_state": "disconnected",
                 "is_connected": False,
                 "agent": None,
-                "error": {"kind": "config", "message": self.broken[session_id], "at": None},
+                "error": self._config_error(session_id),
                 "room": None,
                 "wanted": False,
             }
         return self._runner(session_id).snapshot()
 
+    def _config_error(self, session_id: str) -> dict[str, Any]:
+        at = self._broken_at.get(session_id) or utcnow().isoformat(timespec="milliseconds")
+        return {"kind": "config", "message": self.broken[session_id], "at": at}
+
     def current_error(self, session_id: str) -> dict[str, Any] | None:
         if session_id in self.broken:
-            return {"kind": "config", "message": self.broken[session_id], "at": None}
+            return self._config_error(session_id)
         error = self._runner(session_id).session.error
         return error.to_dict() if error is not None else None
 
@@ -283,6 +288,7 @@ class Daemon:
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             self.broken[cfg.id] = reason
+            self._broken_at[cfg.id] = utcnow().isoformat(timespec="milliseconds")
             log.error("session_not_built", session=cfg.id, reason=reason)
             self._emit(HubEvent(HubEventKind.STATE, cfg.id, self.snapshot(cfg.id)))
             self._emit(HubEvent(HubEventKind.ERROR, cfg.id, self.current_error(cfg.id)))
