@@ -146,12 +146,18 @@ def test_load_target_reads_mqtt_settings_and_flags_override(
 def test_load_target_without_a_config_uses_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LKBRIDGE_CONFIG", str(tmp_path / "missing.toml"))
+    monkeypatch.delenv("LKBRIDGE_CONFIG", raising=False)
+    if Path("/etc/lkbridge/config.toml").exists():
+        pytest.skip("this machine has /etc/lkbridge/config.toml")
     target = load_target(None)
     assert (target.settings.host, target.settings.port, target.base_topic) == (
         "127.0.0.1", 1883, "lkbridge")
     with pytest.raises(ClientError, match="file does not exist"):
         load_target(str(tmp_path / "missing.toml"))
+    # a file named by $LKBRIDGE_CONFIG must exist too (no silent defaults)
+    monkeypatch.setenv("LKBRIDGE_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ClientError, match="file does not exist"):
+        load_target(None)
 
 
 def test_render_status_table() -> None:
