@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from devstack.procs import free_port
+from lkbridge.cli.clients import Target
 from lkbridge.cli.main import DESCRIPTIONS, build_parser
+from tests.unit import test_cli_clients
+
+_daemon_target_fixture = test_cli_clients.daemon_target  # a fake daemon on an embedded broker
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_TOKEN_SOURCE = (
@@ -121,4 +126,18 @@ def test_a_closed_pipe_ends_quietly() -> None:
     assert proc.stdout is not None
     proc.stdout.close()  # like `| head` that has read what it wanted
     _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, b"")
+
+
+async def test_status_json_into_a_closed_pipe_ends_quietly(daemon_target: Target) -> None:
+    """`lkbridge status --json | head`: head has gone by the time the answer is printed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-m", "lkbridge", "status", "--json", "--host", "127.0.0.1",
+        "--port", str(daemon_target.settings.port), "--base-topic", daemon_target.base_topic,
+        stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, err) == (0, b"")
