@@ -13,9 +13,7 @@ import pytest
 from devstack.procs import free_port
 from lkbridge.cli.clients import Target
 from lkbridge.cli.main import DESCRIPTIONS, build_parser
-from tests.unit import test_cli_clients
-
-_daemon_target_fixture = test_cli_clients.daemon_target  # a fake daemon on an embedded broker
+from tests.unit.test_cli_clients import daemon_target  # noqa: F401 (a fixture: a fake daemon)
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_TOKEN_SOURCE = (
@@ -129,7 +127,7 @@ def test_a_closed_pipe_ends_quietly() -> None:
     assert (proc.returncode, err) == (0, b"")
 
 
-async def test_status_json_into_a_closed_pipe_ends_quietly(daemon_target: Target) -> None:
+async def test_status_json_into_a_closed_pipe_ends_quietly(daemon_target: Target) -> None:  # noqa: F811
     """`lkbridge status --json | head`: head has gone by the time the answer is printed."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody reads
