@@ -46,6 +46,11 @@ def _template(text: str, *keys: str) -> Phrase:
     return phrase
 
 
+def _stopped(fields: dict[str, Any]) -> str:
+    (unsent,) = _pop(fields, "unsent")
+    return f"stopped ({unsent} message(s) unsent)" if unsent else "stopped"
+
+
 # Event names (snake_case, past tense) in words; the fields a phrase uses are not repeated.
 PHRASES: Mapping[str, Phrase] = {
     "session_connection_state_changed": _connection,
@@ -66,7 +71,7 @@ PHRASES: Mapping[str, Phrase] = {
     "message_send_failed": _template("a message could not be sent: {error}", "error"),
     "daemon_ready": _template("ready: {sessions} session(s)", "sessions"),
     "daemon_stopping": _template("stopping"),
-    "daemon_stopped": _template("stopped"),
+    "daemon_stopped": _stopped,
     "config_reloaded": _template("configuration reloaded"),
     "config_reload_failed": _template("configuration not reloaded: {reason}", "reason"),
     "bridge_started": _template("bridge {bridge} started", "bridge"),

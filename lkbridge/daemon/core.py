@@ -395,7 +395,9 @@ class Daemon:
                 *(self._close_runner(r) for r in list(self.runners.values())),
                 return_exceptions=True,
             )
-        log.info("daemon_stopped")
+        # The last line says what the bridges could not deliver (e.g. to an unreachable broker).
+        unsent = [b.unsent for b in bridges if isinstance(getattr(b, "unsent", None), int)]
+        log.info("daemon_stopped", **({"unsent": sum(unsent)} if unsent else {}))
         return 0
 
     async def _wait_bridge(self, bridge: Any) -> None:

@@ -235,6 +235,11 @@ class MqttClient:
         return self._inbox.dropped
 
     @property
+    def unsent_count(self) -> int:
+        """Messages queued or sent but not acknowledged (what a close now would lose)."""
+        return len(self._outbox) + len(self._unacked)
+
+    @property
     def queued_count(self) -> int:
         """Messages waiting in the outbox (not counting sent-but-unacknowledged ones)."""
         return len(self._outbox)

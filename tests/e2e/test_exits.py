@@ -57,3 +57,4 @@ def test_ctrl_c_with_an_unreachable_broker(tmp_path: Path) -> None:
     (closed,) = [e for e in events if e["event"] == "mqtt_closed"]
     assert closed["unsent"] > 0  # bridge state, session state, discovery: queued, never sent
     assert names[-1] == "daemon_stopped"
+    assert events[-1]["unsent"] == closed["unsent"]  # counted in the last line

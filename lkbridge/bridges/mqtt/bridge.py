@@ -329,6 +329,11 @@ class MqttBridge:
             return False
         return True
 
+    @property
+    def unsent(self) -> int:
+        """Messages not (yet) acknowledged by the broker; after aclose(), those never sent."""
+        return self._client.unsent_count
+
     def status(self) -> str:
         """One short line for systemd's STATUS=."""
         if self._client.connected:
