@@ -485,8 +485,23 @@ class MqttBridge:
             return
         if lanes is self._controls and command is Command.END:
             self._data.abandon(session_id, ENDED)  # queued sends are answered, not left waiting
+        if lanes is self._data:
+            job = self._after_control(session_id, job)
         if not lanes.enqueue(session_id, self._counted(job)):
             self._complain("command_dropped", topic=message.topic, error="too many commands queued")
+
+    def _after_control(self, session_id: str, job: Job) -> Job:
+        """job, run only once the session's control commands received before it have run (a
+        send after a start waits for the start; a start never waits for sends)."""
+        barrier = self._controls.barrier(session_id)
+        if barrier is None:
+            return job
+
+        async def run() -> None:
+            await barrier
+            await job.run()
+
+        return Job(run, job.abandon)
 
     def _busy(self) -> str:
         limit = self._control.max_requests_in_flight
@@ -580,7 +595,9 @@ class MqttBridge:
             return
         if request.body is not None and action in ("session/end", "session/remove"):
             self._data.abandon(lane, ENDED)
-        lanes = self._data if action in DATA_ACTIONS else self._controls
+        lanes = self._controls
+        if action in DATA_ACTIONS:
+            lanes, job = self._data, self._after_control(lane, job)
         if not lanes.enqueue(lane, job):
             job.abandon("too many requests")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -49,6 +50,22 @@ class Lanes:
             return False
         queue.append(job)
         return True
+
+    def barrier(self, lane: str) -> asyncio.Future[None] | None:
+        """A future done once every job queued in lane so far has run (None: nothing queued)."""
+        if lane not in self._queues:
+            return None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def release(_reason: str = "") -> None:
+            if not done.done():
+                done.set_result(None)
+
+        async def run() -> None:
+            release()
+
+        self._queues[lane].append(Job(run, release))  # beyond the limit: it is tiny
+        return done
 
     def abandon(self, lane: str, reason: str) -> int:
         """Answer every job still waiting in lane with reason, without running it."""
