@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession

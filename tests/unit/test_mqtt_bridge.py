@@ -16,7 +16,6 @@ from lkbridge.bridges.mqtt.bridge import MqttBridge, client_settings
 from lkbridge.bridges.mqtt.topics import Topics
 from lkbridge.config.models import Config, HomeAssistantConfig, MqttConfig
 from lkbridge.config.secrets import Secret
-from lkbridge.mqtt.types import Outbox, Priority, QueuedMessage
 from lkbridge.mqtt.client import (
     ConnectHook,
     ConnectInfo,
@@ -24,6 +23,7 @@ from lkbridge.mqtt.client import (
     MqttError,
     OutgoingMessage,
 )
+from lkbridge.mqtt.types import Outbox, Priority, QueuedMessage
 from tests.support.fake_hub import MESSAGE, FakeHub
 
 
