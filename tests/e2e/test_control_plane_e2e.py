@@ -7,7 +7,6 @@ make it deaf. Listeners on 127.0.0.1 record every byte that reaches them.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -225,13 +224,14 @@ async def test_no_broker_client_can_make_the_daemon_deaf(
     # And the operator cannot configure it by mistake either: the config check refuses it.
     session = {"sessions": {"deafen": deafen}}
     config.write_text(config.read_text() + "\n" + tomli_w.dumps(session))
-    check = subprocess.run(
-        [sys.executable, "-m", "lkbridge", "check", "-c", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
+    check = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lkbridge", "check", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
+    output, _ = await asyncio.wait_for(check.communicate(), 60)
     assert check.returncode != 0
     assert (f"sessions.deafen.transports.mqtt.subscribe_topic: '{base}/bridge/request/#'"
-            " overlaps the bridge's own topics") in check.stdout + check.stderr
+            " overlaps the bridge's own topics") in output.decode()
 
 
 def http_server_port(recorder: Recorder) -> int:
