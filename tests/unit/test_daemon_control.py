@@ -20,6 +20,7 @@ participant_token = { env = "LKB_UNIT_TOKEN" }
 
 
 def write_config(tmp_path: Path, control: str = "") -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.toml"
     path.write_text(textwrap.dedent(f"""\
         [state]
