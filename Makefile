@@ -32,4 +32,4 @@ dist: bootstrap
 	$(VENV)/bin/python -m build --outdir dist .
 
 clean:
-	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-agent test-logs .pytest_cache .mypy_cache .ruff_cache build dist

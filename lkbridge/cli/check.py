@@ -60,7 +60,9 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
     )
     if config is not None:
         secret_problems, notes = _secret_problems(config)
-        problems += secret_problems + _overrides_problems(config)
+        override_problems, ignored = _overrides_problems(config)
+        problems += secret_problems + override_problems
+        notes += ignored
     if problems or config is None:
         return False, _render(path, problems)
     sessions = ", ".join(config.sessions) or "none"
@@ -78,16 +80,16 @@ def _disabled(data: Mapping[str, Any]) -> list[str]:
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
-def _overrides_problems(config: Config) -> list[Problem]:
-    """Problems in the sessions added over MQTT (the overrides file), which win over the file."""
+def _overrides_problems(config: Config) -> tuple[list[Problem], list[str]]:
+    """Problems in the sessions added over MQTT (the overrides file), and what it ignores."""
     path = config.state.directory / OVERRIDES_FILE
     try:
-        load_overrides(path)
+        overrides = load_overrides(path)
     except ConfigError as exc:
-        return list(exc.problems)
+        return list(exc.problems), []
     except OSError as exc:
-        return [Problem(str(path), f"cannot be read: {exc.strerror or exc}")]
-    return []
+        return [Problem(str(path), f"cannot be read: {exc.strerror or exc}")], []
+    return [], [f"{path}: {note}" for note in overrides.ignored]
 
 
 def _render(path: str | Path, problems: list[Problem]) -> str:

@@ -79,12 +79,12 @@ def topic_problem(value: str) -> str | None:
     return None
 
 
-_SESSION_PATH = re.compile(r'^sessions\.("(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+)')
+_SESSION_PATH = re.compile(r'^(sessions|templates)\.("(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+)')
 
 
 def table_kind(path: str) -> str:
     """The table's name as the docs write it: sessions.kitchen.token -> sessions.NAME.token."""
-    return _SESSION_PATH.sub("sessions.NAME", path)
+    return _SESSION_PATH.sub(r"\1.NAME", path)
 
 
 class KeyHomes:
@@ -180,12 +180,15 @@ class TableReader:
             return default
         return int(value)
 
-    def positive_number(self, key: str, default: float) -> float:
+    def positive_number(self, key: str, default: float, maximum: float | None = None) -> float:
         value = self._typed(key, lambda v: is_int(v) or isinstance(v, float), "a number")
         if value is MISSING:
             return default
         if not math.isfinite(value) or value <= 0:
             self.report(key, f"must be a number greater than 0, got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.report(key, f"must be at most {maximum:g}, got {value:g}")
             return default
         return float(value)
 

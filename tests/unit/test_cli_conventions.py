@@ -45,12 +45,13 @@ def test_check_reports_an_unknown_token_source_with_the_other_problems(tmp_path:
 def test_check_reads_the_overrides_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    (state / "overrides.toml").write_text('removed = []\n[sessions.porch]\nagent_nam = "x"\n')
+    (state / "overrides.toml").write_text(
+        'removed = []\n[sessions.porch]\ntemplate = "kitchen"\nagent_nam = "x"\n')
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[state]\ndirectory = "{state}"\n')
     out = lkbridge("check", "-c", str(cfg))
     assert out.returncode == 2
-    assert "sessions.porch.agent_nam: unknown key (did you mean 'agent_name'?)" in out.stderr
+    assert "sessions.porch.agent_nam: unknown key" in out.stderr, out.stderr
 
 
 def test_lkbridge_config_is_used_by_check_and_run(tmp_path: Path) -> None:
