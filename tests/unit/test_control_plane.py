@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from lkbridge.bridges.hub import HubEvent, HubEventKind
-from lkbridge.bridges.mqtt.bridge import ENDED, INFO_LIMIT, MqttBridge
+from lkbridge.bridges.mqtt.bridge import INFO_LIMIT, MqttBridge
+from lkbridge.bridges.mqtt.incoming import ENDED
 from lkbridge.bridges.mqtt.lanes import Job, Lanes
 from lkbridge.bridges.mqtt.limits import TokenBucket, response_topic_problem
 from lkbridge.config.models import Config, ControlConfig, MqttConfig

@@ -21,6 +21,14 @@ log = structlog.get_logger(__name__)
 MAX_SEND_ID_LENGTH = 200
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON (values JSON cannot hold are written as their str())."""
+    return _encode(data).encode()
+
+
 class BadPayload(ValueError):
     """A payload could not be used; str() says what was wrong, for the sender."""
 
