@@ -381,3 +381,18 @@ async def test_control_actions_restrict_mqtt_but_reads_always_work(
         assert hub.calls == [("start", "kitchen")]
     finally:
         await bridge.aclose()
+
+
+def test_payload_scrubbing_leaves_short_secrets_to_the_log() -> None:
+    """The LiveKit dev server's secret is "secret": scrubbing it would break "api_secret" keys."""
+    from lkbridge.log import redact_payload, redact_text
+
+    register_secret("secret")
+    register_secret("a-long-secret-value")
+    try:
+        payload = b'{"api_secret":{"env":"X"},"error":"a-long-secret-value"}'
+        assert redact_payload(payload) == b'{"api_secret":{"env":"X"},"error":"***"}'
+        assert redact_text("api secret") == "api ***"  # the log still scrubs it
+        assert redact_payload(b"\xff\xfe") == b"\xff\xfe"
+    finally:
+        clear_registered_secrets()
