@@ -13,6 +13,7 @@ MESSAGE = {
     "type": "agent_transcript",
     "text": "hello",
     "final": True,
+    "reply_to": None,
 }
 
 

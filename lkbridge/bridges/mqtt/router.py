@@ -56,6 +56,7 @@ _KIND_NAMES: dict[_Kind, str] = {
     dict: "an object",
     bool: "true or false",
     (str, int, float): "a string or a number",
+    (str, type(None)): "a string or null",
 }
 
 
@@ -124,7 +125,7 @@ _SEND_TOPIC = _Spec({"text": str}, {"id": str}, extra=())
 _COMMAND_TOPIC = _Spec({"command": str}, extra=())
 _MESSAGE = _Spec(
     {"id": str, "timestamp": (str, int, float), "type": str, "text": str},
-    {"final": bool, "session": str},
+    {"final": bool, "session": str, "reply_to": (str, type(None))},
     extra=(),
 )
 
