@@ -505,8 +505,10 @@ def unknown_name_problems(
             listed = ", ".join(sorted(known)) or "none"
             problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
 
-    for session_id, session in config.sessions.items():
-        path = join_path("sessions", session_id)
+    named = [*(("sessions", i, c) for i, c in config.sessions.items()),
+             *(("templates", i, c) for i, c in config.templates.items())]
+    for table, session_id, session in named:
+        path = join_path(table, session_id)
         for index, name in enumerate(session.senders):
             check(f"{path}.senders[{index}]", name, senders, "sender")
         for index, name in enumerate(session.receivers):
