@@ -396,3 +396,22 @@ def test_payload_scrubbing_leaves_short_secrets_to_the_log() -> None:
         assert redact_payload(b"\xff\xfe") == b"\xff\xfe"
     finally:
         clear_registered_secrets()
+
+
+async def test_a_full_lane_does_not_leak_in_flight_slots(
+    hub: FakeHub, client: FakeClient, stuck_sends: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lkbridge.bridges.mqtt.lanes.LANE_LIMIT", 2)
+    bridge = await start(hub, client, max_requests_in_flight=1000)
+    try:
+        for index in range(10):
+            client.deliver("lkb/kitchen/send", f"t{index}")
+        await settle()
+        dropped = [e for e in events(client) if e["event"] == "command_dropped"]
+        assert len(dropped) >= 7  # 2 waiting, perhaps 1 already under way
+        assert bridge._incoming._running == 10 - len(dropped)
+        stuck_sends.set()
+        await settle()
+        assert bridge._incoming._running == 0
+    finally:
+        await bridge.aclose()

@@ -125,6 +125,7 @@ class Incoming:
         if lanes is self._data:
             job = self._after_control(session_id, job)
         if not lanes.enqueue(session_id, self._counted(job)):
+            self._running -= 1  # never queued, so never run nor abandoned
             self._complain("command_dropped", topic=message.topic, error="too many commands queued")
 
     def _after_control(self, session_id: str, job: Job) -> Job:
@@ -242,8 +243,9 @@ class Incoming:
         if request.has_transaction and "transaction" not in response:
             response["transaction"] = request.transaction
         payload = dumps(response)
-        self._publish(self._topics.response(request.action), payload, retain=False,
-                  priority=Priority.LOW)
+        self._publish(
+            self._topics.response(request.action), payload, retain=False, priority=Priority.LOW
+        )
         if message.response_topic:
             problem = response_topic_problem(
                 message.response_topic, self._base, self._own_filters
@@ -254,8 +256,10 @@ class Incoming:
                 props: dict[str, Any] = {}
                 if message.correlation_data is not None:
                     props["correlation_data"] = message.correlation_data
-                self._publish(message.response_topic, payload, retain=False,
-                          properties=props or None, priority=Priority.LOW)
+                self._publish(
+                    message.response_topic, payload, retain=False,
+                    properties=props or None, priority=Priority.LOW,
+                )  # fmt: skip
         if response.get("status") == "ok" and request.action == "config/reload":
             self._info_changed()
         if response.get("error") == EXPIRED:
