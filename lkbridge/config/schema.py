@@ -238,9 +238,9 @@ def _parse_control(table: TableReader) -> ControlConfig:
         remove_configured=table.boolean("remove_configured", False),
         actions=actions,
         max_sessions=table.integer("max_sessions", 100, 1, 10_000),
-        max_requests_in_flight=table.integer("max_requests_in_flight", 64, 1, 10_000),
-        requests_per_second=table.positive_number("requests_per_second", 50.0, 100_000.0),
-        request_burst=table.integer("request_burst", 200, 1, 1_000_000),
+        max_requests_in_flight=table.integer("max_requests_in_flight", 1000, 1, 100_000),
+        requests_per_second=table.positive_number("requests_per_second", 1000.0, 100_000.0),
+        request_burst=table.integer("request_burst", 2000, 1, 1_000_000),
     )
     table.finish()
     return control
