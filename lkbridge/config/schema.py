@@ -303,9 +303,9 @@ def _parse_control(table: TableReader) -> ControlConfig:
         remove_configured=table.boolean("remove_configured", False),
         actions=actions,
         max_sessions=table.integer("max_sessions", 100, 1, 10_000),
-        max_requests_in_flight=table.integer("max_requests_in_flight", 64, 1, 10_000),
-        requests_per_second=table.positive_number("requests_per_second", 50.0, 100_000.0),
-        request_burst=table.integer("request_burst", 200, 1, 1_000_000),
+        max_requests_in_flight=table.integer("max_requests_in_flight", 1000, 1, 100_000),
+        requests_per_second=table.positive_number("requests_per_second", 1000.0, 100_000.0),
+        request_burst=table.integer("request_burst", 2000, 1, 1_000_000),
     )
     table.finish()
     return control
@@ -579,8 +579,15 @@ def unknown_name_problems(
     token_sources: Collection[str],
 ) -> list[Problem]:
     """Problems for transport and token source names no plugin provides (checked after loading)."""
-    named = [(sid, s.senders, s.receivers, s.token.source) for sid, s in config.sessions.items()]
+    named = [
+        (table, sid, s.senders, s.receivers, s.token.source)
+        for table, sessions in (("sessions", config.sessions), ("templates", config.templates))
+        for sid, s in sessions.items()
+    ]
     return _name_problems(named, senders, receivers, token_sources)
+
+
+_Named = tuple[str, str, tuple[str, ...], tuple[str, ...], str | None]  # table, id, names, source
 
 
 def unknown_names_in_data(
@@ -597,20 +604,21 @@ def unknown_names_in_data(
         value = table.get(key)
         return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
-    sessions = data.get("sessions")
-    named: list[tuple[str, tuple[str, ...], tuple[str, ...], str | None]] = []
-    for sid, table in (sessions.items() if isinstance(sessions, Mapping) else ()):
-        if not isinstance(table, Mapping):
-            continue
-        token = table.get("token")
-        source = token.get("source") if isinstance(token, Mapping) else None
-        source = source if isinstance(source, str) and source else None
-        named.append((sid, names(table, "senders"), names(table, "receivers"), source))
+    named: list[_Named] = []
+    for kind in ("sessions", "templates"):
+        sessions = data.get(kind)
+        for sid, table in (sessions.items() if isinstance(sessions, Mapping) else ()):
+            if not isinstance(table, Mapping):
+                continue
+            token = table.get("token")
+            source = token.get("source") if isinstance(token, Mapping) else None
+            source = source if isinstance(source, str) and source else None
+            named.append((kind, sid, names(table, "senders"), names(table, "receivers"), source))
     return _name_problems(named, senders, receivers, token_sources)
 
 
 def _name_problems(
-    named: Sequence[tuple[str, tuple[str, ...], tuple[str, ...], str | None]],
+    named: Sequence[_Named],
     senders: Collection[str],
     receivers: Collection[str],
     token_sources: Collection[str],
@@ -625,8 +633,8 @@ def _name_problems(
             listed = ", ".join(sorted(known)) or "none"
             problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
 
-    for session_id, session_senders, session_receivers, source in named:
-        path = join_path("sessions", session_id)
+    for table, session_id, session_senders, session_receivers, source in named:
+        path = join_path(table, session_id)
         for index, name in enumerate(session_senders):
             check(f"{path}.senders[{index}]", name, senders, "sender")
         for index, name in enumerate(session_receivers):
