@@ -52,6 +52,11 @@ OFFLINE = b'{"state":"offline"}'
 HA_BIRTH_DELAY = (0.5, 3.0)
 """Seconds (random in this range) between Home Assistant's birth message and our re-publish."""
 LANE_LIMIT = 1000
+# Bridge events after which the retained bridge/info is out of date (config or state directory).
+INFO_CHANGING_EVENTS = frozenset({
+    "config_reloaded", "config_reload_failed", "overrides_ignored", "overrides_moved_aside",
+    "history_not_saved", "history_saved_again",
+})
 """Commands waiting per session; more are refused (and reported) rather than queued forever."""
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
@@ -317,7 +322,7 @@ class MqttBridge:
             self._publish_info()
         elif kind is HubEventKind.BRIDGE:
             self._pub(self._topics.bridge_event, dumps(dict(data or {})), retain=False)
-            if data and data.get("event") == "config_reloaded":
+            if data and data.get("event") in INFO_CHANGING_EVENTS:
                 self._publish_info()
 
     # -- connection --------------------------------------------------------------------------
