@@ -41,7 +41,11 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
         overrides = load_overrides(overrides_path)
     except ConfigError as exc:
         note = " (lkbridge ignores this file and runs the config file's sessions only)"
-        overrides_problems = [Problem(p.path, p.message + note) for p in exc.problems]
+        where = str(overrides_path)
+        overrides_problems = [
+            Problem(p.path if p.path.startswith(where) else f"{where}: {p.path}", p.message + note)
+            for p in exc.problems
+        ]
     else:
         from_overrides = len(overrides.sessions)
         config = overrides.apply(config)
