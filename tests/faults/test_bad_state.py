@@ -97,7 +97,8 @@ async def test_a_damaged_history_database_is_moved_aside(
         event = bridge_events(probe, base, "history_database_moved_aside")[0]
         aside = Path(event["moved_to"])
         assert aside.name.startswith(f"{DATABASE_NAME}.corrupt-"), event
-        assert aside.read_bytes() == damaged, "the damaged file is kept as it was, for inspection"
+        kept = await asyncio.to_thread(aside.read_bytes)
+        assert kept == damaged, "the damaged file is kept as it was, for inspection"
         info = await _wait_info(probe, base, lambda i: bool(i["state"]["history"]["moved_aside"]))
         assert info["state"]["history"]["persisted"] is True, info["state"]
         assert info["state"]["history"]["moved_aside"] == str(aside)
@@ -150,9 +151,10 @@ async def test_a_broken_overrides_file_is_reported_and_ignored(
         base_topic=base,
     )
     # `lkbridge check` reads the overrides file too, and says what the daemon will do with it.
-    check = subprocess.run(
-        [sys.executable, "-m", "lkbridge", "check", "-c", str(config)],
+    check = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "lkbridge", "check", "-c", str(config)],
         capture_output=True, text=True, check=False,
+        env={**os.environ, "LKB_TEST_API_SECRET": livekit_server.api_secret},
     )
     assert check.returncode == 2, check.stdout + check.stderr
     assert "overrides.toml" in check.stderr and "ignores this file" in check.stderr, check.stderr
