@@ -94,13 +94,13 @@ def journal(since: str = "") -> str:
 
 
 class EventLog:
-    """mosquitto_sub on {base}/bridge/event, in the background."""
+    """mosquitto_sub on a topic (bridge/event by default), in the background."""
 
-    def __init__(self) -> None:
-        self.path = RESULTS / "bridge-events.txt"
+    def __init__(self, topic: str = f"{BASE}/bridge/event", name: str = "bridge-events.txt") -> None:
+        self.path = RESULTS / name
         self.handle = self.path.open("a")
         self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-t", f"{BASE}/bridge/event"], stdout=self.handle,
+            ["mosquitto_sub", "-h", "127.0.0.1", "-t", topic], stdout=self.handle,
             stderr=subprocess.DEVNULL,
         )
 
@@ -203,6 +203,7 @@ def main() -> int:
     check("lkbridge check accepts the documented config", check_cfg.returncode == 0,
           check_cfg.stdout.strip() + check_cfg.stderr.strip())
     events = EventLog()
+    messages = EventLog(f"{BASE}/kitchen/message", "kitchen-messages.txt")
 
     # -- start and READY --------------------------------------------------------------------
     started = run("systemctl", "enable", "--now", UNIT, timeout=90)
@@ -235,19 +236,27 @@ def main() -> int:
     run("mosquitto_pub", "-h", "127.0.0.1", "-q", "1", "-t", f"{BASE}/kitchen/send",
         "-m", json.dumps({"text": "remember me", "id": "sd-1"}), check_rc=True)
 
-    def history_texts() -> list[str]:
+    def history() -> list[dict[str, Any]]:
         reply = request("session/history", {"session": "kitchen"}) or {}
-        return [m.get("text", "") for m in (reply.get("data") or {}).get("messages", [])]
+        return list((reply.get("data") or {}).get("messages", []))
 
-    answered = until(lambda: "You said: remember me" in history_texts(), 20, step=0.5)
-    check("a send reaches the agent and its answer is in history", bool(answered), str(history_texts()))
+    def history_texts() -> list[str]:
+        return [m.get("text", "") for m in history()]
+
+    def answered_once() -> bool:
+        kinds = [(m.get("type"), m.get("final")) for m in history()]
+        return ("user_input", True) in kinds and ("agent_transcript", True) in kinds
+
+    answered = until(answered_once, 20, step=0.5)
+    check("a send reaches the agent and its final answer is in history", bool(answered),
+          json.dumps(history())[:600])
     database = Path("/var/lib/private/lkbridge/lkbridge.sqlite3")
     check("history database in the StateDirectory", database.exists(), str(database))
     pid_before = show("MainPID")
     restarted = run("systemctl", "restart", UNIT, timeout=90)
     check("systemctl restart", restarted.returncode == 0 and show("MainPID") != pid_before,
           restarted.stderr.strip())
-    kept = until(lambda: "You said: remember me" in history_texts(), 15, step=0.5)
+    kept = until(lambda: "remember me" in history_texts() and answered_once(), 15, step=0.5)
     check("history kept across a restart", bool(kept), str(history_texts()))
 
     # -- reload -----------------------------------------------------------------------------
@@ -327,6 +336,7 @@ def main() -> int:
     run("systemctl", "stop", UNIT, timeout=60)
 
     events.close()
+    messages.close()
     stack_proc.terminate()
     stack_proc.wait(20)
     (RESULTS / "journal.txt").write_text(journal())
