@@ -324,8 +324,9 @@ def main() -> int:
           and show("ExecMainStatus") == "2",
           f"rc={bad.returncode} state={show('ActiveState')} NRestarts={nrestarts}"
           f" status={show('ExecMainStatus')}")
+    why = [ln for ln in text.splitlines() if "Permission denied" in ln or "deployment.md" in ln]
     check("the journal says why and what to do", "Permission denied" in text
-          and "deployment.md" in text, text.splitlines()[-3:].__repr__()[:500])
+          and "deployment.md" in text, " | ".join(why[-2:])[:500])
     # The upgrade note's fix.
     CONF_DIR.chmod(0o755)
     CONFIG.chmod(0o644)
