@@ -79,7 +79,7 @@ def retained(topic: str, timeout: float = 5) -> dict[str, Any] | None:
 def request(action: str, body: dict[str, Any], timeout: float = 15) -> dict[str, Any] | None:
     proc = run(
         "mosquitto_rr", "-h", "127.0.0.1", "-V", "mqttv5", "-t", f"{BASE}/bridge/request/{action}",
-        "-e", f"test/replies/{time.monotonic_ns()}", "-m", json.dumps(body),
+        "-e", f"{BASE}/test-replies/{time.monotonic_ns()}", "-m", json.dumps(body),
         "-W", str(int(timeout)), timeout=timeout + 5,
     )
     text = proc.stdout.strip()
