@@ -3,7 +3,7 @@
 #   sudo scripts/install.sh                      # from this checkout (built, not editable)
 #   sudo scripts/install.sh lkbridge-X.Y.Z-py3-none-any.whl   # a wheel from `make dist`
 # It creates the virtualenv /opt/lkbridge, links /usr/local/bin/lkbridge, creates
-# /etc/lkbridge (0750) and /etc/lkbridge/credentials (0700), and installs the unit
+# /etc/lkbridge (0755) and /etc/lkbridge/credentials (0700), and installs the unit
 # (/etc/systemd/system/lkbridge.service) and a starter config (/etc/lkbridge/config.toml)
 # only where none exists: nothing of yours is overwritten.
 # --prefix DIR: the virtualenv (default /opt/lkbridge). --root DIR: install below DIR instead
@@ -74,8 +74,9 @@ step "installing lkbridge from $package into $prefix"
 lkbridge="$venv/bin/lkbridge"
 version="$("$lkbridge" --version)"
 
-step "creating $etc (0750) and $etc/credentials (0700)"
-install -d -m 0750 "$etc"
+# 0755: the service's dynamic user reads the config (the unit's ConfigurationDirectoryMode)
+step "creating $etc (0755) and $etc/credentials (0700)"
+install -d -m 0755 "$etc"
 install -d -m 0700 "$etc/credentials"
 
 if [ -e "$etc/config.toml" ]; then

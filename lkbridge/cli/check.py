@@ -52,20 +52,26 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
         config = config_from_dict(data, str(path))
     except ConfigError as exc:
         problems += exc.problems
+    from_overrides = 0
+    overrides_path = None
+    if config is not None:
+        # The sessions the daemon would run: the runtime overrides from the state directory too.
+        overrides_path = config.state.directory / OVERRIDES_FILE
+        config, from_overrides, override_problems, ignored = _with_overrides(config, overrides_path)
+        secret_problems, notes = _secret_problems(config)
+        problems += override_problems + secret_problems
+        notes += ignored
     host = load_plugins(config.plugins.disable if config is not None else _disabled(data))
     senders = [n for n, spec in host.transports.items() if spec.can_send]
     receivers = [n for n, spec in host.transports.items() if spec.can_receive]
     problems += unknown_names_in_data(
         data, senders=senders, receivers=receivers, token_sources=list(host.token_sources)
     )
-    if config is not None:
-        secret_problems, notes = _secret_problems(config)
-        override_problems, ignored = _overrides_problems(config)
-        problems += secret_problems + override_problems
-        notes += ignored
     if problems or config is None:
         return False, _render(path, problems)
     sessions = ", ".join(config.sessions) or "none"
+    if from_overrides:
+        sessions += f"; {from_overrides} from {overrides_path}"
     summary = (
         f"{path}: OK — {len(config.sessions)} session(s) ({sessions}); MQTT "
         f"{config.mqtt.host}:{config.mqtt.port} base topic {config.mqtt.base_topic!r}"
@@ -82,16 +88,25 @@ def _disabled(data: Mapping[str, Any]) -> list[str]:
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
-def _overrides_problems(config: Config) -> tuple[list[Problem], list[str]]:
-    """Problems in the sessions added over MQTT (the overrides file), and what it ignores."""
-    path = config.state.directory / OVERRIDES_FILE
+def _with_overrides(
+    config: Config, overrides_path: Path
+) -> tuple[Config, int, list[Problem], list[str]]:
+    """The config with the overrides file applied, how many sessions it adds, its problems
+    (the daemon then ignores the file) and what of it is ignored."""
     try:
-        overrides = load_overrides(path)
+        overrides = load_overrides(overrides_path)
     except ConfigError as exc:
-        return list(exc.problems), []
+        note = " (lkbridge ignores this file and runs the config file's sessions only)"
+        where = str(overrides_path)
+        problems = [
+            Problem(p.path if p.path.startswith(where) else f"{where}: {p.path}", p.message + note)
+            for p in exc.problems
+        ]
+        return config, 0, problems, []
     except OSError as exc:
-        return [Problem(str(path), f"cannot be read: {exc.strerror or exc}")], []
-    return [], [f"{path}: {note}" for note in overrides.ignored]
+        return config, 0, [Problem(str(overrides_path), f"cannot be read: {exc.strerror}")], []
+    ignored = [f"{overrides_path}: {note}" for note in overrides.ignored]
+    return overrides.apply(config), len(overrides.sessions), [], ignored
 
 
 def _render(path: str | Path, problems: list[Problem]) -> str:

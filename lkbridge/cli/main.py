@@ -19,6 +19,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DESCRIPTIONS = {
     "run": "Run the daemon: connect the configured sessions to LiveKit and bridge them to MQTT. "
            "Logs go to stderr (JSON when not on a terminal, e.g. under systemd).",
+    "reload": "Ask a running daemon (by process id) to re-read its config, and wait for its "
+              "verdict: exit 0 when applied, 1 when it refused the config (for ExecReload).",
     "check": "Validate a config file against the schema and the installed plugins, and read the "
              "overrides file in its state directory. Exit 0 with a summary, or 2 listing every "
              "problem at once.",
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--print-example", action="store_true",
                        help="print the example config with every key instead")
 
+    reload = command("reload", "make a running daemon re-read its config; fails if it refuses "
+                              "the config")
+    reload.add_argument("--pid", type=int, required=True, help="the daemon's process id ($MAINPID)")
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+
     plugins = command("plugins", "list the plugins found and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -108,6 +115,17 @@ def _config_named(args: argparse.Namespace) -> bool:
     return find_config(args.config).named
 
 
+def _is_missing(path: str) -> bool:
+    """True when the file is not there (not: when it may not be read, which load_config says)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _missing_config(command: str, path: str) -> int:
     print(f"lkbridge {command}: {path} does not exist. Write a starter config with:\n"
           f"  lkbridge init {path}\n"
@@ -142,17 +160,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from lkbridge.config.files import load_config
     from lkbridge.config.models import ConfigError
+    from lkbridge.daemon import systemd
     from lkbridge.daemon.core import Daemon
     from lkbridge.log import configure_logging
 
     path = config_path(args)
-    if not os.path.exists(path):
+    if _is_missing(path):
+        systemd.status(f"no config file at {path}")
         return _missing_config("run", path)
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"lkbridge run: {path}: invalid configuration:\n{exc}\n"
+        # Exit 2: the unit's RestartPreventExitStatus=2 stops the restart loop, an operator must act.
+        hint = ""
+        if "Permission denied" in str(exc):
+            hint = (
+                "\nlkbridge runs as a dynamic user: the config directory must be 0755 and the file"
+                " 0644 (secrets belong in LoadCredential=); see docs/deployment.md, Upgrades"
+            )
+        print(f"lkbridge run: {path}: invalid configuration:\n{exc}{hint}\n"
               f"(`lkbridge check -c {path}` lists every problem)", file=sys.stderr)
+        systemd.status(f"invalid configuration: {exc}"[:400])
         return 2
     configure_logging(args.log_level or config.log.level, config.log.format)
 
@@ -170,11 +198,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from lkbridge.daemon.systemd import request_reload
+
+    ok, message = request_reload(args.pid, timeout=args.timeout)
+    print(f"lkbridge reload: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from lkbridge.cli.check import check_config_file
 
     path = config_path(args)
-    if not os.path.exists(path):
+    if _is_missing(path):
         return _missing_config("check", path)
     ok, text = check_config_file(path)
     print(text, file=sys.stdout if ok else sys.stderr)
@@ -261,8 +297,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return _client_command(args, lambda target: chat(target, args.session))
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "init": cmd_init, "plugins": cmd_plugins,
-            "demo": cmd_demo, "send": cmd_send, "status": cmd_status, "chat": cmd_chat}
+COMMANDS = {"run": cmd_run, "check": cmd_check, "reload": cmd_reload, "init": cmd_init,
+            "plugins": cmd_plugins, "demo": cmd_demo, "send": cmd_send, "status": cmd_status, "chat": cmd_chat}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -275,8 +275,15 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     text = STARTER_HEADER + tomli_w.dumps(data)
     try:
         if not file.parent.exists():
-            file.parent.mkdir(mode=0o750, parents=True)  # e.g. /etc/lkbridge on a fresh machine
-        with open(file, "x", encoding="utf-8") as handle:
+            # e.g. /etc/lkbridge on a fresh machine: 0755 whatever the umask, as the unit's
+            # ConfigurationDirectoryMode (the service's dynamic user must enter it)
+            file.parent.mkdir(parents=True)
+            os.chmod(file.parent, 0o755)
+        # 0644 whatever the umask: a service's dynamic user must read it, and it holds no
+        # secrets (those are references to env vars, files or systemd credentials).
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)
             handle.write(text)
     except FileExistsError as exc:
         message = "already exists; refusing to overwrite it (choose another path or remove it)"

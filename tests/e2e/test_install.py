@@ -82,7 +82,8 @@ def test_install_script_lays_out_the_service(installed: tuple[Path, str]) -> Non
     assert unit.read_text() == (ROOT / "systemd/lkbridge.service").read_text()
     config = root / "etc/lkbridge/config.toml"
     assert config.read_text().startswith("# lkbridge configuration, written by `lkbridge init`")
-    assert (root / "etc/lkbridge").stat().st_mode & 0o777 == 0o750
+    assert (root / "etc/lkbridge").stat().st_mode & 0o777 == 0o755
+    assert config.stat().st_mode & 0o777 == 0o644
     assert (root / "etc/lkbridge/credentials").stat().st_mode & 0o777 == 0o700
     assert "lkbridge 0.1.0 is installed. Next steps:" in printed
     # not an editable install: the package is the wheel's copy in the virtualenv

@@ -1140,7 +1140,7 @@ def test_starter_config_creates_its_directory(tmp_path: Path) -> None:
     path = tmp_path / "etc" / "lkbridge" / "config.toml"  # a fresh machine has no /etc/lkbridge
     write_starter_config(path)
     assert load_config(path, environ={}).sessions
-    assert path.parent.stat().st_mode & 0o777 == 0o750
+    assert path.parent.stat().st_mode & 0o777 == 0o755
 
 
 # -- diffs and plugin names -----------------------------------------------------------------------
