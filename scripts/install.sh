@@ -82,9 +82,8 @@ install -d -m 0700 "$etc/credentials"
 if [ -e "$etc/config.toml" ]; then
     step "keeping the existing $etc/config.toml"
 else
-    step "writing a starter config: $etc/config.toml"
+    step "writing a starter config (0644; it holds no secrets): $etc/config.toml"
     "$lkbridge" init "$etc/config.toml" >/dev/null
-    chmod 0640 "$etc/config.toml"
 fi
 
 unit_text="$("$lkbridge" init --print-unit)"
