@@ -15,6 +15,7 @@ demo: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: bootstrap lint
 	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -26,4 +27,4 @@ bench: bootstrap
 	scripts/netns-run $(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
