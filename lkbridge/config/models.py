@@ -141,10 +141,6 @@ class StateConfig:
     directory: Path = Path("/var/lib/lkbridge")
     history_limit: int = 1000
 
-    @property
-    def overrides_file(self) -> Path:
-        return self.directory / "overrides.toml"
-
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]

@@ -225,11 +225,6 @@ class MqttClient:
         return self._outbox.dropped
 
     @property
-    def expired_count(self) -> int:
-        """Outgoing messages whose message expiry ran out while they waited in the outbox."""
-        return self._outbox.expired
-
-    @property
     def incoming_dropped_count(self) -> int:
         """Received messages dropped because nobody read them in time (inbox full)."""
         return self._inbox.dropped

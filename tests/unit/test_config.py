@@ -1074,7 +1074,7 @@ def test_overrides_win_per_session_and_user_file_is_untouched(tmp_path: Path) ->
         .without_session("never-existed", base_ids=base.sessions)
     )
     assert overrides.removed == {"garage"}
-    write_overrides(base.state.overrides_file, overrides.sessions, overrides.removed)
+    write_overrides(base.state.directory / OVERRIDES_FILE, overrides.sessions, overrides.removed)
     effective = load_effective_config(user_file, environ={})
     assert list(effective.sessions) == ["kitchen", "hall", "porch"]
     assert effective.sessions["kitchen"] == kitchen2

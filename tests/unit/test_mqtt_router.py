@@ -26,14 +26,23 @@ def body(data: Any) -> bytes:
     return json.dumps(data).encode()
 
 
+class RouterUnderTest(Router):
+    """The router with a one-call helper for the tests: prepare() then run(), as the bridge does."""
+
+    async def handle(
+        self, action: str, payload: bytes, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        return await self.run(self.prepare(action, payload), deadline=deadline)
+
+
 @pytest.fixture
 def hub() -> FakeHub:
     return FakeHub("kitchen", "office")
 
 
 @pytest.fixture
-def router(hub: FakeHub) -> Router:
-    return Router(hub, max_payload_bytes=1024)
+def router(hub: FakeHub) -> RouterUnderTest:
+    return RouterUnderTest(hub, max_payload_bytes=1024)
 
 
 # -- good requests ----------------------------------------------------------------------------
@@ -176,7 +185,7 @@ async def test_bad_requests_get_a_clear_error(
 
 
 async def test_deeply_nested_json_is_refused_not_crashing(hub: FakeHub) -> None:
-    router = Router(hub, max_payload_bytes=1_000_000)
+    router = RouterUnderTest(hub, max_payload_bytes=1_000_000)
     response = await router.handle("session/start", b"[" * 100_000 + b"]" * 100_000)
     assert response["status"] == "error"
     assert "not valid JSON" in response["error"] or "must be a JSON object" in response["error"]

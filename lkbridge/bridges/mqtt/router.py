@@ -343,12 +343,6 @@ class Router:
             return error(f"internal error: {type(exc).__name__}", tx, has_transaction=has_tx)
         return ok(data, tx, has_transaction=has_tx)
 
-    async def handle(
-        self, action: str, payload: bytes, *, deadline: float | None = None
-    ) -> dict[str, Any]:
-        """prepare() then run(): one request from payload bytes to response dict."""
-        return await self.run(self.prepare(action, payload), deadline=deadline)
-
     async def _start(self, body: Mapping[str, Any]) -> Any:
         return await self._hub.start_session(body["session"])
 
