@@ -16,10 +16,10 @@ from typing import Any, TextIO
 import structlog
 
 from lkbridge.bridges.mqtt.bridge import tls_settings
-from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config.models import MqttConfig
 from lkbridge.errors import LkbridgeError
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
+from lkbridge.mqtt.topic import base_topic_problem, topic_matches
 
 log = structlog.get_logger(__name__)
 
@@ -100,17 +100,6 @@ def load_target(
     if problem := base_topic_problem(base):
         raise ClientError(f"base topic {base!r}: {problem}")
     return Target(settings, base)
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (+ and #)."""
-    levels, parts = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or level not in ("+", parts[i]):
-            return False
-    return len(levels) == len(parts)
 
 
 def decode_json(payload: bytes) -> Any:

@@ -8,7 +8,7 @@ import structlog
 
 from lkbridge.errors import TransportError
 from lkbridge.mqtt.client import MqttClient
-from lkbridge.mqtt.transport import topic_matches
+from lkbridge.mqtt.topic import topic_matches
 from lkbridge.mqtt.types import IncomingMessage
 
 log = structlog.get_logger(__name__)

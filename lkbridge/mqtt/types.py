@@ -1,4 +1,4 @@
-"""Paho-free parts of the MQTT client: settings, messages, errors, validation, outbox, backoff."""
+"""The MQTT client's parts that need no connection: settings, messages, errors, validation, outbox, backoff."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 import structlog
 
 from lkbridge.errors import LkbridgeError
+from lkbridge.mqtt.topic import topic_problem
 
 log = structlog.get_logger(__name__)
 
@@ -162,16 +163,8 @@ class Hooks(Generic[T]):
 
 def check_topic(topic: str, *, is_filter: bool) -> None:
     """Raise MqttError unless topic is a valid MQTT topic name (or filter)."""
-    what = "topic filter" if is_filter else "topic"
-    if not topic or "\0" in topic or len(topic.encode()) > 65535:
-        raise MqttError(f"invalid MQTT {what} {topic!r}: empty, too long or contains NUL")
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if not is_filter and ("+" in level or "#" in level):
-            raise MqttError(f"invalid MQTT topic {topic!r}: wildcards are only for filters")
-        misplaced_hash = "#" in level and (level != "#" or i < len(levels) - 1)
-        if ("+" in level and level != "+") or misplaced_hash:
-            raise MqttError(f"invalid MQTT topic filter {topic!r}: misplaced wildcard")
+    if (problem := topic_problem(topic, is_filter=is_filter)) is not None:
+        raise MqttError(problem)
 
 
 def check_qos(qos: int) -> None:

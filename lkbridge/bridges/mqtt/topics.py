@@ -7,13 +7,12 @@ from enum import StrEnum
 
 from lkbridge.config.schema import RESERVED_SESSION_IDS
 from lkbridge.config.schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
+from lkbridge.mqtt.topic import base_topic_problem
 
 # One definition of what a session id may be, shared with the config's validation.
 _SESSION_ID_RE = CONFIG_SESSION_ID_RE
 SESSION_ID_PATTERN = CONFIG_SESSION_ID_RE.pattern
 """Ids that would collide with the `{base}/bridge/...` topics."""
-
-_TOPIC_FORBIDDEN = frozenset("+#\0")
 
 
 class SessionLeaf(StrEnum):
@@ -61,19 +60,6 @@ def session_id_problem(session_id: object) -> str | None:
 def is_valid_session_id(session_id: object) -> bool:
     """True for ids matching [a-z0-9_-]{1,64} that are not reserved."""
     return session_id_problem(session_id) is None
-
-
-def base_topic_problem(base: str) -> str | None:
-    """Why base cannot be used as a base topic, or None."""
-    if not base:
-        return "must not be empty"
-    if base.startswith("/") or base.endswith("/") or "//" in base:
-        return "must not start or end with '/' or contain an empty level"
-    if _TOPIC_FORBIDDEN & set(base):
-        return "must not contain '+', '#' or NUL"
-    if base.startswith("$"):
-        return "must not start with '$'"
-    return None
 
 
 def json_type_name(value: object) -> str:
