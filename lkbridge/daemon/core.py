@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from lkbridge import __version__
+from lkbridge.backoff import Backoff
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
 from lkbridge.config.files import (
     OVERRIDES_FILE,
@@ -26,7 +27,7 @@ from lkbridge.config.files import (
 from lkbridge.config.models import Config, ConfigError, Overrides, SessionConfig, diff_configs
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
-from lkbridge.daemon.runner import Backoff, SessionRunner
+from lkbridge.daemon.runner import SessionRunner
 from lkbridge.daemon.store import MessageStore
 from lkbridge.messages import ReceivedMessage
 from lkbridge.plugins.host import PluginHost, load_plugins

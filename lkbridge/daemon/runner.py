@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from lkbridge.backoff import Backoff
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
 from lkbridge.config.models import SessionConfig
 from lkbridge.daemon.store import MessageStore, StoreError
@@ -29,23 +29,6 @@ from lkbridge.session.events import (
 log = structlog.get_logger(__name__)
 
 ANSWERS_KEPT = 1000
-
-
-class Backoff:
-    """Jittered exponential backoff: initial * 2^(n-1), capped, times a factor in [0.5, 1]."""
-
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next(self) -> float:
-        self.attempt += 1
-        base = min(self.maximum, self.initial * 2 ** (self.attempt - 1))
-        return float(base * random.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class SessionRunner:

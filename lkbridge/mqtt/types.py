@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import ssl
 import time
 from collections import deque
@@ -14,6 +13,7 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 import structlog
 
+from lkbridge.backoff import backoff_delay as jittered
 from lkbridge.errors import LkbridgeError
 from lkbridge.mqtt.topic import topic_problem
 
@@ -288,9 +288,8 @@ class Inbox:
 
 
 def backoff_delay(attempt: int, settings: MqttSettings) -> float:
-    """Seconds before reconnect attempt `attempt` (0-based): doubling, capped, "equal jitter"."""
-    ceiling = min(settings.reconnect_max, settings.reconnect_min * 2.0 ** min(attempt, 30))
-    return ceiling * random.uniform(0.5, 1.0)  # never zero, and clients never retry in step
+    """Seconds before reconnect attempt `attempt` (0-based), from the reconnect settings."""
+    return jittered(attempt, settings.reconnect_min, settings.reconnect_max)
 
 
 def tls_context(tls: TlsSettings) -> ssl.SSLContext:
