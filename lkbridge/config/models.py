@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from lkbridge.config.secrets import Secret, SecretError
 from lkbridge.errors import redact_url
+from lkbridge.tokens.sources import DEVELOPMENT_BASE_URL
 
 __all__ = [
     "DEFAULT_DEVELOPMENT_BASE_URL",
@@ -45,7 +46,7 @@ __all__ = [
 K = TypeVar("K")
 V = TypeVar("V")
 
-DEFAULT_DEVELOPMENT_BASE_URL = "https://cloud-api.livekit.io"
+DEFAULT_DEVELOPMENT_BASE_URL = DEVELOPMENT_BASE_URL
 
 
 class FrozenMap(Mapping[K, V]):
