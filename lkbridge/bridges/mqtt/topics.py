@@ -5,14 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lkbridge.config.schema import RESERVED_SESSION_IDS
-from lkbridge.config.schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
+from lkbridge.config import schema
 from lkbridge.mqtt.topic import base_topic_problem
-
-# One definition of what a session id may be, shared with the config's validation.
-_SESSION_ID_RE = CONFIG_SESSION_ID_RE
-SESSION_ID_PATTERN = CONFIG_SESSION_ID_RE.pattern
-"""Ids that would collide with the `{base}/bridge/...` topics."""
 
 
 class SessionLeaf(StrEnum):
@@ -47,18 +41,14 @@ class ParsedTopic:
 
 
 def session_id_problem(session_id: object) -> str | None:
-    """Why session_id is not a valid session id, or None when it is."""
+    """Why session_id (decoded JSON) is not a valid session id, or None: the config's rule."""
     if not isinstance(session_id, str):
         return f"expected a string, got {json_type_name(session_id)}"
-    if not _SESSION_ID_RE.fullmatch(session_id):
-        return f"must match {SESSION_ID_PATTERN}, got {session_id!r}"
-    if session_id in RESERVED_SESSION_IDS:
-        return f"{session_id!r} is reserved for the bridge's own topics"
-    return None
+    return schema.session_id_problem(session_id)
 
 
 def is_valid_session_id(session_id: object) -> bool:
-    """True for ids matching [a-z0-9_-]{1,64} that are not reserved."""
+    """True for ids of 1 to 64 characters from a-z, 0-9, _ and - that are not reserved."""
     return session_id_problem(session_id) is None
 
 
