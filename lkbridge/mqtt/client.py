@@ -29,10 +29,10 @@ from lkbridge.mqtt.types import (
     IncomingMessage,
     MqttError,
     MqttSettings,
-    Outbox,
     OutgoingMessage,
     Payload,
     PublishProperties,
+    PublishQueue,
     QueuedMessage,
     TlsSettings,
     WillMessage,
@@ -145,7 +145,7 @@ class MqttClient:
         self._where = f"{s.host}:{s.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._outbox = Outbox(s.queue_limit)
+        self._outbox = PublishQueue(s.queue_limit)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
         self._window = s.max_inflight
         self._subscriptions: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""The MQTT client's parts that need no connection: settings, messages, errors, validation, outbox, backoff."""
+"""The MQTT client's parts that need no connection: settings, messages, errors, validation, publish queue, backoff."""
 
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ class QueuedMessage:
         return max(0, math.ceil(interval - (now - self.queued_at)))
 
 
-class Outbox:
+class PublishQueue:
     """Outgoing messages waiting for the broker: first in, first out, bounded.
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
