@@ -1,11 +1,12 @@
-"""The hub API: the small surface through which bridges observe and command the daemon's sessions."""
+"""The daemon/bridge seam: the hub API bridges use, and the Bridge protocol the daemon drives."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 from lkbridge.errors import LkbridgeError
 
@@ -99,4 +100,30 @@ class Hub(Protocol):
 
     def report(self, event: str, **data: Any) -> None:
         """Let a bridge report a daemon-level event (it reaches every bridge as a BRIDGE event)."""
+        ...
+
+
+@runtime_checkable
+class Bridge(Protocol):
+    """What the daemon needs of a bridge (what a BridgeFactory returns).
+
+    The daemon enters it (`async with`) at start, before the sessions run, and leaves it at
+    shutdown, after they have ended; entering must not wait for a remote peer.
+    """
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most timeout seconds) until it serves; False if not yet (start-up goes on)."""
+        ...
+
+    def status(self) -> str:
+        """One short line for systemd's STATUS=, e.g. "MQTT connected"."""
         ...

@@ -15,7 +15,14 @@ import structlog
 
 from lkbridge import __version__
 from lkbridge.backoff import Backoff
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
+from lkbridge.bridges.hub import (
+    Bridge,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    HubListener,
+    UnknownSession,
+)
 from lkbridge.config.files import (
     OVERRIDES_FILE,
     load_config,
@@ -61,6 +68,7 @@ class Daemon:
         self._accepting = True
         self._started_at = time.monotonic()
         self._lock = asyncio.Lock()
+        self._reload_task: asyncio.Task[None] | None = None
         self.bridge_ready_timeout = 5.0
 
     # -- config ----------------------------------------------------------------------------
@@ -344,10 +352,15 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
-            bridges: list[Any] = []
+            bridges: list[Bridge] = []
             for name, spec in self.plugins.bridges.items():
                 try:
                     bridge = spec.factory(self, self.config)
+                    if not isinstance(bridge, Bridge):
+                        raise TypeError(
+                            f"its factory made {type(bridge).__name__}, not a Bridge "
+                            "(an async context manager with wait_ready() and status())"
+                        )
                     await stack.enter_async_context(bridge)
                     bridges.append(bridge)
                 except Exception as exc:
@@ -384,9 +397,8 @@ class Daemon:
             systemd.stopping("stopping")
             log.info("daemon_stopping")
             self._accepting = False
-            reload_task = getattr(self, "_reload_task", None)
-            if reload_task is not None and not reload_task.done():
-                reload_task.cancel()
+            if self._reload_task is not None and not self._reload_task.done():
+                self._reload_task.cancel()
             await asyncio.gather(
                 *(self._close_runner(r) for r in list(self.runners.values())),
                 return_exceptions=True,
@@ -394,21 +406,20 @@ class Daemon:
         log.info("daemon_stopped")
         return 0
 
-    async def _wait_bridge(self, bridge: Any) -> None:
-        wait = getattr(bridge, "wait_ready", None)
-        if wait is not None and not await wait(self.bridge_ready_timeout):
+    async def _wait_bridge(self, bridge: Bridge) -> None:
+        if not await bridge.wait_ready(self.bridge_ready_timeout):
             log.warning("bridge_not_ready", bridge=type(bridge).__name__,
                         waited=self.bridge_ready_timeout)
 
-    def _status_line(self, bridges: list[Any]) -> str:
+    def _status_line(self, bridges: list[Bridge]) -> str:
         connected = sum(1 for r in self.runners.values() if r.session.is_connected)
         parts = [f"{connected}/{len(self.runners)} session(s) connected"]
         if self.broken:
             parts.append(f"{len(self.broken)} broken")
-        parts.extend(b.status() for b in bridges if hasattr(b, "status"))
+        parts.extend(b.status() for b in bridges)
         return "; ".join(parts)
 
-    async def _report_status(self, bridges: list[Any], interval: float = 5.0) -> None:
+    async def _report_status(self, bridges: list[Bridge], interval: float = 5.0) -> None:
         """Keep systemd's STATUS= current (sessions connected, broker reachable or not)."""
         last = ""
         while True:
