@@ -157,9 +157,10 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class PluginsConfig:
-    """[plugins]: plugin names not to load."""
+    """[plugins]: plugin names not to load; whether the daemon may run without any bridge."""
 
     disable: tuple[str, ...] = ()
+    allow_no_bridge: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.runner import SessionRunner
 from lkbridge.daemon.store import MessageStore
 from lkbridge.messages import ReceivedMessage
-from lkbridge.plugins.host import PluginHost, load_plugins
+from lkbridge.plugins.host import MQTT_BRIDGE_PLUGIN, PluginHost, load_plugins
 
 log = structlog.get_logger(__name__)
 
@@ -350,6 +350,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        if (refusal := self._check_bridges()) is not None:
+            log.error("no_bridge", reason=refusal)
+            systemd.status(f"not started: {refusal}")
+            return 1
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
             bridges: list[Bridge] = []
@@ -405,6 +409,25 @@ class Daemon:
             )
         log.info("daemon_stopped")
         return 0
+
+    def _check_bridges(self) -> str | None:
+        """Why the daemon must not start with the bridges it has (None: it may); warns about a
+        disabled built-in bridge. Sessions no bridge can reach would run, look healthy, and serve
+        nobody, so running without a bridge takes `[plugins] allow_no_bridge = true`."""
+        mqtt_info = self.plugins.plugins.get(MQTT_BRIDGE_PLUGIN)
+        why = ""
+        if mqtt_info is not None and mqtt_info.disabled:
+            why = f" (the built-in {MQTT_BRIDGE_PLUGIN!r} plugin is disabled)"
+            log.warning("mqtt_bridge_disabled", plugin=MQTT_BRIDGE_PLUGIN,
+                        effect="sessions are not reachable over MQTT")
+        elif mqtt_info is not None and mqtt_info.error is not None:
+            why = f" ({MQTT_BRIDGE_PLUGIN!r} failed to load: {mqtt_info.error})"
+        if self.plugins.bridges:
+            return None
+        if self.config.plugins.allow_no_bridge:
+            log.warning("running_without_bridges", reason="[plugins] allow_no_bridge = true")
+            return None
+        return f"no bridge is loaded{why}; set [plugins] allow_no_bridge = true to run without one"
 
     async def _wait_bridge(self, bridge: Bridge) -> None:
         if not await bridge.wait_ready(self.bridge_ready_timeout):

@@ -19,6 +19,8 @@ log = structlog.get_logger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DISABLE_ENV = "LKBRIDGE_DISABLE_PLUGINS"
 BUILTIN_DISTRIBUTION = "lkbridge"
+MQTT_BRIDGE_PLUGIN = "mqtt-bridge"
+"""The built-in bridge's entry-point name: disabling it is allowed, but never silently."""
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def test_empty_config_has_documented_defaults() -> None:
     assert config.mqtt.tls is None and config.mqtt.password is None
     assert config.state == StateConfig(Path("/var/lib/lkbridge"), 1000)
     assert config.log == LogConfig("info", "auto")
-    assert config.plugins == PluginsConfig(())
+    assert config.plugins == PluginsConfig((), allow_no_bridge=False)
     assert config.homeassistant == HomeAssistantConfig(True, "homeassistant")
     assert config.sessions == {}
     assert config.source == "test.toml"

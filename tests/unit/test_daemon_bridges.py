@@ -1,4 +1,4 @@
-"""The daemon and its bridges: driven through the Bridge protocol, which is checked."""
+"""The daemon and its bridges: the Bridge protocol is checked, and no bridge means no start."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from lkbridge.bridges.hub import Bridge, Hub
 from lkbridge.daemon.core import Daemon
 from lkbridge.hookspecs import hookimpl
-from lkbridge.plugins.host import PluginHost
+from lkbridge.plugins.host import MQTT_BRIDGE_PLUGIN, PluginHost, PluginInfo
 
 
 class RecordingBridge:
@@ -60,8 +62,12 @@ def write_config(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-def host_with(*factories: Any) -> PluginHost:
+def host_with(*factories: Any, disabled_mqtt: bool = False) -> PluginHost:
     host = PluginHost()
+    if disabled_mqtt:  # as load_entry_points records a disabled built-in
+        host.plugins[MQTT_BRIDGE_PLUGIN] = PluginInfo(
+            MQTT_BRIDGE_PLUGIN, "lkbridge", "0", disabled=True
+        )
     for index, factory in enumerate(factories):
         host.register(BridgePlugin(factory), f"bridges-{index}")
     return host
@@ -91,3 +97,25 @@ async def test_the_daemon_drives_a_bridge_through_the_protocol(tmp_path: Path) -
 async def test_a_factory_that_makes_no_bridge_fails_the_start(tmp_path: Path) -> None:
     daemon = Daemon(write_config(tmp_path), plugins=host_with(lambda hub, config: object()))
     assert await asyncio.wait_for(daemon.run(), 10) == 1
+
+
+async def test_no_bridge_refuses_to_start(tmp_path: Path) -> None:
+    daemon = Daemon(write_config(tmp_path), plugins=host_with(disabled_mqtt=True))
+    assert "mqtt-bridge" in (daemon._check_bridges() or "")
+    assert await asyncio.wait_for(daemon.run(), 10) == 1
+
+
+async def test_no_bridge_runs_when_the_config_allows_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[plugins]\nallow_no_bridge = true\n")
+    daemon = Daemon(config, plugins=host_with(disabled_mqtt=True))
+    assert daemon._check_bridges() is None
+    assert await run_briefly(daemon) == 0
+
+
+async def test_a_disabled_mqtt_bridge_is_allowed_beside_another_bridge(tmp_path: Path) -> None:
+    made.clear()
+    daemon = Daemon(write_config(tmp_path), plugins=host_with(RecordingBridge, disabled_mqtt=True))
+    with capture_logs() as logs:
+        assert daemon._check_bridges() is None
+    assert [e["event"] for e in logs] == ["mqtt_bridge_disabled"]  # allowed, never silently
+    assert await run_briefly(daemon) == 0
