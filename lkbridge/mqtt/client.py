@@ -1,4 +1,5 @@
-"""The asyncio MQTT client: paho driven on the event loop, outbox, reconnects (sole paho user)."""
+"""The asyncio MQTT client: connections and reconnects, the publish queue and its acknowledgements,
+subscriptions and received messages (paho itself is driven by paho_io.py)."""
 
 from __future__ import annotations
 
