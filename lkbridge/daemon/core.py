@@ -17,10 +17,14 @@ from lkbridge import __version__
 from lkbridge.backoff import Backoff
 from lkbridge.bridges.hub import (
     Bridge,
+    DaemonNotice,
+    ErrorInfo,
     HubError,
     HubEvent,
     HubEventKind,
     HubListener,
+    SessionChange,
+    SessionSnapshot,
     UnknownSession,
 )
 from lkbridge.config.files import (
@@ -97,7 +101,7 @@ class Daemon:
                 log.exception("hub_listener_failed", kind=event.kind.value)
 
     def report(self, event: str, **data: Any) -> None:
-        self._emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))
+        self._emit(HubEvent(HubEventKind.BRIDGE, "", DaemonNotice(event, data)))
 
     def provide_service(self, name: str, service: Any) -> None:
         self.services[name] = service
@@ -115,24 +119,15 @@ class Daemon:
             raise UnknownSession(session_id)
         return runner
 
-    def snapshot(self, session_id: str) -> dict[str, Any]:
+    def snapshot(self, session_id: str) -> SessionSnapshot:
         if session_id in self.broken:
-            return {
-                "session": session_id,
-                "connection_state": "disconnected",
-                "is_connected": False,
-                "agent": None,
-                "error": {"kind": "config", "message": self.broken[session_id], "at": None},
-                "room": None,
-                "wanted": False,
-            }
+            return SessionSnapshot(session_id, error=ErrorInfo("config", self.broken[session_id]))
         return self._runner(session_id).snapshot()
 
-    def current_error(self, session_id: str) -> dict[str, Any] | None:
+    def current_error(self, session_id: str) -> ErrorInfo | None:
         if session_id in self.broken:
-            return {"kind": "config", "message": self.broken[session_id], "at": None}
-        error = self._runner(session_id).session.error
-        return error.to_dict() if error is not None else None
+            return ErrorInfo("config", self.broken[session_id])
+        return self._runner(session_id).error_data()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -158,7 +153,7 @@ class Daemon:
         if not self._accepting:
             raise HubError("lkbridge is shutting down")
 
-    async def start_session(self, session_id: str) -> dict[str, Any]:
+    async def start_session(self, session_id: str) -> SessionSnapshot:
         self._check_accepting()
         if session_id in self.broken and session_id in self.config.sessions:
             # Try to build it again: what was missing (a secret, a plugin) may be there now.
@@ -166,12 +161,12 @@ class Daemon:
                 await self._drop_runner(session_id, forget_history=False, replaced=True)
                 self._add_runner(self.config.sessions[session_id])
             if session_id in self.runners:
-                self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
+                self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
         runner = self._runner(session_id)
         runner.start()
         return runner.snapshot()
 
-    async def end_session(self, session_id: str) -> dict[str, Any]:
+    async def end_session(self, session_id: str) -> SessionSnapshot:
         self._check_accepting()
         runner = self._runner(session_id)
         await runner.end()
@@ -183,7 +178,7 @@ class Daemon:
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         runner = self._runner(session_id)
-        return [runner.message_event(m) for m in runner.session.get_message_history()]
+        return [runner.message_event(m).to_json() for m in runner.session.get_message_history()]
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         self._check_accepting()
@@ -203,7 +198,7 @@ class Daemon:
         self._check_accepting()
         self._runner(session_id).session.dismiss_error()
 
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> SessionSnapshot:
         self._check_accepting()
         async with self._lock:
             if session_id in self.runners or session_id in self.broken:
@@ -223,7 +218,7 @@ class Daemon:
             self.overrides = new_overrides
             self.config = new_overrides.apply(self.config)
             self._add_runner(cfg)
-            self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
+            self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
             self._launch(session_id)
             return self.snapshot(session_id)
 
@@ -270,7 +265,7 @@ class Daemon:
             for sid in [*diff.changed, *retried, *diff.added]:
                 self._add_runner(new.sessions[sid])
                 if sid not in old_ids:
-                    self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, {"session": sid}))
+                    self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, SessionChange(sid)))
                 self._launch(sid)
             result = {
                 "added": list(diff.added),
@@ -323,8 +318,8 @@ class Daemon:
             await runner.aclose()
         if forget_history:
             self.store.delete_session(session_id)
-        data = {"session": session_id, "replaced": replaced}
-        self._emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, data))
+        change = SessionChange(session_id, replaced)
+        self._emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, change))
         log.info("session_removed", session=session_id, replaced=replaced)
 
     # -- running ---------------------------------------------------------------------------

@@ -62,8 +62,11 @@ async def test_start_and_end(router: Router, hub: FakeHub) -> None:
         "data": {
             "session": "kitchen",
             "connection_state": "connecting",
+            "is_connected": False,
             "agent": None,
             "error": None,
+            "room": None,
+            "wanted": False,
         },
     }
     response = await router.handle("session/end", body({"session": "kitchen", "transaction": 7}))

@@ -343,11 +343,11 @@ class Router:
             return error(f"internal error: {type(exc).__name__}", tx, has_transaction=has_tx)
         return ok(data, tx, has_transaction=has_tx)
 
-    async def _start(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.start_session(body["session"])
+    async def _start(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.start_session(body["session"])).to_json()
 
-    async def _end(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.end_session(body["session"])
+    async def _end(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.end_session(body["session"])).to_json()
 
     async def _send(self, body: Mapping[str, Any]) -> Any:
         text, send_id = body["text"], body.get("id")
@@ -371,8 +371,8 @@ class Router:
         self._hub.dismiss_error(body["session"])
         return {"session": body["session"]}
 
-    async def _add(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.add_session(body["session"], body["config"])
+    async def _add(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.add_session(body["session"], body["config"])).to_json()
 
     async def _remove(self, body: Mapping[str, Any]) -> Any:
         return await self._hub.remove_session(body["session"])
