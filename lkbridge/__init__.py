@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "ConnectionStateChanged": "lkbridge.session.events",
     "AgentChanged": "lkbridge.session.events",
     "MessageReceived": "lkbridge.session.events",
+    "MessageUnanswered": "lkbridge.session.events",
+    "ReplyOutcome": "lkbridge.session.replies",
+    "ReplyStatus": "lkbridge.session.replies",
     "ErrorChanged": "lkbridge.session.events",
     "HistoryRestored": "lkbridge.session.events",
     "EventStream": "lkbridge.session.events",
@@ -108,11 +111,13 @@ if TYPE_CHECKING:
         EventStream as EventStream,
         HistoryRestored as HistoryRestored,
         MessageReceived as MessageReceived,
+        MessageUnanswered as MessageUnanswered,
         SessionError as SessionError,
         SessionErrorKind as SessionErrorKind,
         SessionEvent as SessionEvent,
     )
     from lkbridge.session.options import SessionOptions as SessionOptions
+    from lkbridge.session.replies import ReplyOutcome as ReplyOutcome, ReplyStatus as ReplyStatus
     from lkbridge.session.state import SessionState as SessionState
     from lkbridge.tokens.sources import (
         CachingTokenSource as CachingTokenSource,

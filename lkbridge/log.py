@@ -21,6 +21,7 @@ __all__ = [
     "configure_logging",
     "get_logger",
     "redact_event",
+    "redact_payload",
     "redact_text",
     "register_secret",
 ]
@@ -80,6 +81,20 @@ def redact_text(text: str) -> str:
         text = pattern.sub(REDACTED, text)
     text = _JWT.sub(REDACTED, text)
     return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def redact_payload(payload: bytes) -> bytes:
+    """An MQTT payload with registered secrets, JWTs and bearer credentials replaced by ***.
+
+    The one scrubbing point of everything the bridge publishes (as redact_event is for logs).
+    Bytes that are not UTF-8 are returned unchanged (nothing lkbridge writes is binary).
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload
+    cleaned = redact_text(text)
+    return payload if cleaned == text else cleaned.encode("utf-8")
 
 
 def looks_secret(key: object) -> bool:

@@ -1,4 +1,5 @@
-"""MQTT topic rules, one copy each: valid names and filters, base-topic prefixes, filter matching."""
+"""MQTT topic rules, one copy each: valid names and filters, base-topic prefixes, filter matching
+(paho's) and filter overlap."""
 
 from __future__ import annotations
 
@@ -10,6 +11,30 @@ MAX_TOPIC_BYTES = 65535
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """Whether topic matches the filter (`+`, `#`; wildcards at the first level skip `$` topics)."""
     return topic_matches_sub(topic_filter, topic)
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic name matches both filters (a topic name is a filter without wildcards).
+
+    The matching rule of topic_matches (paho's), extended to two filters: `+` is one level, `#`
+    the parent level and every level below it, and a topic starting with `$` is not matched by
+    a wildcard first level. tests/unit/test_control_plane.py checks it against paho's.
+    """
+    la, lb = a.split("/"), b.split("/")
+    if (la[0] in ("+", "#") and lb[0].startswith("$")) or (
+        lb[0] in ("+", "#") and la[0].startswith("$")
+    ):
+        return False
+    for index in range(max(len(la), len(lb))):
+        x = la[index] if index < len(la) else None
+        y = lb[index] if index < len(lb) else None
+        if x == "#" or y == "#":
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and x != "+" and y != "+":
+            return False
+    return True
 
 
 def topic_problem(topic: str, *, is_filter: bool) -> str | None:

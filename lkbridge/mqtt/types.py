@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 import structlog
@@ -16,6 +17,10 @@ import structlog
 from lkbridge.backoff import backoff_delay as jittered
 from lkbridge.errors import LkbridgeError
 from lkbridge.mqtt.topic import topic_problem
+
+# Re-exported for code written when they lived here; their home is lkbridge.mqtt.topic.
+from lkbridge.mqtt.topic import filters_overlap as filters_overlap  # isort: skip
+from lkbridge.mqtt.topic import topic_matches as topic_matches  # isort: skip
 
 log = structlog.get_logger(__name__)
 
@@ -221,10 +226,26 @@ class QueuedMessage:
         return max(0, math.ceil(interval - (now - self.queued_at)))
 
 
+class Priority(IntEnum):
+    """How much of a full outbox a publish may use (events win over answers)."""
+
+    LOW = 0
+    """Request answers: only the first three quarters of the outbox."""
+    NORMAL = 1
+    """State and message events: the whole outbox."""
+    REPORT = 2
+    """Reports of drops: a little room beyond the limit, so a drop is never silent."""
+
+
+REPORT_ROOM = 16
+
+
 class PublishQueue:
     """Outgoing messages waiting for the broker: first in, first out, bounded.
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
+    Low-priority messages (request answers) may fill only three quarters of it, so state and
+    message events still fit when a request flood fills the queue.
     """
 
     def __init__(self, limit: int) -> None:
@@ -237,8 +258,16 @@ class PublishQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, msg: QueuedMessage) -> bool:
-        if len(self._items) >= self.limit:
+    def room(self, priority: Priority) -> int:
+        """How many messages of this priority the outbox may hold."""
+        if priority is Priority.LOW:
+            return self.limit - self.limit // 4
+        if priority is Priority.REPORT:
+            return self.limit + REPORT_ROOM
+        return self.limit
+
+    def put(self, msg: QueuedMessage, priority: Priority = Priority.NORMAL) -> bool:
+        if len(self._items) >= self.room(priority):
             self.dropped += 1
             self.dropped_since_mark += 1
             return False

@@ -205,18 +205,11 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
     )
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"{prefix}/#")
     try:
+        template = session_toml("shed", livekit_server, None, autostart=False)
+        config.write_text(config.read_text() + template.replace("[sessions.", "[templates."))
         daemon = daemons(config)
         await probe.wait_for(f"{base}/bridge/state", is_json(ONLINE))
-        table = {
-            "autostart": False,
-            "token": {
-                "source": "minted",
-                "url": livekit_server.url,
-                "api_key": livekit_server.api_key,
-                "api_secret": {"env": "LKB_TEST_API_SECRET"},
-            },
-        }
-        added = await request(probe, base, "session/add", {"session": "shed", "config": table})
+        added = await request(probe, base, "session/add", {"session": "shed", "template": "shed"})
         assert added["status"] == "ok", added
         await probe.wait_for(f"{prefix}/device/{base}_shed/config", lambda m: bool(m.payload))
         await probe.wait_for(f"{base}/shed/availability", lambda m: m.text == "online")
@@ -224,6 +217,8 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
                                                               "session": "shed"}))  # fmt: skip
         await probe.wait_for(f"{base}/bridge/info", lambda m: "shed" in m.json()["sessions"])
 
+        refused = await request(probe, base, "session/remove", {"session": "lab"})
+        assert "defined in the config file" in refused["error"]  # the operator's stays
         mark = probe.mark()
         removed = await request(probe, base, "session/remove", {"session": "shed"})
         assert removed["status"] == "ok", removed

@@ -104,7 +104,9 @@ async def test_history_and_restore(router: Router, hub: FakeHub) -> None:
     )
     assert restored == {"status": "ok", "data": {"session": "office", "kept": 1}}
     history = await router.handle("session/history", body({"session": "office"}))
-    assert history["data"] == {"session": "office", "messages": [MESSAGE | {"session": "office"}]}
+    assert history["data"] == {
+        "session": "office", "messages": [MESSAGE | {"session": "office"}], "next": None
+    }
 
 
 async def test_restore_normalises_timestamps(router: Router, hub: FakeHub) -> None:
@@ -118,9 +120,10 @@ async def test_dismiss_add_remove_reload(router: Router, hub: FakeHub) -> None:
     dismissed = await router.handle("session/dismiss_error", body({"session": "kitchen"}))
     assert dismissed["data"] == {"session": "kitchen"}
     assert hub.sessions["kitchen"]["error"] is None
-    table = {"agent_name": "a", "token": {"source": "literal"}}
-    added = await router.handle("session/add", body({"session": "garage", "config": table}))
+    request = {"session": "garage", "template": "assistant", "agent_name": "a"}
+    added = await router.handle("session/add", body(request))
     assert added["status"] == "ok"
+    table = {"template": "assistant", "agent_name": "a", "agent_metadata": None}
     assert ("add", "garage", table) in hub.calls
     removed = await router.handle("session/remove", body({"session": "garage"}))
     assert removed["data"] == {"session": "garage", "removed": True}
@@ -164,10 +167,14 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "timestamp": "soon"}]}), "messages[0]: timestamp: not an ISO 8601 date-time"),
     ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "final": "yes"}]}), "messages[0]: final: expected true or false, got string"),
     ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "extra": 1}]}), "messages[0]: unknown field 'extra'"),
-    ("session/add", body({"session": "garage"}), "config: missing"),
-    ("session/add", body({"session": "garage", "config": "x"}), "config: expected an object, got string"),
-    ("session/add", body({"session": "garage", "config": {}}), "sessions.garage.token: missing"),
-    ("session/add", body({"session": "kitchen", "config": {"token": {}}}), "already exists"),
+    ("session/add", body({"session": "garage"}), "template: missing"),
+    ("session/add", body({"session": "garage", "template": 5}), "template: expected a string, got number"),
+    ("session/add", body({"session": "garage", "template": "nope"}), "unknown template 'nope'"),
+    ("session/add", body({"session": "kitchen", "template": "assistant"}), "already exists"),
+    # 0.1's free-form session table (token source, secrets, transports) is refused outright.
+    ("session/add", body({"session": "garage", "config": {"token": {}}}), "config: session/add no longer takes"),
+    ("session/history", body({"session": "office", "limit": 0}), "limit: must be 1 to 200, got 0"),
+    ("session/history", body({"session": "office", "before": "nope"}), "before: no message 'nope'"),
     ("session/remove", body({"session": "nope"}), "unknown session 'nope'"),
     ("health_check", body({"verbose": True}), "unknown field 'verbose'; health_check takes transaction"),
     ("session/explode", body({"session": "kitchen"}), "unknown action 'session/explode'; known actions: session/start,"),

@@ -6,8 +6,7 @@ import asyncio
 import json
 import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -32,6 +31,8 @@ from lkbridge.bridges.mqtt.discovery import (
     session_device_config,
     session_node_id,
 )
+from lkbridge.bridges.mqtt.lanes import Job, Lanes
+from lkbridge.bridges.mqtt.limits import TokenBucket, response_topic_problem
 from lkbridge.bridges.mqtt.router import (
     EXPIRED,
     BadPayload,
@@ -43,6 +44,7 @@ from lkbridge.bridges.mqtt.router import (
 )
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config.models import Config, MqttConfig
+from lkbridge.log import redact_payload
 from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
@@ -54,6 +56,7 @@ from lkbridge.mqtt.client import (
     WillMessage,
 )
 from lkbridge.mqtt.service import SharedMqttService
+from lkbridge.mqtt.types import Priority
 
 log = structlog.get_logger(__name__)
 
@@ -61,8 +64,13 @@ ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
 HA_BIRTH_DELAY = (0.5, 3.0)
 """Seconds (random in this range) between Home Assistant's birth message and our re-publish."""
-LANE_LIMIT = 1000
-"""Commands waiting per session; more are refused (and reported) rather than queued forever."""
+INFO_LIMIT = 262_144
+"""Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
+REPORT_INTERVAL = 1.0
+"""Seconds between two reports of dropped events or refused requests (the first is at once)."""
+ENDED = "the session was ended before this was carried out"
+DATA_ACTIONS = frozenset({"session/send", "session/restore"})
+"""Requests that may wait for the agent; they queue per session, behind each other only."""
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
@@ -101,9 +109,6 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
     )
 
 
-Job = Callable[[], Awaitable[None]]
-
-
 class MqttBridge:
     """Maps the hub's sessions onto MQTT topics; `async with MqttBridge(hub, config):`.
 
@@ -126,12 +131,25 @@ class MqttBridge:
         )
         self._ha = config.homeassistant.enabled
         self._max_payload = config.mqtt.max_payload_bytes
-        self._router = Router(hub, max_payload_bytes=config.mqtt.max_payload_bytes)
+        self._control = control = config.control
+        self._router = Router(
+            hub, max_payload_bytes=config.mqtt.max_payload_bytes, control=control
+        )
         self._client = client or MqttClient(client_settings(config.mqtt, topics))
         self._ha_birth_delay = ha_birth_delay
-        self._service = SharedMqttService(self._client, topics.base)
+        self._own_filters = topics.subscriptions(homeassistant=self._ha)
+        self._service = SharedMqttService(self._client, topics.base, self._own_filters)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lanes: dict[str, deque[Job]] = {}
+        # Per session: sends wait for the agent in the data lane; control (start, end, reads)
+        # has a lane of its own, so it is never stuck behind sends.
+        self._data = Lanes("data", self._spawn)
+        self._controls = Lanes("control", self._spawn)
+        self._running = 0  # request jobs running or waiting, bounded by max_requests_in_flight
+        self._bucket = TokenBucket(control.requests_per_second, control.request_burst)
+        self._counts = {"events_dropped": 0, "requests_refused": 0}  # not yet reported
+        self._totals = {"events_dropped": 0, "requests_refused": 0}
+        self._report_at = 0.0
+        self._report_handle: asyncio.TimerHandle | None = None
         self._scalars: dict[str, tuple[Any, str]] = {}  # session -> (connection, agent state)
         self._sessions: set[str] = set()  # sessions whose topics (and discovery) are out
         self._republish: asyncio.Task[None] | None = None
@@ -179,6 +197,8 @@ class MqttBridge:
         self._stopping = True
         if self._unobserve is not None:
             self._unobserve()
+        if self._report_handle is not None:
+            self._report_handle.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -207,18 +227,60 @@ class MqttBridge:
         return self._topics.session(session_id, leaf)
 
     def _pub(
-        self, topic: str, payload: bytes, *, retain: bool, properties: dict[str, Any] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        properties: dict[str, Any] | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> None:
-        """Queue one QoS 1 publish; never waits and never raises (the hot path)."""
+        """Queue one QoS 1 publish; never waits and never raises (the hot path).
+
+        Every publish of the bridge passes here, so here is where payloads are scrubbed of
+        secrets, and where a publish the outbox refuses is counted and reported at once.
+        """
         try:
-            self._client.publish_nowait(topic, payload, 1, retain, properties)
+            queued = self._client.publish_nowait(
+                topic, redact_payload(payload), 1, retain, properties, priority
+            )
         except MqttError as exc:
             if not self._stopping:
                 self._log.warning("mqtt_publish_refused", topic=topic, error=str(exc))
+            return
+        if not queued and priority is not Priority.REPORT:
+            self._count("events_dropped")
+
+    def _count(self, what: str) -> None:
+        """Count a dropped event or refused request; reported at once, then at most every 1 s."""
+        self._counts[what] += 1
+        self._totals[what] += 1
+        if self._report_handle is not None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._report_at + REPORT_INTERVAL - loop.time())
+        self._report_handle = loop.call_later(delay, self._report_counts)
+
+    def _report_counts(self) -> None:
+        self._report_handle = None
+        self._report_at = asyncio.get_running_loop().time()
+        for what, count in self._counts.items():
+            if count:
+                self._counts[what] = 0
+                total = self._totals[what]
+                self._log.warning(what, count=count, total=total)
+                payload = dumps({"event": what, "count": count, "total": total})
+                self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.REPORT)
 
     def event(self, name: str, **data: Any) -> None:
         """Publish a bridge-level event on `{base}/bridge/event` (not retained)."""
         self._pub(self._topics.bridge_event, dumps({"event": name, **data}), retain=False)
+
+    def _complain(self, name: str, **data: Any) -> None:
+        """An event about what a broker client sent (bad payload, refused command): these yield
+        to state and message events when the outgoing queue is full."""
+        payload = dumps({"event": name, **data})
+        self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.LOW)
 
     def _publish_info(self) -> None:
         try:
@@ -226,7 +288,15 @@ class MqttBridge:
         except Exception:
             self._log.exception("bridge_info_failed")
             return
-        self._pub(self._topics.bridge_info, dumps(info), retain=True)
+        payload = dumps(info)
+        if len(payload) > INFO_LIMIT:
+            sessions = list(info.get("sessions") or [])
+            info = {**info, "config": None, "truncated": True, "session_count": len(sessions)}
+            payload = dumps(info)
+            while len(payload) > INFO_LIMIT and info["sessions"]:
+                info["sessions"] = info["sessions"][: len(info["sessions"]) // 2]
+                payload = dumps(info)
+        self._pub(self._topics.bridge_info, payload, retain=True)
 
     def _publish_state(self, session_id: str, state: object, *, force: bool = False) -> None:
         if not isinstance(state, SessionSnapshot):
@@ -371,10 +441,14 @@ class MqttBridge:
 
     async def _receive(self) -> None:
         async for message in self._client.messages():
+            # The bridge's own handling comes first and is never skipped: a transport
+            # subscription cannot take the bridge's topics away (and may not overlap them).
             try:
-                if self._service.dispatch(message):
-                    continue
                 self._dispatch(message)
+            except Exception:
+                self._log.exception("mqtt_message_failed", topic=message.topic)
+            try:
+                self._service.dispatch(message)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
 
@@ -387,8 +461,11 @@ class MqttBridge:
             if not message.retain and message.payload.strip() == b"online":
                 self._schedule_republish()
             return
+        if not self._bucket.take():
+            self._count("requests_refused")
+            return
         if message.retain:
-            self.event("retained_ignored", topic=message.topic)
+            self._complain("retained_ignored", topic=message.topic)
             return
         deadline = None
         if message.message_expiry_interval:  # seconds left when it reached us
@@ -397,67 +474,103 @@ class MqttBridge:
             self._request(parsed.action, message, deadline)
             return
         session_id = parsed.session_id
+        command: Command | None = None
         try:
             if not is_valid_session_id(session_id):
                 raise BadPayload(f"{session_id!r} is not a valid session id")
             if parsed.kind is Inbound.SEND:
+                if not self._control.allows("session/send"):
+                    raise BadPayload("sending is not allowed here ([control] actions)")
                 send = parse_send(message.payload, self._max_payload)
                 job = self._send_job(message.topic, session_id, send.text, send.send_id, deadline)
+                lanes = self._data
             else:
                 command = parse_command(message.payload, self._max_payload)
+                if not self._control.allows(f"session/{command.value}"):
+                    raise BadPayload(f"{command.value} is not allowed here ([control] actions)")
                 job = self._command_job(message.topic, session_id, command, deadline)
+                lanes = self._controls
         except BadPayload as exc:
-            self.event("bad_payload", topic=message.topic, error=str(exc))
+            self._complain("bad_payload", topic=message.topic, error=str(exc))
             return
-        if not self._enqueue(session_id, job):
-            self.event("command_dropped", topic=message.topic, error="too many commands queued")
+        if self._running >= self._control.max_requests_in_flight:
+            self._complain("command_dropped", topic=message.topic, error=self._busy())
+            return
+        if lanes is self._controls and command is Command.END:
+            self._data.abandon(session_id, ENDED)  # queued sends are answered, not left waiting
+        if lanes is self._data:
+            job = self._after_control(session_id, job)
+        if not lanes.enqueue(session_id, self._counted(job)):
+            self._complain("command_dropped", topic=message.topic, error="too many commands queued")
 
-    def _enqueue(self, lane: str, job: Job) -> bool:
-        """Run job after the earlier jobs of the same lane (one session's commands in order)."""
-        queue = self._lanes.get(lane)
-        if queue is None:
-            queue = self._lanes[lane] = deque()
-            self._spawn(self._drain(lane, queue), f"mqtt-bridge-lane-{lane}")
-        elif len(queue) >= LANE_LIMIT:
-            return False
-        queue.append(job)
-        return True
+    def _after_control(self, session_id: str, job: Job) -> Job:
+        """job, run only once the session's control commands received before it have run (a
+        send after a start waits for the start; a start never waits for sends)."""
+        barrier = self._controls.barrier(session_id)
+        if barrier is None:
+            return job
 
-    async def _drain(self, lane: str, queue: deque[Job]) -> None:
-        try:
-            while queue:
-                job = queue.popleft()
-                try:
-                    await job()
-                except Exception:
-                    self._log.exception("mqtt_command_failed", session=lane)
-        finally:
-            if self._lanes.get(lane) is queue:
-                del self._lanes[lane]
+        async def run() -> None:
+            await barrier
+            await job.run()
+
+        return Job(run, job.abandon)
+
+    def _busy(self) -> str:
+        limit = self._control.max_requests_in_flight
+        return f"busy: {limit} requests are in progress ([control] max_requests_in_flight)"
+
+    def _counted(self, job: Job) -> Job:
+        """job, counted in `_running` from now until it has run or was abandoned."""
+        self._running += 1
+        done = False
+
+        def finish() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._running -= 1
+
+        async def run() -> None:
+            try:
+                await job.run()
+            finally:
+                finish()
+
+        def abandon(reason: str) -> None:
+            try:
+                job.abandon(reason)
+            finally:
+                finish()
+
+        return Job(run, abandon)
 
     def _expired(self, topic: str, deadline: float | None) -> bool:
         if deadline is not None and time.monotonic() >= deadline:
-            self.event("expired_ignored", topic=topic)
+            self._complain("expired_ignored", topic=topic)
             return True
         return False
 
     def _send_job(
         self, topic: str, session_id: str, text: str, send_id: str | None, deadline: float | None
     ) -> Job:
-        async def job() -> None:
+        async def run() -> None:
             if self._expired(topic, deadline):
                 return
             try:
                 await self._hub.send(session_id, text, send_id=send_id)
             except HubError as exc:
-                self.event("send_failed", topic=topic, session=session_id, error=str(exc))
+                self._complain("send_failed", topic=topic, session=session_id, error=str(exc))
 
-        return job
+        def abandon(reason: str) -> None:
+            self._complain("send_failed", topic=topic, session=session_id, error=reason)
+
+        return Job(run, abandon)
 
     def _command_job(
         self, topic: str, session_id: str, command: Command, deadline: float | None
     ) -> Job:
-        async def job() -> None:
+        async def run() -> None:
             if self._expired(topic, deadline):
                 return
             try:
@@ -468,34 +581,58 @@ class MqttBridge:
                 else:
                     self._hub.dismiss_error(session_id)
             except HubError as exc:
-                self.event("command_failed", topic=topic, session=session_id, error=str(exc))
+                self._complain("command_failed", topic=topic, session=session_id, error=str(exc))
 
-        return job
+        def abandon(reason: str) -> None:
+            self._complain("command_failed", topic=topic, session=session_id, error=reason)
+
+        return Job(run, abandon)
 
     def _request(self, action: str, message: IncomingMessage, deadline: float | None) -> None:
         request = self._router.prepare(action, message.payload)
+        if self._running >= self._control.max_requests_in_flight:
+            self._respond(request, message, {"status": "error", "error": self._busy()})
+            return
 
-        async def job() -> None:
+        async def run() -> None:
             response = await self._router.run(request, deadline=deadline)
             self._respond(request, message, response)
 
+        def abandon(reason: str) -> None:
+            self._respond(request, message, {"status": "error", "error": reason})
+
+        job = self._counted(Job(run, abandon))
         lane = request.session_id
         if lane is None:
-            self._spawn(job(), f"mqtt-bridge-request-{action}")
-        elif not self._enqueue(lane, job):
-            self._respond(request, message, {"status": "error", "error": "too many requests"})
+            self._spawn(job.run(), f"mqtt-bridge-request-{action}")
+            return
+        if request.body is not None and action in ("session/end", "session/remove"):
+            self._data.abandon(lane, ENDED)
+        lanes = self._controls
+        if action in DATA_ACTIONS:
+            lanes, job = self._data, self._after_control(lane, job)
+        if not lanes.enqueue(lane, job):
+            job.abandon("too many requests")
 
     def _respond(self, request: Request, message: IncomingMessage, response: Any) -> None:
         if request.has_transaction and "transaction" not in response:
             response["transaction"] = request.transaction
         payload = dumps(response)
-        self._pub(self._topics.response(request.action), payload, retain=False)
+        self._pub(self._topics.response(request.action), payload, retain=False,
+                  priority=Priority.LOW)
         if message.response_topic:
-            props: dict[str, Any] = {}
-            if message.correlation_data is not None:
-                props["correlation_data"] = message.correlation_data
-            self._pub(message.response_topic, payload, retain=False, properties=props or None)
+            problem = response_topic_problem(
+                message.response_topic, self._topics.base, self._own_filters
+            )
+            if problem is not None:
+                self._complain("response_topic_refused", topic=message.topic, error=problem)
+            else:
+                props: dict[str, Any] = {}
+                if message.correlation_data is not None:
+                    props["correlation_data"] = message.correlation_data
+                self._pub(message.response_topic, payload, retain=False,
+                          properties=props or None, priority=Priority.LOW)
         if response.get("status") == "ok" and request.action == "config/reload":
             self._publish_info()
         if response.get("error") == EXPIRED:
-            self.event("expired_ignored", topic=message.topic)
+            self._complain("expired_ignored", topic=message.topic)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from lkbridge.config import schema
+from lkbridge.config.schema import bridge_subscriptions
 from lkbridge.mqtt.topic import base_topic_problem
 
 
@@ -110,10 +111,7 @@ class Topics:
 
     def subscriptions(self, *, homeassistant: bool) -> list[str]:
         """The topic filters the bridge subscribes to."""
-        filters = [self.request_filter, self.send_filter, self.command_filter]
-        if homeassistant:
-            filters.append(self.ha_status)
-        return filters
+        return bridge_subscriptions(self.base, self.discovery_prefix, homeassistant)
 
     def response(self, action: str) -> str:
         """`{base}/bridge/response/<action>`."""
