@@ -347,10 +347,13 @@ async def gather_status(client: BridgeClient) -> dict[str, Any]:
 
     async def history(sid: str) -> None:
         with contextlib.suppress(ClientError):
-            answer = await client.request("session/history", {"session": sid}, timeout=5.0)
-            messages = (answer.get("data") or {}).get("messages")
+            body = {"session": sid, "limit": 1}
+            answer = await client.request("session/history", body, timeout=5.0)
+            data = answer.get("data") or {}
+            messages = data.get("messages")
             if answer.get("status") == "ok" and isinstance(messages, list):
-                sessions[sid]["messages"] = len(messages)
+                total = data.get("total")
+                sessions[sid]["messages"] = total if isinstance(total, int) else len(messages)
                 sessions[sid]["last_message"] = messages[-1] if messages else None
 
     if online:

@@ -201,9 +201,9 @@ class ControlConfig:
     actions: tuple[str, ...] = ALL_ACTIONS
     """Request actions MQTT may call (health_check and session/history always work)."""
     max_sessions: int = 100
-    max_requests_in_flight: int = 64
-    requests_per_second: float = 50.0
-    request_burst: int = 200
+    max_requests_in_flight: int = 1000
+    requests_per_second: float = 1000.0
+    request_burst: int = 2000
 
     def allows(self, action: str) -> bool:
         return action in ALWAYS_ALLOWED or action in self.actions

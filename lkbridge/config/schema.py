@@ -238,9 +238,9 @@ def _parse_control(table: TableReader) -> ControlConfig:
         remove_configured=table.boolean("remove_configured", False),
         actions=actions,
         max_sessions=table.integer("max_sessions", 100, 1, 10_000),
-        max_requests_in_flight=table.integer("max_requests_in_flight", 64, 1, 10_000),
-        requests_per_second=table.positive_number("requests_per_second", 50.0, 100_000.0),
-        request_burst=table.integer("request_burst", 200, 1, 1_000_000),
+        max_requests_in_flight=table.integer("max_requests_in_flight", 1000, 1, 100_000),
+        requests_per_second=table.positive_number("requests_per_second", 1000.0, 100_000.0),
+        request_burst=table.integer("request_burst", 2000, 1, 1_000_000),
     )
     table.finish()
     return control
@@ -508,8 +508,10 @@ def unknown_name_problems(
             listed = ", ".join(sorted(known)) or "none"
             problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
 
-    for session_id, session in config.sessions.items():
-        path = join_path("sessions", session_id)
+    named = [*(("sessions", i, c) for i, c in config.sessions.items()),
+             *(("templates", i, c) for i, c in config.templates.items())]
+    for table, session_id, session in named:
+        path = join_path(table, session_id)
         for index, name in enumerate(session.senders):
             check(f"{path}.senders[{index}]", name, senders, "sender")
         for index, name in enumerate(session.receivers):

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import tomli_w
 
+from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
-from tests.support.daemon_proc import DaemonProcess, daemon_config
+from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe
 
 pytestmark = pytest.mark.e2e
@@ -237,3 +238,39 @@ async def test_no_broker_client_can_make_the_daemon_deaf(
 def http_server_port(recorder: Recorder) -> int:
     assert recorder._server is not None
     return int(recorder._server.sockets[0].getsockname()[1])
+
+
+async def test_end_is_answered_while_sends_wait_for_an_absent_agent(
+    tmp_path: Path, mqtt_broker: Mosquitto, livekit_server: LiveKitServer, log_dir: Path,
+) -> None:  # fmt: skip
+    """0.1: with the agent absent, 8 queued sends made session/end answer after 35.8 s (each
+    send waited for the agent in turn); with 1,000 a command could wait hours."""
+    base = f"cp{uuid.uuid4().hex[:6]}"
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker registers this name
+    sessions = session_toml("lab", livekit_server, nobody, agent_connect_timeout=120)
+    config = daemon_config(tmp_path, mqtt_broker.port, sessions, base_topic=base)
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
+    daemon = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
+    daemon.start()
+    try:
+        await probe.wait_for(f"{base}/lab/connection_state", lambda m: m.text == "connected",
+                             timeout=30)
+        mark = probe.mark()
+        for index in range(8):
+            body = {"session": "lab", "text": f"hello {index}", "transaction": f"s{index}"}
+            probe.publish(f"{base}/bridge/request/session/send", body)
+        await asyncio.sleep(1)  # the first send is under way, waiting for the agent
+        ended = await request(probe, base, "session/end", {"session": "lab"})
+        assert ended["status"] == "ok" and ended["data"]["wanted"] is False
+        for index in range(8):
+            answer = await probe.wait_for(
+                f"{base}/bridge/response/session/send",
+                lambda m, i=index: m.json().get("transaction") == f"s{i}", after=mark, timeout=15,
+            )
+            assert answer.json()["status"] == "error", answer.json()
+        assert (await request(probe, base, "health_check", {}))["status"] == "ok"
+        assert daemon.stop() == 0
+    finally:
+        probe.close()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()

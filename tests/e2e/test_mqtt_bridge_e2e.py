@@ -160,7 +160,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
     config = make_config(
         tmp_path, mqtt_broker, livekit_server, names, {"lab": None}, autostart=False
     )
-    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"replies-{base}/#")
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     probe.publish(f"{base}/lab/command", "start", retain=True)  # a stale retained command
     try:
         daemons(config)
@@ -172,7 +172,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
         assert not probe.seen(f"{base}/lab/state", state_is("connecting"))
         assert probe.seen(f"{base}/lab/connection_state")[-1].text == "disconnected"
 
-        reply_topic = f"replies-{base}/health"
+        reply_topic = f"{base}/replies/health"  # response topics must lie under {base}/
         mark = probe.mark()
         probe.publish(f"{base}/bridge/request/health_check", b"{}", response_topic=reply_topic,
                       correlation=b"corr-1")  # fmt: skip

@@ -1295,3 +1295,14 @@ def test_mqtt_transport_topics_may_not_overlap_the_bridges_own(key: str, topic: 
     assert problem.startswith(f"templates.t.transports.mqtt.{key}:")
     fine = MINTED + '[sessions.kitchen.transports.mqtt]\nsubscribe_topic = "lkbridge/kitchen/in"\n'
     assert parse(fine).sessions["kitchen"].transports["mqtt"]["subscribe_topic"]
+
+
+def test_unknown_names_in_templates_are_reported() -> None:
+    config = parse(
+        MINTED.replace("[sessions.kitchen", "[templates.assistant")
+        + '[templates.assistant]\nreceivers = ["chatt"]\n'
+    )
+    problems = unknown_name_problems(config, senders=["chat"], receivers=["chat"], token_sources=[])
+    assert [str(p) for p in problems] == [
+        "templates.assistant.receivers[0]: unknown receiver 'chatt' (did you mean 'chat'?); known: chat"
+    ]

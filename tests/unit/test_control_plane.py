@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from lkbridge.bridges.hub import HubEvent, HubEventKind, MessageEvent
-from lkbridge.bridges.mqtt.bridge import ENDED, INFO_LIMIT, MqttBridge
+from lkbridge.bridges.mqtt.bridge import INFO_LIMIT, MqttBridge
+from lkbridge.bridges.mqtt.incoming import ENDED
 from lkbridge.bridges.mqtt.lanes import Job, Lanes
 from lkbridge.bridges.mqtt.limits import TokenBucket, response_topic_problem
 from lkbridge.config.models import Config, ControlConfig, MqttConfig
@@ -382,5 +383,39 @@ async def test_control_actions_restrict_mqtt_but_reads_always_work(
         assert bad == ["sending is not allowed here ([control] actions)",
                        "end is not allowed here ([control] actions)"]
         assert hub.calls == [("start", "kitchen")]
+    finally:
+        await bridge.aclose()
+
+
+def test_payload_scrubbing_leaves_short_secrets_to_the_log() -> None:
+    """The LiveKit dev server's secret is "secret": scrubbing it would break "api_secret" keys."""
+    from lkbridge.log import redact_payload, redact_text
+
+    register_secret("secret")
+    register_secret("a-long-secret-value")
+    try:
+        payload = b'{"api_secret":{"env":"X"},"error":"a-long-secret-value"}'
+        assert redact_payload(payload) == b'{"api_secret":{"env":"X"},"error":"***"}'
+        assert redact_text("api secret") == "api ***"  # the log still scrubs it
+        assert redact_payload(b"\xff\xfe") == b"\xff\xfe"
+    finally:
+        clear_registered_secrets()
+
+
+async def test_a_full_lane_does_not_leak_in_flight_slots(
+    hub: FakeHub, client: FakeClient, stuck_sends: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lkbridge.bridges.mqtt.lanes.LANE_LIMIT", 2)
+    bridge = await start(hub, client, max_requests_in_flight=1000)
+    try:
+        for index in range(10):
+            client.deliver("lkb/kitchen/send", f"t{index}")
+        await settle()
+        dropped = [e for e in events(client) if e["event"] == "command_dropped"]
+        assert len(dropped) >= 7  # 2 waiting, perhaps 1 already under way
+        assert bridge._incoming._running == 10 - len(dropped)
+        stuck_sends.set()
+        await settle()
+        assert bridge._incoming._running == 0
     finally:
         await bridge.aclose()

@@ -12,10 +12,12 @@ from lkbridge.bridges.hub import HubError
 from lkbridge.bridges.mqtt.router import (
     ACTIONS,
     EXPIRED,
+    HISTORY_PAGE_BYTES,
     BadPayload,
     Command,
     Router,
     SendPayload,
+    history_page,
     parse_command,
     parse_send,
 )
@@ -105,7 +107,8 @@ async def test_history_and_restore(router: Router, hub: FakeHub) -> None:
     assert restored == {"status": "ok", "data": {"session": "office", "kept": 1}}
     history = await router.handle("session/history", body({"session": "office"}))
     assert history["data"] == {
-        "session": "office", "messages": [MESSAGE | {"session": "office"}], "next": None
+        "session": "office", "messages": [MESSAGE | {"session": "office"}], "next": None,
+        "total": 1,
     }
 
 
@@ -311,3 +314,22 @@ def test_parse_command_errors(payload: bytes, error: str) -> None:
     with pytest.raises(BadPayload) as info:
         parse_command(payload, 1024)
     assert error in str(info.value)
+
+
+def test_history_pages_walk_back_with_the_cursor() -> None:
+    """0.1 answered session/history with one payload of any size (60 MB seen)."""
+    messages = [MESSAGE | {"id": f"m{i}", "text": "x" * 1000} for i in range(500)]
+    first = history_page("s", messages, None, None)
+    assert [m["id"] for m in first["messages"]] == [f"m{i}" for i in range(450, 500)]
+    assert first["next"] == "m450" and first["total"] == 500
+    seen = list(first["messages"])
+    cursor = first["next"]
+    while cursor is not None:
+        page = history_page("s", messages, 200, cursor)
+        seen = page["messages"] + seen
+        cursor = page["next"]
+    assert seen == messages
+    big = [MESSAGE | {"id": f"b{i}", "text": "y" * 20_000} for i in range(100)]
+    page = history_page("s", big, 200, None)
+    assert len(json.dumps(page)) <= HISTORY_PAGE_BYTES + 20_000
+    assert page["messages"][-1]["id"] == "b99" and page["next"] == page["messages"][0]["id"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
@@ -31,17 +29,8 @@ from lkbridge.bridges.mqtt.discovery import (
     session_device_config,
     session_node_id,
 )
-from lkbridge.bridges.mqtt.lanes import Job, Lanes
-from lkbridge.bridges.mqtt.limits import TokenBucket, response_topic_problem
-from lkbridge.bridges.mqtt.router import (
-    EXPIRED,
-    BadPayload,
-    Command,
-    Request,
-    Router,
-    parse_command,
-    parse_send,
-)
+from lkbridge.bridges.mqtt.incoming import Incoming
+from lkbridge.bridges.mqtt.router import Router, dumps
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config.models import Config, MqttConfig
 from lkbridge.log import redact_payload
@@ -68,17 +57,6 @@ INFO_LIMIT = 262_144
 """Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
 REPORT_INTERVAL = 1.0
 """Seconds between two reports of dropped events or refused requests (the first is at once)."""
-ENDED = "the session was ended before this was carried out"
-DATA_ACTIONS = frozenset({"session/send", "session/restore"})
-"""Requests that may wait for the agent; they queue per session, behind each other only."""
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-
-
-def dumps(data: Any) -> bytes:
-    """Compact UTF-8 JSON (values JSON cannot hold are written as their str())."""
-    return _encode(data).encode()
-
 
 def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
     """[mqtt.tls] as client settings (None: no TLS)."""
@@ -130,8 +108,7 @@ class MqttBridge:
             config.mqtt.base_topic, config.homeassistant.discovery_prefix
         )
         self._ha = config.homeassistant.enabled
-        self._max_payload = config.mqtt.max_payload_bytes
-        self._control = control = config.control
+        control = config.control
         self._router = Router(
             hub, max_payload_bytes=config.mqtt.max_payload_bytes, control=control
         )
@@ -140,12 +117,16 @@ class MqttBridge:
         self._own_filters = topics.subscriptions(homeassistant=self._ha)
         self._service = SharedMqttService(self._client, topics.base, self._own_filters)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Per session: sends wait for the agent in the data lane; control (start, end, reads)
-        # has a lane of its own, so it is never stuck behind sends.
-        self._data = Lanes("data", self._spawn)
-        self._controls = Lanes("control", self._spawn)
-        self._running = 0  # request jobs running or waiting, bounded by max_requests_in_flight
-        self._bucket = TokenBucket(control.requests_per_second, control.request_burst)
+        self._incoming = Incoming(
+            hub, topics, self._router, control,
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            own_filters=self._own_filters,
+            spawn=self._spawn,
+            publish=self._pub,
+            complain=self._complain,
+            count=self._count,
+            info_changed=self._publish_info,
+        )  # fmt: skip
         self._counts = {"events_dropped": 0, "requests_refused": 0}  # not yet reported
         self._totals = {"events_dropped": 0, "requests_refused": 0}
         self._report_at = 0.0
@@ -461,178 +442,4 @@ class MqttBridge:
             if not message.retain and message.payload.strip() == b"online":
                 self._schedule_republish()
             return
-        if not self._bucket.take():
-            self._count("requests_refused")
-            return
-        if message.retain:
-            self._complain("retained_ignored", topic=message.topic)
-            return
-        deadline = None
-        if message.message_expiry_interval:  # seconds left when it reached us
-            deadline = message.received_at + message.message_expiry_interval
-        if parsed.kind is Inbound.REQUEST:
-            self._request(parsed.action, message, deadline)
-            return
-        session_id = parsed.session_id
-        command: Command | None = None
-        try:
-            if not is_valid_session_id(session_id):
-                raise BadPayload(f"{session_id!r} is not a valid session id")
-            if parsed.kind is Inbound.SEND:
-                if not self._control.allows("session/send"):
-                    raise BadPayload("sending is not allowed here ([control] actions)")
-                send = parse_send(message.payload, self._max_payload)
-                job = self._send_job(message.topic, session_id, send.text, send.send_id, deadline)
-                lanes = self._data
-            else:
-                command = parse_command(message.payload, self._max_payload)
-                if not self._control.allows(f"session/{command.value}"):
-                    raise BadPayload(f"{command.value} is not allowed here ([control] actions)")
-                job = self._command_job(message.topic, session_id, command, deadline)
-                lanes = self._controls
-        except BadPayload as exc:
-            self._complain("bad_payload", topic=message.topic, error=str(exc))
-            return
-        if self._running >= self._control.max_requests_in_flight:
-            self._complain("command_dropped", topic=message.topic, error=self._busy())
-            return
-        if lanes is self._controls and command is Command.END:
-            self._data.abandon(session_id, ENDED)  # queued sends are answered, not left waiting
-        if lanes is self._data:
-            job = self._after_control(session_id, job)
-        if not lanes.enqueue(session_id, self._counted(job)):
-            self._complain("command_dropped", topic=message.topic, error="too many commands queued")
-
-    def _after_control(self, session_id: str, job: Job) -> Job:
-        """job, run only once the session's control commands received before it have run (a
-        send after a start waits for the start; a start never waits for sends)."""
-        barrier = self._controls.barrier(session_id)
-        if barrier is None:
-            return job
-
-        async def run() -> None:
-            await barrier
-            await job.run()
-
-        return Job(run, job.abandon)
-
-    def _busy(self) -> str:
-        limit = self._control.max_requests_in_flight
-        return f"busy: {limit} requests are in progress ([control] max_requests_in_flight)"
-
-    def _counted(self, job: Job) -> Job:
-        """job, counted in `_running` from now until it has run or was abandoned."""
-        self._running += 1
-        done = False
-
-        def finish() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self._running -= 1
-
-        async def run() -> None:
-            try:
-                await job.run()
-            finally:
-                finish()
-
-        def abandon(reason: str) -> None:
-            try:
-                job.abandon(reason)
-            finally:
-                finish()
-
-        return Job(run, abandon)
-
-    def _expired(self, topic: str, deadline: float | None) -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            self._complain("expired_ignored", topic=topic)
-            return True
-        return False
-
-    def _send_job(
-        self, topic: str, session_id: str, text: str, send_id: str | None, deadline: float | None
-    ) -> Job:
-        async def run() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                await self._hub.send(session_id, text, send_id=send_id)
-            except HubError as exc:
-                self._complain("send_failed", topic=topic, session=session_id, error=str(exc))
-
-        def abandon(reason: str) -> None:
-            self._complain("send_failed", topic=topic, session=session_id, error=reason)
-
-        return Job(run, abandon)
-
-    def _command_job(
-        self, topic: str, session_id: str, command: Command, deadline: float | None
-    ) -> Job:
-        async def run() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                if command is Command.START:
-                    await self._hub.start_session(session_id)
-                elif command is Command.END:
-                    await self._hub.end_session(session_id)
-                else:
-                    self._hub.dismiss_error(session_id)
-            except HubError as exc:
-                self._complain("command_failed", topic=topic, session=session_id, error=str(exc))
-
-        def abandon(reason: str) -> None:
-            self._complain("command_failed", topic=topic, session=session_id, error=reason)
-
-        return Job(run, abandon)
-
-    def _request(self, action: str, message: IncomingMessage, deadline: float | None) -> None:
-        request = self._router.prepare(action, message.payload)
-        if self._running >= self._control.max_requests_in_flight:
-            self._respond(request, message, {"status": "error", "error": self._busy()})
-            return
-
-        async def run() -> None:
-            response = await self._router.run(request, deadline=deadline)
-            self._respond(request, message, response)
-
-        def abandon(reason: str) -> None:
-            self._respond(request, message, {"status": "error", "error": reason})
-
-        job = self._counted(Job(run, abandon))
-        lane = request.session_id
-        if lane is None:
-            self._spawn(job.run(), f"mqtt-bridge-request-{action}")
-            return
-        if request.body is not None and action in ("session/end", "session/remove"):
-            self._data.abandon(lane, ENDED)
-        lanes = self._controls
-        if action in DATA_ACTIONS:
-            lanes, job = self._data, self._after_control(lane, job)
-        if not lanes.enqueue(lane, job):
-            job.abandon("too many requests")
-
-    def _respond(self, request: Request, message: IncomingMessage, response: Any) -> None:
-        if request.has_transaction and "transaction" not in response:
-            response["transaction"] = request.transaction
-        payload = dumps(response)
-        self._pub(self._topics.response(request.action), payload, retain=False,
-                  priority=Priority.LOW)
-        if message.response_topic:
-            problem = response_topic_problem(
-                message.response_topic, self._topics.base, self._own_filters
-            )
-            if problem is not None:
-                self._complain("response_topic_refused", topic=message.topic, error=problem)
-            else:
-                props: dict[str, Any] = {}
-                if message.correlation_data is not None:
-                    props["correlation_data"] = message.correlation_data
-                self._pub(message.response_topic, payload, retain=False,
-                          properties=props or None, priority=Priority.LOW)
-        if response.get("status") == "ok" and request.action == "config/reload":
-            self._publish_info()
-        if response.get("error") == EXPIRED:
-            self._complain("expired_ignored", topic=message.topic)
+        self._incoming.handle(parsed, message)

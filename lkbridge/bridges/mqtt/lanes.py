@@ -30,10 +30,10 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], object]
 class Lanes:
     """Runs each lane's jobs one after the other; different lanes do not wait for each other."""
 
-    def __init__(self, name: str, spawn: Spawn, limit: int = LANE_LIMIT) -> None:
+    def __init__(self, name: str, spawn: Spawn, limit: int | None = None) -> None:
         self._name = name
         self._spawn = spawn
-        self._limit = limit
+        self._limit = LANE_LIMIT if limit is None else limit
         self._queues: dict[str, deque[Job]] = {}
 
     def waiting(self) -> int:

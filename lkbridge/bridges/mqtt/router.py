@@ -21,6 +21,14 @@ log = structlog.get_logger(__name__)
 MAX_SEND_ID_LENGTH = 200
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON (values JSON cannot hold are written as their str())."""
+    return _encode(data).encode()
+
+
 class BadPayload(ValueError):
     """A payload could not be used; str() says what was wrong, for the sender."""
 
@@ -246,7 +254,8 @@ def history_page(
     """One page of a history (oldest first within the page), newest page first.
 
     `before` is the `next` cursor of the previous page: the id of its oldest message. The answer
-    is {"session", "messages", "next"}; `next` is null on the last page.
+    is {"session", "messages", "next", "total"}; `next` is null on the last page, `total` counts
+    the whole history.
     """
     if limit is None:
         limit = HISTORY_PAGE
@@ -270,7 +279,7 @@ def history_page(
     page = page[len(page) - keep :]
     first = end - len(page)
     cursor = page[0]["id"] if page and first > 0 else None
-    return {"session": session_id, "messages": page, "next": cursor}
+    return {"session": session_id, "messages": page, "next": cursor, "total": len(messages)}
 
 
 OVERSIZE_ECHO_FACTOR = 16
