@@ -38,11 +38,12 @@ from lkbridge.config.files import (
 from lkbridge.config.models import Config, ConfigError, Overrides, SessionConfig, diff_configs
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
+from lkbridge.daemon.bridges import BridgeFailed, enter_bridges, no_bridge_refusal, wait_ready
 from lkbridge.daemon.runner import SessionRunner
 from lkbridge.daemon.store import MessageStore
 from lkbridge.log import redact_text
 from lkbridge.messages import ReceivedMessage
-from lkbridge.plugins.host import MQTT_BRIDGE_PLUGIN, PluginHost, load_plugins
+from lkbridge.plugins.host import PluginHost, load_plugins
 
 log = structlog.get_logger(__name__)
 
@@ -430,30 +431,19 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        if (refusal := self._check_bridges()) is not None:
+        if (refusal := no_bridge_refusal(self.plugins, self.config)) is not None:
             log.error("no_bridge", reason=refusal)
             systemd.status(f"not started: {refusal}")
             return 1
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
-            bridges: list[Bridge] = []
-            for name, spec in self.plugins.bridges.items():
-                try:
-                    bridge = spec.factory(self, self.config)
-                    if not isinstance(bridge, Bridge):
-                        raise TypeError(
-                            f"its factory made {type(bridge).__name__}, not a Bridge "
-                            "(an async context manager with wait_ready() and status())"
-                        )
-                    await stack.enter_async_context(bridge)
-                    bridges.append(bridge)
-                except Exception as exc:
-                    # Without its bridge the daemon would run doing nothing and look healthy:
-                    # fail before READY so that systemd (Restart=on-failure) and the operator see it.
-                    log.error("bridge_failed", bridge=name, plugin=spec.plugin, error=str(exc))
-                    systemd.status(f"bridge {name} failed: {exc}")
-                    return 1
-                log.info("bridge_started", bridge=name)
+            try:
+                bridges = await enter_bridges(stack, self, self.plugins, self.config)
+            except BridgeFailed as exc:
+                # Without its bridge the daemon would run doing nothing and look healthy:
+                # fail before READY so that systemd (Restart=on-failure) and the operator see it.
+                systemd.status(str(exc))
+                return 1
             # Reported once bridges observe, so the failures reach MQTT too.
             self._report_override_notes()
             for failure in self.plugins.failures():
@@ -467,7 +457,7 @@ class Daemon:
                 self._launch(sid)
             # READY once the bridges are up too (bounded: a broker outage is a status, not a
             # reason to hold back start-up).
-            await asyncio.gather(*(self._wait_bridge(b) for b in bridges))
+            await wait_ready(bridges, self.bridge_ready_timeout)
             count = len(self.runners)
             systemd.ready(self._status_line(bridges))
             log.info("daemon_ready", sessions=count, broken=len(self.broken), version=__version__)
@@ -490,30 +480,6 @@ class Daemon:
             )
         log.info("daemon_stopped")
         return 0
-
-    def _check_bridges(self) -> str | None:
-        """Why the daemon must not start with the bridges it has (None: it may); warns about a
-        disabled built-in bridge. Sessions no bridge can reach would run, look healthy, and serve
-        nobody, so running without a bridge takes `[plugins] allow_no_bridge = true`."""
-        mqtt_info = self.plugins.plugins.get(MQTT_BRIDGE_PLUGIN)
-        why = ""
-        if mqtt_info is not None and mqtt_info.disabled:
-            why = f" (the built-in {MQTT_BRIDGE_PLUGIN!r} plugin is disabled)"
-            log.warning("mqtt_bridge_disabled", plugin=MQTT_BRIDGE_PLUGIN,
-                        effect="sessions are not reachable over MQTT")
-        elif mqtt_info is not None and mqtt_info.error is not None:
-            why = f" ({MQTT_BRIDGE_PLUGIN!r} failed to load: {mqtt_info.error})"
-        if self.plugins.bridges:
-            return None
-        if self.config.plugins.allow_no_bridge:
-            log.warning("running_without_bridges", reason="[plugins] allow_no_bridge = true")
-            return None
-        return f"no bridge is loaded{why}; set [plugins] allow_no_bridge = true to run without one"
-
-    async def _wait_bridge(self, bridge: Bridge) -> None:
-        if not await bridge.wait_ready(self.bridge_ready_timeout):
-            log.warning("bridge_not_ready", bridge=type(bridge).__name__,
-                        waited=self.bridge_ready_timeout)
 
     def _status_line(self, bridges: list[Bridge]) -> str:
         connected = sum(1 for r in self.runners.values() if r.session.is_connected)

@@ -10,6 +10,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from lkbridge.bridges.hub import Bridge, Hub
+from lkbridge.daemon.bridges import no_bridge_refusal
 from lkbridge.daemon.core import Daemon
 from lkbridge.hookspecs import hookimpl
 from lkbridge.plugins.host import MQTT_BRIDGE_PLUGIN, PluginHost, PluginInfo
@@ -101,14 +102,14 @@ async def test_a_factory_that_makes_no_bridge_fails_the_start(tmp_path: Path) ->
 
 async def test_no_bridge_refuses_to_start(tmp_path: Path) -> None:
     daemon = Daemon(write_config(tmp_path), plugins=host_with(disabled_mqtt=True))
-    assert "mqtt-bridge" in (daemon._check_bridges() or "")
+    assert "mqtt-bridge" in (no_bridge_refusal(daemon.plugins, daemon.config) or "")
     assert await asyncio.wait_for(daemon.run(), 10) == 1
 
 
 async def test_no_bridge_runs_when_the_config_allows_it(tmp_path: Path) -> None:
     config = write_config(tmp_path, "[plugins]\nallow_no_bridge = true\n")
     daemon = Daemon(config, plugins=host_with(disabled_mqtt=True))
-    assert daemon._check_bridges() is None
+    assert no_bridge_refusal(daemon.plugins, daemon.config) is None
     assert await run_briefly(daemon) == 0
 
 
@@ -116,6 +117,6 @@ async def test_a_disabled_mqtt_bridge_is_allowed_beside_another_bridge(tmp_path:
     made.clear()
     daemon = Daemon(write_config(tmp_path), plugins=host_with(RecordingBridge, disabled_mqtt=True))
     with capture_logs() as logs:
-        assert daemon._check_bridges() is None
+        assert no_bridge_refusal(daemon.plugins, daemon.config) is None
     assert [e["event"] for e in logs] == ["mqtt_bridge_disabled"]  # allowed, never silently
     assert await run_briefly(daemon) == 0
