@@ -57,6 +57,12 @@ INFO_LIMIT = 262_144
 """Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
 REPORT_INTERVAL = 1.0
 """Seconds between two reports of dropped events or refused requests (the first is at once)."""
+# Bridge events after which the retained bridge/info is out of date (config or state directory).
+INFO_CHANGING_EVENTS = frozenset({
+    "config_reloaded", "config_reload_failed", "overrides_ignored", "overrides_moved_aside",
+    "history_not_saved", "history_saved_again",
+})
+
 
 def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
     """[mqtt.tls] as client settings (None: no TLS)."""
@@ -381,7 +387,7 @@ class MqttBridge:
             self._publish_info()
         elif kind is HubEventKind.BRIDGE and isinstance(data, DaemonNotice):
             self._pub(self._topics.bridge_event, dumps(data.to_json()), retain=False)
-            if data.event == "config_reloaded":
+            if data.event in INFO_CHANGING_EVENTS:
                 self._publish_info()
 
     # -- connection --------------------------------------------------------------------------
