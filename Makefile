@@ -15,6 +15,7 @@ demo: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: bootstrap lint systemd-prepare
 	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -42,4 +43,4 @@ dist: bootstrap
 	$(VENV)/bin/python -m build --outdir dist .
 
 clean:
-	rm -rf $(VENV) .venv-agent test-logs .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-agent test-logs .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build dist

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lkbridge.bridges.mqtt.bridge import tls_settings
-from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config.models import MqttConfig
 from lkbridge.config.where import find_config
 from lkbridge.errors import LkbridgeError
 from lkbridge.log import get_logger
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
-from lkbridge.mqtt.types import topic_matches
+from lkbridge.mqtt.topic import base_topic_problem, topic_matches
 
 log = get_logger(__name__)
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from lkbridge import __version__
-from lkbridge.config.where import CONFIG_ENV, DEFAULT_CONFIG, find_config
+from lkbridge.config import DEFAULT_CONFIG
+from lkbridge.config.where import CONFIG_ENV, find_config
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from lkbridge.config import DEFAULT_CONFIG
+
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "ConfigLocation", "find_config"]
 
-DEFAULT_CONFIG: Final = "/etc/lkbridge/config.toml"
 CONFIG_ENV: Final = "LKBRIDGE_CONFIG"
 
 

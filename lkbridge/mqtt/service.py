@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from lkbridge.errors import TransportError
 from lkbridge.log import get_logger
 from lkbridge.mqtt.client import MqttClient
-from lkbridge.mqtt.types import IncomingMessage, filters_overlap, topic_matches
+from lkbridge.mqtt.topic import filters_overlap, topic_matches
+from lkbridge.mqtt.types import IncomingMessage
 
 log = get_logger(__name__)
 

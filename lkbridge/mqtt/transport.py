@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from lkbridge.errors import TransportError
 from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage, SentMessage
-from lkbridge.mqtt.types import topic_matches
+from lkbridge.mqtt.topic import topic_matches
 from lkbridge.transports.base import ReceiverBase
 
 if TYPE_CHECKING:

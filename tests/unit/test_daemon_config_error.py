@@ -20,9 +20,9 @@ def test_config_error_has_a_time(tmp_path: Path) -> None:
     try:
         daemon._add_runner(daemon.config.sessions["kitchen"])
         error = daemon.current_error("kitchen")
-        assert error is not None and error["kind"] == "config"
-        at = datetime.fromisoformat(error["at"])
-        assert at.tzinfo is not None
-        assert daemon.snapshot("kitchen")["error"] == error
+        assert error is not None and error.kind == "config"
+        assert error.at is not None and datetime.fromisoformat(error.at).tzinfo is not None
+        assert daemon.snapshot("kitchen").error == error
+        assert error.to_json()["at"] == error.at  # what MQTT carries
     finally:
         daemon.store.close()
