@@ -16,8 +16,11 @@ lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The whole suite on an idle CPU, then the conversation tests again beside one busy-loop
+# process per core (LKB_CPU_LOAD=1), as on a small device whose CPU is busy.
 test: bootstrap lint
 	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	LKB_CPU_LOAD=1 scripts/netns-run $(VENV)/bin/python -m pytest -m conversation $(PYTEST_ARGS)
 
 # `make bench BENCH_ARGS=--quick` for a short smoke run; docs/benchmarks.md explains the figures.
 bench: bootstrap

@@ -24,6 +24,7 @@ class HubEventKind(StrEnum):
     STATE = "state"  # data: the session's state snapshot (see SessionSnapshot)
     MESSAGE = "message"  # data: the message event dict {id, timestamp, type, text, final, session}
     ERROR = "error"  # data: {kind, message, at} or None when cleared
+    SESSION_EVENT = "session_event"  # data: {"event": "unanswered", "id", "reason", ...}
     SESSION_ADDED = "session_added"  # data: {"session": id}
     SESSION_REMOVED = "session_removed"  # data: {"session": id}
     BRIDGE = "bridge"  # data: a daemon-level event {"event": name, ...} (plugin failed, overflow...)

@@ -302,6 +302,9 @@ class MqttBridge:
         elif kind is HubEventKind.ERROR:
             if session_id in self._sessions:
                 self._publish_error(session_id, data)
+        elif kind is HubEventKind.SESSION_EVENT:
+            if session_id in self._sessions:
+                self._pub(self._topic(session_id, SessionLeaf.EVENT), dumps(data), retain=False)
         elif kind is HubEventKind.SESSION_ADDED:
             if self._bridgeable(session_id):
                 self._publish_session(session_id)

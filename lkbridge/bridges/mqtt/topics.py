@@ -25,6 +25,7 @@ class SessionLeaf(StrEnum):
     AVAILABILITY = "availability"
     ERROR = "error"
     MESSAGE = "message"
+    EVENT = "event"
     SEND = "send"
     COMMAND = "command"
 
