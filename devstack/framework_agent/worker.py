@@ -197,6 +197,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
 
 
+def _no_load() -> float:
+    return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agent-name", required=True)
@@ -212,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         job_executor_type=JobExecutorType.THREAD,
         num_idle_processes=0,
         load_threshold=math.inf,
+        # Report no load: the server skips a worker whose reported (CPU) load is high, and the
+        # tests run it beside busy-loop processes on purpose.
+        load_fnc=_no_load,
         ws_url=args.url,
         host="127.0.0.1",
         port=0,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devstack.framework_agent import FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
@@ -102,11 +103,12 @@ async def test_send_reaches_the_agent_and_the_reply_streams_back_as_message_even
         probe.close()
 
 
+@pytest.mark.conversation
 async def test_sigkill_mid_conversation_then_restart_restores_history_without_duplicates(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemon_factory: Callable[..., DaemonProcess],
+    framework_agent: FrameworkAgentProcess, daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    agent = await scripted_agent(chunk_size=3, chunk_delay=0.05)
+    agent = framework_agent
     config = daemon_config(tmp_path, mqtt_broker.port, session_toml("den", livekit_server, agent.agent_name),
                            base_topic="e2e2")
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, "e2e2/#")
@@ -116,7 +118,7 @@ async def test_sigkill_mid_conversation_then_restart_restores_history_without_du
         probe.publish("e2e2/den/send", "first question")
         await probe.wait_for("e2e2/den/message", lambda m: m.json()["type"] == "agent_transcript"
                              and m.json()["final"])
-        probe.publish("e2e2/den/send", "second question that gets a longer answer")
+        probe.publish("e2e2/den/send", "[slow 0.1] second question that gets a longer answer")
         await probe.wait_for("e2e2/den/message", lambda m: m.json()["type"] == "agent_transcript"
                              and "second" in m.json()["text"])
         daemon.kill()  # mid-answer
