@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD,
-        num_idle_processes=0,
+        # One process per job, as in production: rtc's FFI client serves one event loop, and
+        # two jobs connecting at once from threads of one process can wedge it.
+        job_executor_type=JobExecutorType.PROCESS,
+        num_idle_processes=1,
         load_threshold=math.inf,
         # Report no load: the server skips a worker whose reported (CPU) load is high, and the
         # tests run it beside busy-loop processes on purpose.
