@@ -21,6 +21,7 @@ __all__ = [
     "configure_logging",
     "get_logger",
     "redact_event",
+    "redact_payload",
     "redact_text",
     "register_secret",
 ]
@@ -34,9 +35,11 @@ LEVELS: Mapping[str, int] = {
 FORMATS = ("auto", "json", "console")
 REDACTED = "***"
 
-# Keys whose values are never logged: password, api_secret, participant_token, Authorization…
+# Keys whose values are secrets: never logged, and plugin options of these names are read as
+# secrets by the config (password, api_secret, participant_token, Authorization, private_key…).
 _SECRET_KEY = re.compile(
-    r"(^|[_.-])(password|passwd|secret|token|api_?key|authorization|credentials?|cookie)$",
+    r"(^|[_.-])(password|passwd|secret|token|api_?key|authorization|auth|credential|cookie"
+    r"|private_?key)s?$",
     re.IGNORECASE,
 )
 # A JWT: three base64url parts, the header starting with eyJ ('{"' encoded).
@@ -44,43 +47,70 @@ _JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{8,}=*")
 # Shorter registered secrets would scrub ordinary words.
 MIN_SECRET_LENGTH = 4
+# In MQTT payloads (JSON that machines read) a short secret such as the LiveKit dev server's
+# "secret" would break keys like "api_secret"; there only secrets of this length are scrubbed.
+MIN_PAYLOAD_SECRET_LENGTH = 8
 
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
 _secrets_pattern: re.Pattern[str] | None = None
+_payload_pattern: re.Pattern[str] | None = None
+
+
+def _alternatives(values: set[str], min_length: int) -> re.Pattern[str] | None:
+    chosen = sorted((v for v in values if len(v) >= min_length), key=len, reverse=True)
+    return re.compile("|".join(re.escape(v) for v in chosen)) if chosen else None
 
 
 def register_secret(value: str) -> None:
     """Scrub this exact string from every log line from now on (short values are ignored)."""
-    global _secrets_pattern
+    global _secrets_pattern, _payload_pattern
     if len(value) < MIN_SECRET_LENGTH:
         return
     with _secrets_lock:
         if value in _secrets:
             return
         _secrets.add(value)
-        alternatives = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(re.escape(s) for s in alternatives))
+        _secrets_pattern = _alternatives(_secrets, MIN_SECRET_LENGTH)
+        _payload_pattern = _alternatives(_secrets, MIN_PAYLOAD_SECRET_LENGTH)
 
 
 def clear_registered_secrets() -> None:
     """Forget every registered secret (for tests)."""
-    global _secrets_pattern
+    global _secrets_pattern, _payload_pattern
     with _secrets_lock:
         _secrets.clear()
-        _secrets_pattern = None
+        _secrets_pattern = _payload_pattern = None
 
 
-def redact_text(text: str) -> str:
-    """The text with registered secrets, JWTs and bearer credentials replaced by ***."""
-    pattern = _secrets_pattern
+def redact_text(text: str, *, payload: bool = False) -> str:
+    """The text with registered secrets, JWTs and bearer credentials replaced by ***.
+
+    payload: for MQTT payloads, where only secrets of MIN_PAYLOAD_SECRET_LENGTH count.
+    """
+    pattern = _payload_pattern if payload else _secrets_pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     text = _JWT.sub(REDACTED, text)
     return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 
-def _is_secret_key(key: object) -> bool:
+def redact_payload(payload: bytes) -> bytes:
+    """An MQTT payload with registered secrets, JWTs and bearer credentials replaced by ***.
+
+    The one scrubbing point of everything the bridge publishes (as redact_event is for logs).
+    Bytes that are not UTF-8 are returned unchanged (nothing lkbridge writes is binary).
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload
+    cleaned = redact_text(text, payload=True)
+    return payload if cleaned == text else cleaned.encode("utf-8")
+
+
+def looks_secret(key: object) -> bool:
+    """Whether a value under this key (a log field, a plugin option) is a secret."""
     return isinstance(key, str) and bool(_SECRET_KEY.search(key))
 
 
@@ -91,7 +121,7 @@ def _redact(value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, Mapping):
         return {
-            k: (REDACTED if _is_secret_key(k) and v is not None else _redact(v))
+            k: (REDACTED if looks_secret(k) and v is not None else _redact(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):
@@ -108,7 +138,7 @@ def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict)
     for key, value in list(event_dict.items()):
         if key.startswith("_"):
             continue  # structlog's own metadata (the stdlib record), never rendered
-        if _is_secret_key(key) and value is not None:
+        if looks_secret(key) and value is not None:
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _redact(value)

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
+from lkbridge.backoff import Backoff
+from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionNotice,
+    SessionSnapshot,
+)
 from lkbridge.config.models import SessionConfig
 from lkbridge.daemon.store import MessageStore, StoreError
 from lkbridge.log import redact_text
@@ -56,23 +66,6 @@ def end_reason(session: Session) -> str | None:
     if failure is AgentFailure.TIMEOUT:
         return "agent_join_timeout"
     return None
-
-
-class Backoff:
-    """Jittered exponential backoff: initial * 2^(n-1), capped, times a factor in [0.5, 1]."""
-
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next(self) -> float:
-        self.attempt += 1
-        base = min(self.maximum, self.initial * 2 ** (self.attempt - 1))
-        return float(base * random.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class SessionRunner:
@@ -133,8 +126,12 @@ class SessionRunner:
         elif isinstance(event, HistoryRestored):
             self._persist(self.store.replace, event.messages)
         elif isinstance(event, MessageUnanswered):
-            data = event.to_dict() | {"session": self.id}
-            self._emit(HubEvent(HubEventKind.SESSION_EVENT, self.id, data))
+            notice = SessionNotice(self.id, "unanswered", {
+                "id": event.message_id, "reason": event.reason,
+                "superseded_by": event.superseded_by,
+                "at": event.at.isoformat(timespec="milliseconds"),
+            })
+            self._emit(HubEvent(HubEventKind.SESSION_EVENT, self.id, notice))
 
     def _persist(self, write: Callable[[str, Any], None], data: Any) -> None:
         """Write to the store; a failing disk is reported once, and events still go out."""
@@ -144,43 +141,47 @@ class SessionRunner:
             if not self._store_failing:
                 self._store_failing = True
                 self._log.error("history_not_saved", error=str(exc))
-                self._emit(HubEvent(HubEventKind.BRIDGE, "", {
-                    "event": "history_not_saved", "session": self.id, "error": str(exc),
-                }))
+                notice = DaemonNotice("history_not_saved", {"session": self.id, "error": str(exc)})
+                self._emit(HubEvent(HubEventKind.BRIDGE, "", notice))
             return
         if self._store_failing:
             self._store_failing = False
             self._log.info("history_saved_again")
+            notice = DaemonNotice("history_saved_again", {"session": self.id})
+            self._emit(HubEvent(HubEventKind.BRIDGE, "", notice))
 
-    def error_data(self) -> dict[str, Any] | None:
-        """The current error for MQTT, with anything secret-looking scrubbed from its text."""
+    def error_data(self) -> ErrorInfo | None:
+        """The current error for bridges, with anything secret-looking scrubbed from its text."""
         error = self.session.error
         if error is None:
             return None
         data = error.to_dict()
-        data["message"] = redact_text(data["message"])
-        return data
+        return ErrorInfo(data["kind"], redact_text(data["message"]), data["at"])
 
-    def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
-        data = message.to_dict()
-        data["session"] = self.id
-        return data
+    def message_event(self, message: ReceivedMessage) -> MessageEvent:
+        return MessageEvent(self.id, message)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SessionSnapshot:
         session = self.session
-        return {
-            "session": self.id,
-            "connection_state": session.connection_state.value,
-            "is_connected": session.is_connected,
-            "agent": session.agent.to_dict(),
-            "error": self.error_data(),
-            "room": session.room_name,
-            "wanted": self.wanted,
-            "restarts": self.restarts,
-            "end_reason": self.end_reason,
-            "last_restart": self.last_restart,
-            "timestamp": utcnow().isoformat(timespec="milliseconds"),
-        }
+        return SessionSnapshot(
+            session=self.id,
+            connection_state=session.connection_state.value,
+            # Connected means connected (not connecting or reconnecting, unlike Session's flag).
+            is_connected=self.connected,
+            agent=session.agent.to_dict(),
+            error=self.error_data(),
+            room=session.room_name,
+            wanted=self.wanted,
+            restarts=self.restarts,
+            end_reason=self.end_reason,
+            last_restart=self.last_restart,
+            timestamp=utcnow().isoformat(timespec="milliseconds"),
+        )
+
+    @property
+    def connected(self) -> bool:
+        """In the room now (Session.is_connected is also true while connecting)."""
+        return self.session.connection_state is ConnectionState.CONNECTED
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +205,8 @@ class SessionRunner:
     async def end(self) -> None:
         """Stop wanting it: cancel supervision and leave the room."""
         self.wanted = False
+        for waiter in self._state_waiters:
+            waiter.set()  # sends waiting for a (re)connect stop waiting: it is not coming
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()
@@ -261,7 +264,7 @@ class SessionRunner:
         self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
         if self.session.connection_state != ConnectionState.DISCONNECTED:
             await self.session.end()  # leave the room the agent failed in; start afresh
-        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
+        self._emit(HubEvent(HubEventKind.STATE, self.id, replace(self.snapshot(), retry_in=delay)))
         await self._pause(delay)
 
     async def _pause(self, delay: float) -> None:
@@ -296,6 +299,13 @@ class SessionRunner:
                 if changed in self._state_waiters:
                     self._state_waiters.remove(changed)
 
+    def _stored(self, send_id: str) -> bool:
+        try:
+            return self.store.seen_send_id(self.id, send_id)
+        except StoreError as exc:
+            self._log.error("send_id_not_checked", error=str(exc))
+            return False
+
     async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
         """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
 
@@ -304,7 +314,9 @@ class SessionRunner:
         """
         await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
         if send_id is not None:
-            if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
+            # Memory first: the store may be failing (a full disk) and must not be the only
+            # record, or a repeated id would be carried out again.
+            if send_id in self._inflight_sends or send_id in self._answers or self._stored(send_id):
                 first = self._answers.get(send_id)
                 if first is None:
                     first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
@@ -317,7 +329,7 @@ class SessionRunner:
                 self._inflight_sends.discard(send_id)
         if sent is None:
             error = self.error_data()
-            raise HubError(error["message"] if error is not None else "the message was not sent")
+            raise HubError(error.message if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
         if send_id is not None:
             try:
