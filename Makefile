@@ -17,8 +17,11 @@ lint: bootstrap
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The whole suite on an idle CPU, then the conversation tests again beside one busy-loop
+# process per core (LKB_CPU_LOAD=1), as on a small device whose CPU is busy.
 test: bootstrap lint systemd-prepare
 	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	LKB_CPU_LOAD=1 scripts/netns-run $(VENV)/bin/python -m pytest -m conversation $(PYTEST_ARGS)
 
 # The systemd test (tests/e2e/test_systemd_boot.py) boots Debian in systemd-nspawn; its caches
 # (rootfs, wheels) are built here, outside the test network namespace. Exit 77 = cannot run on

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("session", help="the session id, e.g. kitchen")
     send.add_argument("text", help="what to send")
     send.add_argument("--id", help="idempotency key: a repeated id is not sent twice")
-    send.add_argument("--wait", action="store_true", help="print the agent's final answer")
+    send.add_argument("--wait", action="store_true", help="print the agent's final answer to this message; exit 3 interrupted, 4 unanswered, 5 ended")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds --wait waits (30)")
     status = command("status", "the daemon and its sessions, from MQTT")
     status.add_argument("--json", action="store_true", help="machine-readable output")

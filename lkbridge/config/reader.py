@@ -181,6 +181,16 @@ class TableReader:
             return default
         return float(value)
 
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        """A number in [low, high] (seconds, usually)."""
+        value = self._typed(key, lambda v: is_int(v) or isinstance(v, float), "a number")
+        if value is MISSING:
+            return default
+        if not math.isfinite(value) or value < low or value > high:
+            self.report(key, f"must be a number between {low:g} and {high:g}, got {value}")
+            return default
+        return float(value)
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self._typed(key, lambda v: isinstance(v, bool), "true or false")
         return default if value is MISSING else bool(value)

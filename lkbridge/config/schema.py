@@ -174,6 +174,8 @@ def _parse_session(session_id: str, table: TableReader, inline_ok: bool) -> Sess
         agent_connect_timeout=table.positive_number(
             "agent_connect_timeout", 20.0, MAX_AGENT_CONNECT_TIMEOUT
         ),
+        reply_timeout=table.number("reply_timeout", 60.0, 0.0, 3600.0),
+        restart_on_agent_leave=table.boolean("restart_on_agent_leave", True),
         room_name=table.opt_string("room_name"),
         participant_identity=table.opt_string("participant_identity"),
         participant_name=table.opt_string("participant_name"),

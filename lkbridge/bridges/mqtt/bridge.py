@@ -17,6 +17,7 @@ from lkbridge.bridges.hub import (
     HubEventKind,
     MessageEvent,
     SessionChange,
+    SessionNotice,
     SessionSnapshot,
 )
 from lkbridge.bridges.mqtt.discovery import (
@@ -370,6 +371,10 @@ class MqttBridge:
         elif kind is HubEventKind.ERROR:
             if session_id in self._sessions:
                 self._publish_error(session_id, data)
+        elif kind is HubEventKind.SESSION_EVENT and isinstance(data, SessionNotice):
+            if session_id in self._sessions:
+                payload = dumps(data.to_json())
+                self._pub(self._topic(session_id, SessionLeaf.EVENT), payload, retain=False)
         elif kind is HubEventKind.SESSION_ADDED:
             if self._bridgeable(session_id):
                 self._publish_session(session_id)

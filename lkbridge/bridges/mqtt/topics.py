@@ -19,6 +19,7 @@ class SessionLeaf(StrEnum):
     AVAILABILITY = "availability"
     ERROR = "error"
     MESSAGE = "message"
+    EVENT = "event"
     SEND = "send"
     COMMAND = "command"
 
