@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
 from livekit import rtc
-from livekit.rtc.room import EventTypes
 
 from lkbridge.messages import MessageType, ReceivedMessage, SentMessage
-from lkbridge.session.agent import (
-    PUBLISH_ON_BEHALF_ATTRIBUTE,
-    Agent,
-    AgentFailure,
-    AgentLifecycle,
-    derive_agent,
-)
+from lkbridge.session.agent import Agent, AgentLifecycle
 from lkbridge.session.events import (
     ConnectionState,
     MessageUnanswered,
@@ -28,7 +20,7 @@ from lkbridge.session.events import (
 from lkbridge.session.options import SessionOptions, describe_connect_error, describe_failure
 from lkbridge.session.outbox import GateDecision, Outbox, agent_gate
 from lkbridge.session.replies import ReplyOutcome, ReplyStatus, ReplyTracker
-from lkbridge.session.state import SessionState
+from lkbridge.session.room_watch import RoomWatch
 from lkbridge.session.transport_set import TransportSet
 from lkbridge.tokens.sources import (
     InvalidatingTokenSource,
@@ -42,31 +34,8 @@ from lkbridge.tokens.sources import (
 from lkbridge.transports.agent_session import ignore_agent_session_streams
 from lkbridge.transports.base import MessageReceiver, MessageSender
 
-_AGENT_EVENTS: tuple[EventTypes, ...] = (
-    "participant_connected",
-    "participant_disconnected",
-    "participant_active",
-    "participant_attributes_changed",
-    "participant_metadata_changed",
-    "participant_name_changed",
-    "track_published",
-    "track_unpublished",
-    "track_subscribed",
-    "track_unsubscribed",
-)
 
-
-AGENT_LEAVE_GRACE = 1.0
-"""Seconds before an agent that vanished without a known reason counts as having left."""
-
-
-def _is_agent_candidate(p: rtc.RemoteParticipant) -> bool:
-    return p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and not p.attributes.get(
-        PUBLISH_ON_BEHALF_ATTRIBUTE
-    )
-
-
-class Session(SessionState):
+class Session(RoomWatch):
     """A connection to a LiveKit room that can contain an agent.
 
     Build one with `from_fixed_token_source`, `from_configurable_token_source` or `with_agent`,
@@ -108,15 +77,8 @@ class Session(SessionState):
             send_timeout=self._options.send_timeout,
         )
 
-        self._room: rtc.Room | None = None
         self._response: TokenSourceResponse | None = None
         self._start_task: asyncio.Task[None] | None = None
-        self._agent_timer: asyncio.Task[None] | None = None
-        self._leave_timer: asyncio.Task[None] | None = None
-        self._timed_out_identity: str | None = None
-        self._disconnect_reason: str | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._ending = False
         self._closed = False
 
     # ------------------------------------------------------------------ constructors
@@ -298,19 +260,6 @@ class Session(SessionState):
 
     # ------------------------------------------------------------------ tasks
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"lkbridge.session.core.{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error(
-                "session_task_failed", task=task.get_name(), error=repr(task.exception())
-            )
-
     def _ensure_pumps(self) -> None:
         if not self._closed:
             self._transports.start_pumps(self._spawn)
@@ -465,108 +414,13 @@ class Session(SessionState):
     ) -> None:
         await self.aclose()
 
+    def _room_dropped(self, room: rtc.Room) -> None:
+        self._invalidate_token()
+        self._spawn(self._release_room(room), "release_room")
+
     def _invalidate_token(self) -> None:
         if isinstance(self._token_source, InvalidatingTokenSource):
             self._token_source.invalidate()
-
-    # ------------------------------------------------------------------ room and agent
-
-    def _observe(self, room: rtc.Room) -> None:
-        def changed(*_: object) -> None:
-            if room is self._room:
-                self._update_agent()
-
-        def participant_left(participant: rtc.RemoteParticipant) -> None:
-            if room is self._room:
-                # A known reason (e.g. CLIENT_INITIATED) is a real departure: judge at once.
-                self._update_agent(judge_left=participant.disconnect_reason is not None)
-
-        for event in _AGENT_EVENTS:
-            room.on(event, participant_left if event == "participant_disconnected" else changed)
-        room.on("reconnecting", lambda: self._on_reconnecting(room))
-        room.on("reconnected", lambda: self._on_reconnected(room))
-        room.on("disconnected", lambda reason: self._on_disconnected(room, reason))
-
-    def _on_reconnecting(self, room: rtc.Room) -> None:
-        if room is self._room and self.is_connected:
-            self._set_connection_state(ConnectionState.RECONNECTING)
-
-    def _on_reconnected(self, room: rtc.Room) -> None:
-        if room is self._room and self.is_connected:
-            self._set_connection_state(ConnectionState.CONNECTED)
-            self._update_agent()
-
-    def _on_disconnected(self, room: rtc.Room, reason: rtc.DisconnectReason.ValueType) -> None:
-        if room is not self._room or self._connection_state is ConnectionState.DISCONNECTED:
-            return
-        intentional = self._ending or reason == rtc.DisconnectReason.CLIENT_INITIATED
-        self._cancel_agent_timer()
-        if not intentional:
-            self._disconnect_reason = (
-                rtc.DisconnectReason.Name(reason) if reason else "UNKNOWN_REASON"
-            )
-        self._set_connection_state(ConnectionState.DISCONNECTED)
-        self._set_agent(Agent.disconnected())
-        if not intentional:
-            reason_name = self._disconnect_reason
-            self._log.warning("session_disconnected_unexpectedly", reason=reason_name)
-            self._invalidate_token()
-            self._spawn(self._release_room(room), "release_room")
-
-    def _update_agent(self, *, judge_left: bool = False) -> None:
-        """Re-derive the agent from the room (spec §3.2, with the [PY] refinements).
-
-        A full reconnect removes every remote participant a moment before the room reports
-        `reconnecting`, so an agent that vanishes without a known reason is judged as left
-        only after AGENT_LEAVE_GRACE seconds, and never while reconnecting.
-        """
-        room = self._room
-        if self._connection_state is ConnectionState.DISCONNECTED:
-            self._set_agent(Agent.disconnected())
-            return
-        if self._connection_state is ConnectionState.CONNECTING or room is None:
-            return
-        if not room.isconnected():
-            return
-        participant = next(
-            (p for p in room.remote_participants.values() if _is_agent_candidate(p)), None
-        )
-        candidate = (participant.identity, participant.attributes) if participant else None
-        hold = self._connection_state is ConnectionState.RECONNECTING
-        if candidate is None and self._agent.is_connected and not hold and not judge_left:
-            hold = True
-            if self._leave_timer is None:
-                self._leave_timer = self._spawn(self._leave_grace(), "agent_leave_grace")
-        self._set_agent(
-            derive_agent(
-                self._agent,
-                candidate,
-                reconnecting=hold,
-                timed_out_identity=self._timed_out_identity,
-            )
-        )
-
-    async def _leave_grace(self) -> None:
-        await asyncio.sleep(AGENT_LEAVE_GRACE)
-        self._leave_timer = None
-        self._update_agent(judge_left=True)
-
-    async def _agent_timeout(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)
-        agent = self._agent
-        if not self.is_connected or agent.is_connected:
-            return
-        if agent.lifecycle not in (AgentLifecycle.CONNECTING, AgentLifecycle.CONNECTED):
-            return
-        self._timed_out_identity = agent.identity
-        self._log.warning("agent_timed_out", timeout=timeout, identity=agent.identity)
-        self._set_agent(agent.failed(AgentFailure.TIMEOUT))
-
-    def _cancel_agent_timer(self) -> None:
-        for timer in (self._agent_timer, self._leave_timer):
-            if timer is not None:
-                timer.cancel()
-        self._agent_timer = self._leave_timer = None
 
 
 __all__ = [
