@@ -14,7 +14,7 @@ from lkbridge.config.files import (
     load_overrides,
 )
 from lkbridge.config.models import Config, ConfigError, Problem
-from lkbridge.config.schema import unknown_names_in_data
+from lkbridge.config.plugin_names import unknown_names_in_data
 from lkbridge.config.secrets import SecretError, SecretKind
 from lkbridge.plugins.host import load_plugins
 

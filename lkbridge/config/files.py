@@ -29,25 +29,27 @@ from lkbridge.config.models import (
     MintedTokenConfig,
     MqttConfig,
     MqttProtocol,
-    Overrides,
     PluginsConfig,
     PluginTokenConfig,
     Problem,
-    RuntimeSession,
     SessionConfig,
     StateConfig,
     TlsConfig,
     TokenConfig,
     diff_configs,
 )
+from lkbridge.config.plugin_names import unknown_name_problems
+from lkbridge.config.runtime import (
+    Overrides,
+    RuntimeSession,
+    overrides_from_dict,
+    runtime_session,
+)
 from lkbridge.config.schema import (
     BUILTIN_TOKEN_SOURCES,
     SESSION_ID_PATTERN,
     config_from_dict,
-    overrides_from_dict,
-    runtime_session,
     session_from_table,
-    unknown_name_problems,
 )
 from lkbridge.config.secrets import Secret, SecretError, SecretKind
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from enum import Enum, StrEnum
@@ -32,11 +32,9 @@ __all__ = [
     "MintedTokenConfig",
     "MqttConfig",
     "MqttProtocol",
-    "Overrides",
     "PluginTokenConfig",
     "PluginsConfig",
     "Problem",
-    "RuntimeSession",
     "SessionConfig",
     "StateConfig",
     "TlsConfig",
@@ -304,44 +302,6 @@ class SessionConfig:
         return _secrets_in(self)
 
 
-MAX_AGENT_NAME = 128
-MAX_AGENT_METADATA = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeSession:
-    """A session added over MQTT: a template of the config file with an id, agent name, metadata.
-
-    Nothing else can be chosen at runtime: token source, secrets, transports and their
-    connection settings all come from the operator's `[templates.NAME]`.
-    """
-
-    id: str
-    template: str
-    agent_name: str | None = None
-    agent_metadata: str | None = None
-
-    def to_table(self) -> dict[str, Any]:
-        """The TOML-able table of the overrides file (without the id)."""
-        table: dict[str, Any] = {"template": self.template}
-        if self.agent_name is not None:
-            table["agent_name"] = self.agent_name
-        if self.agent_metadata is not None:
-            table["agent_metadata"] = self.agent_metadata
-        return table
-
-    def instantiate(self, template: SessionConfig) -> SessionConfig:
-        """The session this makes from its template."""
-        return dataclasses.replace(
-            template,
-            id=self.id,
-            agent_name=self.agent_name if self.agent_name is not None else template.agent_name,
-            agent_metadata=(
-                self.agent_metadata if self.agent_metadata is not None else template.agent_metadata
-            ),
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration."""
@@ -379,48 +339,6 @@ class Config:
     def with_sessions(self, sessions: Iterable[SessionConfig]) -> Config:
         """A copy with these sessions (keyed by their ids) instead of the current ones."""
         return dataclasses.replace(self, sessions=FrozenMap((s.id, s) for s in sessions))
-
-
-@dataclass(frozen=True, slots=True)
-class Overrides:
-    """The runtime overrides file: sessions added over MQTT and ids removed from the base file.
-
-    `ignored` says what of the file was not used (a 0.1 session with its own configuration),
-    one sentence each, for the log and `bridge/event`.
-    """
-
-    sessions: FrozenMap[str, RuntimeSession] = field(default_factory=FrozenMap)
-    removed: frozenset[str] = field(default_factory=frozenset)
-    ignored: tuple[str, ...] = field(default=(), compare=False)
-
-    def with_session(self, session: RuntimeSession) -> Overrides:
-        """Add or replace a session (and forget any earlier removal of its id)."""
-        sessions = dict(self.sessions)
-        sessions[session.id] = session
-        return Overrides(FrozenMap(sessions), self.removed - {session.id}, self.ignored)
-
-    def without_session(self, session_id: str, base_ids: Collection[str]) -> Overrides:
-        """Remove a session; ids defined in the user's file (base_ids) are remembered as removed."""
-        sessions = {k: v for k, v in self.sessions.items() if k != session_id}
-        removed = self.removed | {session_id} if session_id in base_ids else self.removed
-        return Overrides(FrozenMap(sessions), removed, self.ignored)
-
-    def unresolved(self, base: Config) -> list[str]:
-        """Sessions whose template the config file no longer has (they are not started)."""
-        return [
-            f"sessions.{sid}: template {rs.template!r} is not in the config file; not started"
-            for sid, rs in self.sessions.items()
-            if rs.template not in base.templates
-        ]
-
-    def apply(self, base: Config) -> Config:
-        """The base config with overrides applied: removals, then overrides win per session id."""
-        sessions = {k: v for k, v in base.sessions.items() if k not in self.removed}
-        for sid, runtime in self.sessions.items():
-            template = base.templates.get(runtime.template)
-            if template is not None:
-                sessions[sid] = runtime.instantiate(template)
-        return dataclasses.replace(base, sessions=FrozenMap(sessions))
 
 
 @dataclass(frozen=True, slots=True)

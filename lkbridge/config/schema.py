@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Collection, Mapping, Sequence
-from difflib import get_close_matches
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -14,8 +13,6 @@ from lkbridge.config.address import mqtt_address
 from lkbridge.config.models import (
     ALL_ACTIONS,
     DEFAULT_DEVELOPMENT_BASE_URL,
-    MAX_AGENT_METADATA,
-    MAX_AGENT_NAME,
     Config,
     ConfigError,
     ControlConfig,
@@ -30,11 +27,9 @@ from lkbridge.config.models import (
     MintedTokenConfig,
     MqttConfig,
     MqttProtocol,
-    Overrides,
     PluginsConfig,
     PluginTokenConfig,
     Problem,
-    RuntimeSession,
     SessionConfig,
     StateConfig,
     TlsConfig,
@@ -60,11 +55,7 @@ __all__ = [
     "SESSION_ID_PATTERN",
     "bridge_subscriptions",
     "config_from_dict",
-    "overrides_from_dict",
-    "runtime_session",
     "session_from_table",
-    "unknown_name_problems",
-    "unknown_names_in_data",
 ]
 
 SESSION_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
@@ -88,9 +79,6 @@ def session_id_problem(session_id: str) -> str | None:
 
 MAX_AGENT_CONNECT_TIMEOUT: Final = 3600.0
 """Seconds; a larger agent_connect_timeout is refused (a send could wait that long)."""
-_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-
-
 def bridge_subscriptions(base: str, discovery_prefix: str, homeassistant: bool) -> list[str]:
     """The topic filters the MQTT bridge subscribes to (one definition, used by Topics too)."""
     # Actions contain a slash (session/start), so requests need a multi-level wildcard.
@@ -425,164 +413,3 @@ def session_from_table(
     if problems or session is None:
         raise ConfigError(problems)
     return session
-
-
-def runtime_session(
-    session_id: str,
-    template: object,
-    agent_name: object = None,
-    agent_metadata: object = None,
-    *,
-    path: str = "",
-) -> RuntimeSession:
-    """A session to add at runtime, checked (bounded sizes); raises ConfigError."""
-    problems: list[Problem] = []
-    where = path or join_path("sessions", session_id)
-    id_problem = session_id_problem(session_id)
-    if id_problem is not None:
-        problems.append(Problem(where, id_problem))
-    if not isinstance(template, str) or not SESSION_ID_PATTERN.fullmatch(template):
-        problems.append(Problem(f"{where}.template", "must be the name of a [templates.NAME]"))
-    if agent_name is not None and (
-        not isinstance(agent_name, str)
-        or not 0 < len(agent_name) <= MAX_AGENT_NAME
-        or not _AGENT_NAME.fullmatch(agent_name)
-    ):
-        problems.append(Problem(
-            f"{where}.agent_name",
-            f"must be 1 to {MAX_AGENT_NAME} characters from A-Z, a-z, 0-9, _ . : -"
-            " starting with a letter or digit",
-        ))
-    if agent_metadata is not None and (
-        not isinstance(agent_metadata, str) or len(agent_metadata) > MAX_AGENT_METADATA
-    ):
-        problems.append(Problem(
-            f"{where}.agent_metadata", f"must be a string of at most {MAX_AGENT_METADATA} characters"
-        ))
-    if problems:
-        raise ConfigError(problems)
-    return RuntimeSession(
-        id=session_id,
-        template=cast(str, template),
-        agent_name=cast("str | None", agent_name),
-        agent_metadata=cast("str | None", agent_metadata),
-    )
-
-
-_RUNTIME_KEYS = frozenset({"template", "agent_name", "agent_metadata"})
-_LEGACY_IGNORED = (
-    "a session with its own configuration (written by lkbridge 0.1) is ignored: sessions added"
-    " at runtime now come from a [templates.NAME] of the config file; move this session into"
-    " the config file to keep it"
-)
-
-
-def overrides_from_dict(data: Mapping[str, Any], source_name: str = "<dict>") -> Overrides:
-    """Validate the overrides file's data: a removed list and sessions made from templates.
-
-    A session table without `template` (the free-form sessions of lkbridge 0.1, which could name
-    any secret and address) is never loaded: it is listed in `Overrides.ignored` instead.
-    """
-    problems: list[Problem] = []
-    ignored: list[str] = []
-    root = TableReader(data, "", problems, homes=key_homes())
-    removed = root.names("removed", ())
-    table = root.section("sessions") or TableReader({}, "sessions", problems)
-    sessions: dict[str, RuntimeSession] = {}
-    for session_id, raw in table.data.items():
-        path = join_path("sessions", session_id)
-        if not isinstance(raw, Mapping):
-            problems.append(Problem(path, f"expected a table, got {type_name(raw)}"))
-            continue
-        if "template" not in raw:
-            ignored.append(f"{path}: {_LEGACY_IGNORED}")
-            continue
-        unknown = sorted(set(raw) - _RUNTIME_KEYS)
-        if unknown:
-            problems.append(Problem(join_path(path, unknown[0]), "unknown key"))
-            continue
-        try:
-            sessions[session_id] = runtime_session(
-                session_id, raw["template"], raw.get("agent_name"), raw.get("agent_metadata"),
-                path=path,
-            )
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    table.seen.update(table.data)
-    root.finish()
-    if problems:
-        raise ConfigError(problems, source=source_name)
-    return Overrides(FrozenMap(sessions), frozenset(removed), tuple(ignored))
-
-
-def unknown_name_problems(
-    config: Config,
-    *,
-    senders: Collection[str],
-    receivers: Collection[str],
-    token_sources: Collection[str],
-) -> list[Problem]:
-    """Problems for transport and token source names no plugin provides (checked after loading)."""
-    named = [
-        (table, sid, s.senders, s.receivers, s.token.source)
-        for table, sessions in (("sessions", config.sessions), ("templates", config.templates))
-        for sid, s in sessions.items()
-    ]
-    return _name_problems(named, senders, receivers, token_sources)
-
-
-_Named = tuple[str, str, tuple[str, ...], tuple[str, ...], str | None]  # table, id, names, source
-
-
-def unknown_names_in_data(
-    data: Mapping[str, Any],
-    *,
-    senders: Collection[str],
-    receivers: Collection[str],
-    token_sources: Collection[str],
-) -> list[Problem]:
-    """unknown_name_problems on raw config data, so that `check` can report them with the
-    schema's own problems in one run (what is not a name is the schema's problem)."""
-
-    def names(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
-        value = table.get(key)
-        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
-
-    named: list[_Named] = []
-    for kind in ("sessions", "templates"):
-        sessions = data.get(kind)
-        for sid, table in (sessions.items() if isinstance(sessions, Mapping) else ()):
-            if not isinstance(table, Mapping):
-                continue
-            token = table.get("token")
-            source = token.get("source") if isinstance(token, Mapping) else None
-            source = source if isinstance(source, str) and source else None
-            named.append((kind, sid, names(table, "senders"), names(table, "receivers"), source))
-    return _name_problems(named, senders, receivers, token_sources)
-
-
-def _name_problems(
-    named: Sequence[_Named],
-    senders: Collection[str],
-    receivers: Collection[str],
-    token_sources: Collection[str],
-) -> list[Problem]:
-    problems: list[Problem] = []
-    known_sources = [*BUILTIN_TOKEN_SOURCES, *token_sources]
-
-    def check(path: str, name: str, known: Collection[str], what: str) -> None:
-        if name not in known:
-            close = get_close_matches(name, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            listed = ", ".join(sorted(known)) or "none"
-            problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
-
-    for table, session_id, session_senders, session_receivers, source in named:
-        path = join_path(table, session_id)
-        for index, name in enumerate(session_senders):
-            check(f"{path}.senders[{index}]", name, senders, "sender")
-        for index, name in enumerate(session_receivers):
-            check(f"{path}.receivers[{index}]", name, receivers, "receiver")
-        if source is not None:
-            check(f"{path}.token.source", source, known_sources, "token source")
-    return problems

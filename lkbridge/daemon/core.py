@@ -33,7 +33,8 @@ from lkbridge.config.files import (
     unknown_name_problems,
     write_overrides,
 )
-from lkbridge.config.models import Config, ConfigError, Overrides, SessionConfig, diff_configs
+from lkbridge.config.models import Config, ConfigError, SessionConfig, diff_configs
+from lkbridge.config.runtime import Overrides
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.bridges import BridgeFailed, enter_bridges, no_bridge_refusal, wait_ready
