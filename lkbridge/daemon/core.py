@@ -29,17 +29,15 @@ from lkbridge.config.files import (
     OVERRIDES_FILE,
     load_config,
     load_overrides,
-    runtime_session,
-    unknown_name_problems,
-    write_overrides,
 )
-from lkbridge.config.models import Config, ConfigError, SessionConfig, diff_configs
+from lkbridge.config.models import Config, ConfigError, SessionConfig
 from lkbridge.config.runtime import Overrides
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.bridges import BridgeFailed, enter_bridges, no_bridge_refusal, wait_ready
+from lkbridge.daemon.changes import ConfigChanges
 from lkbridge.daemon.runner import SessionRunner
-from lkbridge.daemon.state import HistoryOpening, move_aside, open_history
+from lkbridge.daemon.state import HistoryOpening, open_history
 from lkbridge.log import get_logger, redact_text
 from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.plugins.host import PluginHost, load_plugins
@@ -72,6 +70,7 @@ class Daemon:
         self._startup_notices: list[dict[str, Any]] = []  # reported once bridges observe
         self._bridges: list[Bridge] = []
         self._bridges_up = False
+        self.changes = ConfigChanges(self)  # add_session, remove_session, reload
         self.config: Config = self._load_config()
         self.plugins = plugins or load_plugins(self.config.plugins.disable)
         self.history_opening: HistoryOpening = open_history(
@@ -91,7 +90,6 @@ class Daemon:
         self._started_at = time.monotonic()
         self._lock = asyncio.Lock()
         self._reload_task: asyncio.Task[None] | None = None
-        self._reload_waiting: asyncio.Future[dict[str, Any]] | None = None
         self.bridge_ready_timeout = 5.0
 
     # -- config ----------------------------------------------------------------------------
@@ -272,163 +270,17 @@ class Daemon:
         agent_name: str | None = None,
         agent_metadata: str | None = None,
     ) -> SessionSnapshot:
-        """Add a session made from a [templates.NAME] of the config file (nothing else can be
-        chosen at runtime); persisted in the overrides file."""
-        self._check_accepting()
-        control = self.config.control
-        if not control.runtime_sessions:
-            raise HubError("adding sessions at runtime is turned off ([control] runtime_sessions)")
-        async with self._lock:
-            if session_id in self.runners or session_id in self.broken:
-                raise HubError(f"session {session_id!r} already exists (remove it first)")
-            if session_id in self.base_session_ids and not control.remove_configured:
-                raise HubError(
-                    f"session {session_id!r} is defined in the config file; it cannot be replaced"
-                    " over MQTT ([control] remove_configured)"
-                )
-            if len(self.session_ids()) >= control.max_sessions:
-                raise HubError(
-                    f"too many sessions: the limit is {control.max_sessions}"
-                    " ([control] max_sessions)"
-                )
-            try:
-                runtime = runtime_session(session_id, template, agent_name, agent_metadata)
-            except ConfigError as exc:
-                raise HubError("; ".join(str(p) for p in exc.problems)) from exc
-            source = self.config.templates.get(runtime.template)
-            if source is None:
-                known = ", ".join(self.config.templates) or "none ([templates.NAME] in the config)"
-                raise HubError(f"template: unknown template {runtime.template!r}; known: {known}")
-            cfg = runtime.instantiate(source)
-            problems = self._unknown_names(cfg)
-            if problems:
-                raise HubError("; ".join(problems))
-            new_overrides = self.overrides.with_session(runtime)
-            self._write_overrides(new_overrides)
-            self.overrides = new_overrides
-            self.config = new_overrides.apply(self.config)
-            self._add_runner(cfg)
-            self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
-            self._launch(session_id)
-            return self.snapshot(session_id)
-
-    def _write_overrides(self, overrides: Overrides) -> None:
-        """Write the overrides file; a broken one that was ignored is moved aside first."""
-        if self.overrides_problem is not None and self.overrides_path.exists():
-            try:
-                aside = move_aside(self.overrides_path, "broken")
-            except OSError as exc:
-                raise HubError(f"cannot move the broken overrides file aside: {exc}") from exc
-            log.warning("overrides_moved_aside", file=str(self.overrides_path), moved_to=str(aside))
-            self.report("overrides_moved_aside", file=str(self.overrides_path), moved_to=str(aside))
-        try:
-            write_overrides(
-                self.overrides_path,
-                overrides.sessions,
-                overrides.removed,
-                keep_legacy=bool(overrides.ignored),
-            )
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            log.error("overrides_not_written", error=reason)
-            raise HubError(f"the overrides file cannot be written: {reason}") from exc
-        self.overrides_problem = None
-
-    def _unknown_names(self, cfg: SessionConfig) -> list[str]:
-        """Transport and token source names that no loaded plugin provides."""
-        host = self.plugins
-        problems = unknown_name_problems(
-            self.config.with_sessions([cfg]),
-            senders=[n for n, t in host.transports.items() if t.can_send],
-            receivers=[n for n, t in host.transports.items() if t.can_receive],
-            token_sources=list(host.token_sources),
+        """Add a session made from a [templates.NAME] of the config file (daemon/changes.py)."""
+        return await self.changes.add_session(
+            session_id, template, agent_name=agent_name, agent_metadata=agent_metadata
         )
-        return [str(p) for p in problems]
 
     async def remove_session(self, session_id: str) -> dict[str, Any]:
-        self._check_accepting()
-        control = self.config.control
-        if not control.runtime_sessions:
-            raise HubError(
-                "removing sessions at runtime is turned off ([control] runtime_sessions)"
-            )
-        async with self._lock:
-            if session_id not in self.runners and session_id not in self.broken:
-                raise UnknownSession(session_id)
-            if session_id in self.base_session_ids and not control.remove_configured:
-                raise HubError(
-                    f"session {session_id!r} is defined in the config file; it cannot be removed"
-                    " over MQTT ([control] remove_configured)"
-                )
-            new_overrides = self.overrides.without_session(session_id, self.base_session_ids)
-            self._write_overrides(new_overrides)
-            self.overrides = new_overrides
-            self.config = new_overrides.apply(self.config)
-            await self._drop_runner(session_id, forget_history=True)
-            return {"session": session_id, "removed": True}
+        return await self.changes.remove_session(session_id)
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file and the overrides; apply session changes only.
-
-        Reloads asked for while one is waiting for its turn share that one (and its answer), so
-        a flood of reload requests costs one reload, not one each.
-        """
-        self._check_accepting()
-        waiting = self._reload_waiting
-        if waiting is not None:
-            return await asyncio.shield(waiting)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._reload_waiting = future
-        try:
-            async with self._lock:
-                if self._reload_waiting is future:
-                    self._reload_waiting = None  # from now on a new request reads the file again
-                result = await self._reload_locked()
-        except BaseException as exc:
-            if self._reload_waiting is future:
-                self._reload_waiting = None
-            if not future.done():
-                future.set_exception(exc if isinstance(exc, Exception) else HubError("cancelled"))
-                future.exception()  # retrieved: nobody else may be waiting
-            raise
-        future.set_result(result)
-        return result
-
-    async def _reload_locked(self) -> dict[str, Any]:
-        """The reload itself, under the daemon lock."""
-        try:
-            new = self._load_config()
-        except ConfigError as exc:
-            self.reload_error = str(exc)
-            log.error("config_reload_failed", reason=self.reload_error)
-            self.report("config_reload_failed", error=self.reload_error)
-            raise HubError(f"config not reloaded: {exc}") from exc
-        self.reload_error = None
-        diff = diff_configs(self.config, new)
-        # A session that could not be built (e.g. a secret was missing) is tried again.
-        retried = [sid for sid in diff.unchanged if sid in self.broken]
-        old_ids = set(self.config.sessions)
-        self.config = new
-        for sid in diff.removed:
-            await self._drop_runner(sid, forget_history=True)
-        for sid in [*diff.changed, *retried]:
-            await self._drop_runner(sid, forget_history=False, replaced=True)
-        for sid in [*diff.changed, *retried, *diff.added]:
-            self._add_runner(new.sessions[sid])
-            if sid not in old_ids:
-                self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, SessionChange(sid)))
-            self._launch(sid)
-        result = {
-            "added": list(diff.added),
-            "removed": list(diff.removed),
-            "changed": [*diff.changed, *retried],
-            "unchanged": [sid for sid in diff.unchanged if sid not in retried],
-            "needs_restart": list(diff.sections),
-        }
-        log.info("config_reloaded", **result)
-        self.report("config_reloaded", **result)
-        self._report_override_notes()
-        return result
+        """Re-read the config file and the overrides; apply session changes only."""
+        return await self.changes.reload()
 
     # -- sessions --------------------------------------------------------------------------
 

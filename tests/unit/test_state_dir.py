@@ -150,7 +150,7 @@ def test_a_broken_overrides_file_is_ignored_then_moved_aside_before_a_write(tmp_
         assert daemon.overrides_problem and "invalid TOML" in daemon.overrides_problem
         assert daemon.state_status()["overrides_problem"] == daemon.overrides_problem
         assert [n["event"] for n in daemon._startup_notices] == ["overrides_ignored"]
-        daemon._write_overrides(daemon.overrides.without_session("talk", daemon.base_session_ids))
+        daemon.changes.write_overrides(daemon.overrides.without_session("talk", daemon.base_session_ids))
         kept = list(overrides.parent.glob("overrides.toml.broken-*"))
         assert len(kept) == 1 and kept[0].read_text() == "removed = [\n"
         assert daemon.overrides_problem is None and "talk" in overrides.read_text()
