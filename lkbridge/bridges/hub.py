@@ -116,6 +116,117 @@ class DaemonNotice:
         return {"event": self.event, **self.details}
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryStatus:
+    """Whether message history reaches the disk, and if not, why."""
+
+    persisted: bool
+    database: str
+    problem: str | None = None
+    moved_aside: str | None = None  # where a damaged database was moved
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "persisted": self.persisted,
+            "database": self.database,
+            "problem": self.problem,
+            "moved_aside": self.moved_aside,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StateStatus:
+    """The state directory: where it is, its history, and an overrides file being ignored."""
+
+    directory: str
+    history: HistoryStatus
+    overrides_problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "history": self.history.to_json(),
+            "overrides_problem": self.overrides_problem,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeInfo:
+    """What runs (the retained `bridge/info`): version, sessions, plugins, config without secrets."""
+
+    version: str
+    sessions: tuple[str, ...]
+    plugins: tuple[Mapping[str, Any], ...]  # one plain description per plugin
+    plugin_conflicts: tuple[str, ...]
+    config: Mapping[str, Any]  # the effective config as plain data, every secret redacted
+    state: StateStatus
+    last_reload_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "sessions": list(self.sessions),
+            "plugins": [dict(p) for p in self.plugins],
+            "plugin_conflicts": list(self.plugin_conflicts),
+            "config": dict(self.config),
+            "state": self.state.to_json(),
+            "last_reload_error": self.last_reload_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The answer to health_check: uptime, each session's connection, what is broken."""
+
+    uptime: float  # seconds
+    sessions: Mapping[str, str]  # session id -> connection state
+    broken_sessions: Mapping[str, str]  # session id -> why it could not be built
+    state: StateStatus
+    last_reload_error: str | None = None
+    status: str = "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "uptime": self.uptime,
+            "sessions": dict(self.sessions),
+            "broken_sessions": dict(self.broken_sessions),
+            "state": self.state.to_json(),
+            "last_reload_error": self.last_reload_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a config reload did, by session id, and the sections that need a restart."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": list(self.changed),
+            "unchanged": list(self.unchanged),
+            "needs_restart": list(self.needs_restart),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRemoved:
+    """The answer to session/remove."""
+
+    session: str
+    removed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session": self.session, "removed": self.removed}
+
+
 class HubEventKind(StrEnum):
     STATE = "state"  # data: SessionSnapshot
     MESSAGE = "message"  # data: MessageEvent
@@ -159,7 +270,7 @@ class Hub(Protocol):
         """The session's current error, or None."""
         ...
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> BridgeInfo:
         """Bridge info: version, session ids, plugins, the effective config without secrets."""
         ...
 
@@ -198,13 +309,13 @@ class Hub(Protocol):
         token source, secret, transport or address) can be chosen by the caller."""
         ...
 
-    async def remove_session(self, session_id: str) -> dict[str, Any]: ...
+    async def remove_session(self, session_id: str) -> SessionRemoved: ...
 
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the config; returns {"added": [...], "removed": [...], "changed": [...]}."""
+    async def reload(self) -> ReloadResult:
+        """Re-read the config; says which sessions were added, removed, changed."""
         ...
 
-    def health(self) -> dict[str, Any]: ...
+    def health(self) -> Health: ...
 
     def provide_service(self, name: str, service: Any) -> None:
         """Offer a service to transports built after this call (`TransportContext.services`)."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lkbridge.bridges.hub import (
     HubError,
     HubEvent,
     HubEventKind,
+    ReloadResult,
     SessionChange,
+    SessionRemoved,
     SessionSnapshot,
     UnknownSession,
 )
@@ -33,7 +35,7 @@ class ConfigChanges:
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
-        self._reload_waiting: asyncio.Future[dict[str, Any]] | None = None
+        self._reload_waiting: asyncio.Future[ReloadResult] | None = None
 
     async def add_session(
         self,
@@ -120,7 +122,7 @@ class ConfigChanges:
         )
         return [str(p) for p in problems]
 
-    async def remove_session(self, session_id: str) -> dict[str, Any]:
+    async def remove_session(self, session_id: str) -> SessionRemoved:
         daemon = self._daemon
         daemon._check_accepting()
         control = daemon.config.control
@@ -141,9 +143,9 @@ class ConfigChanges:
             daemon.overrides = new_overrides
             daemon.config = new_overrides.apply(daemon.config)
             await daemon._drop_runner(session_id, forget_history=True)
-            return {"session": session_id, "removed": True}
+            return SessionRemoved(session_id)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """Re-read the config file and the overrides; apply session changes only.
 
         Reloads asked for while one is waiting for its turn share that one (and its answer), so
@@ -154,7 +156,7 @@ class ConfigChanges:
         waiting = self._reload_waiting
         if waiting is not None:
             return await asyncio.shield(waiting)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ReloadResult] = asyncio.get_running_loop().create_future()
         self._reload_waiting = future
         try:
             async with daemon._lock:
@@ -171,7 +173,7 @@ class ConfigChanges:
         future.set_result(result)
         return result
 
-    async def _reload_locked(self) -> dict[str, Any]:
+    async def _reload_locked(self) -> ReloadResult:
         """The reload itself, under the daemon lock."""
         daemon = self._daemon
         try:
@@ -196,14 +198,14 @@ class ConfigChanges:
             if sid not in old_ids:
                 daemon._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, SessionChange(sid)))
             daemon._launch(sid)
-        result = {
-            "added": list(diff.added),
-            "removed": list(diff.removed),
-            "changed": [*diff.changed, *retried],
-            "unchanged": [sid for sid in diff.unchanged if sid not in retried],
-            "needs_restart": list(diff.sections),
-        }
-        log.info("config_reloaded", **result)
-        daemon.report("config_reloaded", **result)
+        result = ReloadResult(
+            added=diff.added,
+            removed=diff.removed,
+            changed=(*diff.changed, *retried),
+            unchanged=tuple(sid for sid in diff.unchanged if sid not in retried),
+            needs_restart=diff.sections,
+        )
+        log.info("config_reloaded", **result.to_json())
+        daemon.report("config_reloaded", **result.to_json())
         daemon._report_override_notes()
         return result

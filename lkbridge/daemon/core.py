@@ -15,14 +15,19 @@ from lkbridge import __version__
 from lkbridge.backoff import Backoff
 from lkbridge.bridges.hub import (
     Bridge,
+    BridgeInfo,
     DaemonNotice,
     ErrorInfo,
+    Health,
     HubError,
     HubEvent,
     HubEventKind,
     HubListener,
+    ReloadResult,
     SessionChange,
+    SessionRemoved,
     SessionSnapshot,
+    StateStatus,
     UnknownSession,
 )
 from lkbridge.config.files import (
@@ -135,13 +140,13 @@ class Daemon:
         else:
             self._startup_notices.append(notice)
 
-    def state_status(self) -> dict[str, Any]:
+    def state_status(self) -> StateStatus:
         """What is wrong with the state directory, for bridge/info and health_check."""
-        return {
-            "directory": str(self.config.state.directory),
-            "history": self.history_opening.status(),
-            "overrides_problem": self.overrides_problem,
-        }
+        return StateStatus(
+            directory=str(self.config.state.directory),
+            history=self.history_opening.status(),
+            overrides_problem=self.overrides_problem,
+        )
 
     # -- hub: observation ------------------------------------------------------------------
 
@@ -189,27 +194,26 @@ class Daemon:
             return self._config_error(session_id)
         return self._runner(session_id).error_data()
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "sessions": self.session_ids(),
-            "plugins": self.plugins.describe(),
-            "plugin_conflicts": list(self.plugins.conflicts),
-            "config": self.config.redacted(),
-            "state": self.state_status(),
-            "last_reload_error": self.reload_error,
-        }
+    def info(self) -> BridgeInfo:
+        return BridgeInfo(
+            version=__version__,
+            sessions=tuple(self.session_ids()),
+            plugins=tuple(self.plugins.describe()),
+            plugin_conflicts=tuple(self.plugins.conflicts),
+            config=self.config.redacted(),
+            state=self.state_status(),
+            last_reload_error=self.reload_error,
+        )
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         states = {sid: r.session.connection_state.value for sid, r in self.runners.items()}
-        return {
-            "status": "ok",
-            "uptime": round(time.monotonic() - self._started_at, 1),
-            "sessions": states,
-            "broken_sessions": dict(self.broken),
-            "state": self.state_status(),
-            "last_reload_error": self.reload_error,
-        }
+        return Health(
+            uptime=round(time.monotonic() - self._started_at, 1),
+            sessions=states,
+            broken_sessions=dict(self.broken),
+            state=self.state_status(),
+            last_reload_error=self.reload_error,
+        )
 
     # -- hub: commands ---------------------------------------------------------------------
 
@@ -275,10 +279,10 @@ class Daemon:
             session_id, template, agent_name=agent_name, agent_metadata=agent_metadata
         )
 
-    async def remove_session(self, session_id: str) -> dict[str, Any]:
+    async def remove_session(self, session_id: str) -> SessionRemoved:
         return await self.changes.remove_session(session_id)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """Re-read the config file and the overrides; apply session changes only."""
         return await self.changes.reload()
 
@@ -340,7 +344,7 @@ class Daemon:
             try:
                 result = await self.reload()
                 ok, message = True, "reloaded: " + ", ".join(
-                    f"{k} {len(v)}" for k, v in result.items() if v
+                    f"{k} {len(v)}" for k, v in result.to_json().items() if v
                 )
             except HubError as exc:
                 message = str(exc)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lkbridge.bridges.hub import HistoryStatus
 from lkbridge.daemon.store import DATABASE_NAME, MessageStore, StoreError
 from lkbridge.log import get_logger
 
@@ -27,15 +28,15 @@ class HistoryOpening:
     problem: str | None = None  # why history is not persisted, when it is not
     notices: list[dict[str, Any]] = field(default_factory=list)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> HistoryStatus:
         """For bridge/info and health_check: is history reaching the disk, and if not, why."""
         store = self.store
-        return {
-            "persisted": store.persisted,
-            "database": str(self.database),
-            "problem": self.problem if store.in_memory else store.write_error,
-            "moved_aside": str(self.moved_aside) if self.moved_aside else None,
-        }
+        return HistoryStatus(
+            persisted=store.persisted,
+            database=str(self.database),
+            problem=self.problem if store.in_memory else store.write_error,
+            moved_aside=str(self.moved_aside) if self.moved_aside else None,
+        )
 
 
 def move_aside(path: Path, label: str, *, now: datetime | None = None) -> Path:

@@ -6,15 +6,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lkbridge.bridges.hub import (
+    BridgeInfo,
     DaemonNotice,
     ErrorInfo,
+    Health,
+    HistoryStatus,
     HubError,
     HubEvent,
     HubEventKind,
     HubListener,
     MessageEvent,
+    ReloadResult,
     SessionChange,
+    SessionRemoved,
     SessionSnapshot,
+    StateStatus,
     UnknownSession,
 )
 from lkbridge.messages import ReceivedMessage
@@ -27,6 +33,8 @@ MESSAGE = {
     "final": True,
     "reply_to": None,
 }
+
+FAKE_STATE = StateStatus("/var/lib/lkbridge", HistoryStatus(True, "/var/lib/lkbridge/history.db"))
 
 
 class FakeHub:
@@ -65,8 +73,8 @@ class FakeHub:
     def current_error(self, session_id: str) -> ErrorInfo | None:
         return error_of(self._get(session_id).get("error"))
 
-    def info(self) -> dict[str, Any]:
-        return {"version": "test", "sessions": self.session_ids()}
+    def info(self) -> BridgeInfo:
+        return BridgeInfo("test", tuple(self.session_ids()), (), (), {}, FAKE_STATE)
 
     def observe(self, listener: HubListener) -> Callable[[], None]:
         self.listeners.append(listener)
@@ -138,19 +146,19 @@ class FakeHub:
         self.emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
         return self.snapshot(session_id)
 
-    async def remove_session(self, session_id: str) -> dict[str, Any]:
+    async def remove_session(self, session_id: str) -> SessionRemoved:
         self._get(session_id)
         del self.sessions[session_id]
         self.calls.append(("remove", session_id))
         self.emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, SessionChange(session_id)))
-        return {"session": session_id, "removed": True}
+        return SessionRemoved(session_id)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         self.calls.append(("reload",))
-        return {"added": [], "removed": [], "changed": []}
+        return ReloadResult()
 
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok"}
+    def health(self) -> Health:
+        return Health(0.0, {}, {}, FAKE_STATE)
 
     def provide_service(self, name: str, service: Any) -> None:
         self.services[name] = service

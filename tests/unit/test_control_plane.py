@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.hub import HubEvent, HubEventKind, MessageEvent
+from lkbridge.bridges.hub import BridgeInfo, Health, HubEvent, HubEventKind, MessageEvent
 from lkbridge.bridges.mqtt.bridge import INFO_LIMIT, MqttBridge
 from lkbridge.bridges.mqtt.incoming import ENDED
 from lkbridge.bridges.mqtt.lanes import Job, Lanes
@@ -20,7 +20,7 @@ from lkbridge.log import clear_registered_secrets, register_secret
 from lkbridge.messages import ReceivedMessage
 from lkbridge.mqtt.topic import filters_overlap, topic_matches
 from lkbridge.mqtt.types import PublishQueue
-from tests.support.fake_hub import MESSAGE, FakeHub, error_of
+from tests.support.fake_hub import FAKE_STATE, MESSAGE, FakeHub, error_of
 from tests.unit.test_mqtt_bridge import FakeClient, events, settle
 
 SECRET = "s3cr3t-header-value-42"
@@ -136,7 +136,7 @@ async def test_every_publish_is_scrubbed_including_the_republish(
     every reconnect; snapshots and health_check were not scrubbed at all."""
     error = {"kind": "token_source", "message": f"headers {{'Authorization': '{secret}'}}"}
     hub.sessions["kitchen"]["error"] = error
-    hub.health = lambda: {"status": "ok", "broken_sessions": {"kitchen": secret}}  # type: ignore[method-assign]
+    hub.health = lambda: Health(1.0, {}, {"kitchen": secret}, FAKE_STATE)  # type: ignore[method-assign]
     bridge = await start(hub, client)
     try:
         await client.connect()  # publish_all
@@ -227,7 +227,7 @@ async def test_requests_in_flight_are_bounded(hub: FakeHub, client: FakeClient) 
 
 
 async def test_bridge_info_is_bounded(hub: FakeHub, client: FakeClient) -> None:
-    huge = {"version": "t", "sessions": ["s"] * 10, "config": {"x": "y" * (INFO_LIMIT * 2)}}
+    huge = BridgeInfo("t", ("s",) * 10, (), (), {"x": "y" * (INFO_LIMIT * 2)}, FAKE_STATE)
     hub.info = lambda: huge  # type: ignore[method-assign]
     bridge = await start(hub, client)
     try:

@@ -93,12 +93,12 @@ async def test_operator_sessions_cannot_be_removed_or_replaced_unless_allowed(
             await daemon.remove_session("kitchen")
         assert "kitchen" in daemon.session_ids()
         await daemon.add_session("garage", "assistant")
-        assert (await daemon.remove_session("garage"))["removed"] is True
+        assert (await daemon.remove_session("garage")).removed is True
     finally:
         await close(daemon)
     allowed = make(tmp_path / "b", events, "remove_configured = true")
     try:
-        assert (await allowed.remove_session("kitchen"))["removed"] is True
+        assert (await allowed.remove_session("kitchen")).removed is True
         await allowed.add_session("kitchen", "assistant")
         assert allowed.config.sessions["kitchen"].agent_name == "helper"
     finally:

@@ -8,12 +8,18 @@ from datetime import UTC, datetime
 import pytest
 
 from lkbridge.bridges.hub import (
+    BridgeInfo,
     DaemonNotice,
     ErrorInfo,
+    Health,
+    HistoryStatus,
     MessageEvent,
+    ReloadResult,
     SessionChange,
     SessionNotice,
+    SessionRemoved,
     SessionSnapshot,
+    StateStatus,
 )
 from lkbridge.messages import MessageType, ReceivedMessage
 
@@ -69,3 +75,33 @@ def test_events_and_notices() -> None:
 def test_values_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         ErrorInfo("k", "m").message = "other"  # type: ignore[misc]
+
+
+def test_the_answers_of_info_health_reload_and_remove() -> None:
+    """The JSON of bridge/info, health_check, config/reload and session/remove (docs/mqtt.md)."""
+    history = HistoryStatus(False, "/s/db", problem="disk full")
+    state = StateStatus("/s", history, overrides_problem="invalid TOML")
+    assert state.to_json() == {
+        "directory": "/s", "overrides_problem": "invalid TOML",
+        "history": {"persisted": False, "database": "/s/db", "problem": "disk full",
+                    "moved_aside": None},
+    }  # fmt: skip
+    info = BridgeInfo("1.0", ("a", "b"), ({"name": "p"},), ("c",), {"mqtt": {}}, state, "bad")
+    assert info.to_json() == {
+        "version": "1.0", "sessions": ["a", "b"], "plugins": [{"name": "p"}],
+        "plugin_conflicts": ["c"], "config": {"mqtt": {}}, "state": state.to_json(),
+        "last_reload_error": "bad",
+    }  # fmt: skip
+    health = Health(2.5, {"a": "connected"}, {"b": "no secret"}, state)
+    assert health.to_json() == {
+        "status": "ok", "uptime": 2.5, "sessions": {"a": "connected"},
+        "broken_sessions": {"b": "no secret"}, "state": state.to_json(), "last_reload_error": None,
+    }  # fmt: skip
+    reload = ReloadResult(added=("a",), changed=("b",), needs_restart=("mqtt",))
+    assert reload.to_json() == {
+        "added": ["a"], "removed": [], "changed": ["b"], "unchanged": [], "needs_restart": ["mqtt"]
+    }  # fmt: skip
+    assert SessionRemoved("a").to_json() == {"session": "a", "removed": True}
+    for value in (history, state, info, health, reload, SessionRemoved("a")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, dataclasses.fields(value)[0].name, None)

@@ -154,10 +154,9 @@ async def test_connect_publishes_everything(
     await client.connect()
     retained = {p.topic: p.payload for p in client.published if p.retain}
     assert retained["lkb/bridge/state"] == b'{"state":"online"}'
-    assert json.loads(retained["lkb/bridge/info"]) == {
-        "version": "test",
-        "sessions": ["kitchen", "office"],
-    }
+    info = json.loads(retained["lkb/bridge/info"])
+    assert info["version"] == "test" and info["sessions"] == ["kitchen", "office"]
+    assert info["state"]["history"]["persisted"] is True and info["last_reload_error"] is None
     assert retained["lkb/kitchen/availability"] == b"online"
     assert json.loads(retained["lkb/kitchen/state"])["connection_state"] == "disconnected"
     assert retained["lkb/kitchen/connection_state"] == b"disconnected"
@@ -435,7 +434,7 @@ async def test_requests_are_answered_on_the_response_topic_and_v5_response_topic
     assert direct.properties == {"correlation_data": b"\x01\x02"}
     assert client.on("lkb/bridge/response/health_check")[0].json() == {
         "status": "ok",
-        "data": {"status": "ok"},
+        "data": hub.health().to_json(),
     }
 
 

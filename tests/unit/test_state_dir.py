@@ -34,7 +34,7 @@ def test_a_sound_database_is_used_as_is(tmp_path: Path) -> None:
     opening = open_history(tmp_path, history_limit=10)
     try:
         assert opening.notices == [] and opening.moved_aside is None
-        assert opening.status() == {"persisted": True, "database": str(tmp_path / DATABASE_NAME),
+        assert opening.status().to_json() == {"persisted": True, "database": str(tmp_path / DATABASE_NAME),
                                     "problem": None, "moved_aside": None}
         assert [m.id for m in opening.store.load("s")] == ["m1"]
     finally:
@@ -63,7 +63,7 @@ def test_an_unusable_directory_gives_history_in_memory(tmp_path: Path) -> None:
     try:
         assert opening.store.in_memory and not opening.store.persisted
         status = opening.status()
-        assert status["persisted"] is False and "cannot create state directory" in status["problem"]
+        assert status.persisted is False and "cannot create state directory" in (status.problem or "")
         assert [n["event"] for n in opening.notices] == ["history_not_persisted"]
         opening.store.upsert("s", _msg(1))  # still works, in memory
         assert opening.store.count("s") == 1
@@ -148,7 +148,7 @@ def test_a_broken_overrides_file_is_ignored_then_moved_aside_before_a_write(tmp_
     try:
         assert list(daemon.config.sessions) == ["talk"]
         assert daemon.overrides_problem and "invalid TOML" in daemon.overrides_problem
-        assert daemon.state_status()["overrides_problem"] == daemon.overrides_problem
+        assert daemon.state_status().overrides_problem == daemon.overrides_problem
         assert [n["event"] for n in daemon._startup_notices] == ["overrides_ignored"]
         daemon.changes.write_overrides(daemon.overrides.without_session("talk", daemon.base_session_ids))
         kept = list(overrides.parent.glob("overrides.toml.broken-*"))

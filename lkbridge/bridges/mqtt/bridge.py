@@ -270,7 +270,7 @@ class MqttBridge:
 
     def _publish_info(self) -> None:
         try:
-            info = self._hub.info()
+            info = self._hub.info().to_json()
         except Exception:
             self._log.exception("bridge_info_failed")
             return

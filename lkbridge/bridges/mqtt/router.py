@@ -449,10 +449,10 @@ class Router:
         return snapshot.to_json()
 
     async def _remove(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.remove_session(body["session"])
+        return (await self._hub.remove_session(body["session"])).to_json()
 
     async def _reload(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.reload()
+        return (await self._hub.reload()).to_json()
 
     async def _health_check(self, body: Mapping[str, Any]) -> Any:
-        return self._hub.health()
+        return self._hub.health().to_json()
