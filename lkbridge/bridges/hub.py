@@ -289,7 +289,9 @@ class Hub(Protocol):
         """
         ...
 
-    def history(self, session_id: str) -> list[dict[str, Any]]: ...
+    def history(self, session_id: str) -> list[MessageEvent]:
+        """The session's message history, oldest first."""
+        ...
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         """Replace the history with messages (message event shape); returns how many were kept."""

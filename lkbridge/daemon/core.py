@@ -23,6 +23,7 @@ from lkbridge.bridges.hub import (
     HubEvent,
     HubEventKind,
     HubListener,
+    MessageEvent,
     ReloadResult,
     SessionChange,
     SessionRemoved,
@@ -244,9 +245,9 @@ class Daemon:
         self._check_accepting()
         return await self._runner(session_id).send(text, send_id)
 
-    def history(self, session_id: str) -> list[dict[str, Any]]:
+    def history(self, session_id: str) -> list[MessageEvent]:
         runner = self._runner(session_id)
-        return [runner.message_event(m).to_json() for m in runner.session.get_message_history()]
+        return [runner.message_event(m) for m in runner.session.get_message_history()]
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         self._check_accepting()

@@ -45,7 +45,7 @@ class FakeHub:
             sid: {"session": sid, "connection_state": "disconnected", "agent": None, "error": None}
             for sid in session_ids
         }
-        self.histories: dict[str, list[dict[str, Any]]] = {sid: [] for sid in session_ids}
+        self.histories: dict[str, list[MessageEvent]] = {sid: [] for sid in session_ids}
         self.calls: list[tuple[Any, ...]] = []
         self.listeners: list[HubListener] = []
         self.sent_ids: set[str] = set()
@@ -112,14 +112,16 @@ class FakeHub:
             self.emit(HubEvent(HubEventKind.MESSAGE, session_id, event))
         return {"id": send_id or "generated", "text": text, "duplicate": duplicate}
 
-    def history(self, session_id: str) -> list[dict[str, Any]]:
+    def history(self, session_id: str) -> list[MessageEvent]:
         self._get(session_id)
         return list(self.histories[session_id])
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         self._get(session_id)
         self.calls.append(("restore", session_id, messages))
-        self.histories[session_id] = [dict(m, session=session_id) for m in messages]
+        self.histories[session_id] = [
+            MessageEvent(session_id, ReceivedMessage.from_dict(m)) for m in messages
+        ]
         return len(messages)
 
     def dismiss_error(self, session_id: str) -> None:

@@ -424,7 +424,7 @@ class Router:
 
     async def _history(self, body: Mapping[str, Any]) -> Any:
         return history_page(
-            body["session"], self._hub.history(body["session"]),
+            body["session"], [m.to_json() for m in self._hub.history(body["session"])],
             body.get("limit"), body.get("before"),
         )
 
