@@ -152,7 +152,7 @@ class StateStatus:
 
 @dataclass(frozen=True, slots=True)
 class BridgeInfo:
-    """What runs (the retained `bridge/info`): version, sessions, plugins, config without secrets."""
+    """The retained `bridge/info`: version, sessions, plugins, the config without secrets."""
 
     version: str
     sessions: tuple[str, ...]
