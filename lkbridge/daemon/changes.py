@@ -15,8 +15,15 @@ from lkbridge.bridges.hub import (
     SessionSnapshot,
     UnknownSession,
 )
-from lkbridge.config.files import runtime_session, unknown_name_problems, write_overrides
-from lkbridge.config.models import ConfigError, SessionConfig, diff_configs
+from lkbridge.config.files import (
+    OVERRIDES_FILE,
+    load_config,
+    load_overrides,
+    runtime_session,
+    unknown_name_problems,
+    write_overrides,
+)
+from lkbridge.config.models import Config, ConfigError, SessionConfig, diff_configs
 from lkbridge.config.runtime import Overrides
 from lkbridge.daemon.state import move_aside
 from lkbridge.log import get_logger
@@ -28,7 +35,7 @@ log = get_logger(__name__)
 
 
 class ConfigChanges:
-    """The daemon's config changed while it runs: add_session, remove_session and reload.
+    """The daemon's config: loaded at start, changed while it runs (add/remove a session, reload).
 
     Every change is made under the daemon's lock; the daemon keeps the state (config, overrides).
     """
@@ -36,6 +43,42 @@ class ConfigChanges:
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
         self._reload_waiting: asyncio.Future[ReloadResult] | None = None
+
+    def load(self) -> Config:
+        """Read the config file and the overrides file: the effective config.
+
+        A broken overrides file is ignored (and reported), so the config file's sessions run.
+        """
+        daemon = self._daemon
+        base = load_config(daemon.config_path)
+        daemon.base_session_ids = frozenset(base.sessions)
+        path = base.state.directory / OVERRIDES_FILE
+        try:
+            overrides = load_overrides(path)
+        except ConfigError as exc:
+            # A broken overrides file must not keep the sessions of the config file down: it is
+            # ignored (and kept: moved aside before lkbridge writes a new one) and reported.
+            problem = "; ".join(str(p) for p in exc.problems)
+            overrides = Overrides()
+            if problem != daemon.overrides_problem:
+                log.error("overrides_ignored", file=str(path), reason=problem)
+                daemon._state_notice(
+                    {"event": "overrides_ignored", "file": str(path), "reason": problem}
+                )
+            daemon.overrides_problem = problem
+        else:
+            daemon.overrides_problem = None
+        daemon.overrides = overrides
+        # What of the overrides file is not used, said in the log and on bridge/event.
+        daemon.override_notes = [*overrides.ignored, *overrides.unresolved(base)]
+        for note in daemon.override_notes:
+            log.warning("override_ignored", reason=note)
+        return overrides.apply(base)
+
+    def report_override_notes(self) -> None:
+        daemon = self._daemon
+        for note in daemon.override_notes:
+            daemon.report("override_ignored", reason=note)
 
     async def add_session(
         self,
@@ -177,7 +220,7 @@ class ConfigChanges:
         """The reload itself, under the daemon lock."""
         daemon = self._daemon
         try:
-            new = daemon._load_config()
+            new = self.load()
         except ConfigError as exc:
             daemon.reload_error = str(exc)
             log.error("config_reload_failed", reason=daemon.reload_error)
@@ -207,5 +250,5 @@ class ConfigChanges:
         )
         log.info("config_reloaded", **result.to_json())
         daemon.report("config_reloaded", **result.to_json())
-        daemon._report_override_notes()
+        self.report_override_notes()
         return result

@@ -33,10 +33,8 @@ from lkbridge.bridges.hub import (
 )
 from lkbridge.config.files import (
     OVERRIDES_FILE,
-    load_config,
-    load_overrides,
 )
-from lkbridge.config.models import Config, ConfigError, SessionConfig
+from lkbridge.config.models import Config, SessionConfig
 from lkbridge.config.runtime import Overrides
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
@@ -76,8 +74,11 @@ class Daemon:
         self._startup_notices: list[dict[str, Any]] = []  # reported once bridges observe
         self._bridges: list[Bridge] = []
         self._bridges_up = False
-        self.changes = ConfigChanges(self)  # add_session, remove_session, reload
-        self.config: Config = self._load_config()
+        self.base_session_ids: frozenset[str] = frozenset()  # the config file's own sessions
+        self.overrides = Overrides()
+        self.override_notes: list[str] = []  # what of the overrides file is not used, and why
+        self.changes = ConfigChanges(self)  # loading, add_session, remove_session, reload
+        self.config: Config = self.changes.load()
         self.plugins = plugins or load_plugins(self.config.plugins.disable)
         self.history_opening: HistoryOpening = open_history(
             self.config.state.directory, history_limit=self.config.state.history_limit
@@ -103,36 +104,6 @@ class Daemon:
     @property
     def overrides_path(self) -> Path:
         return self.config.state.directory / OVERRIDES_FILE
-
-    def _load_config(self) -> Config:
-        base = load_config(self.config_path)
-        self.base_session_ids = frozenset(base.sessions)
-        path = base.state.directory / OVERRIDES_FILE
-        try:
-            overrides = load_overrides(path)
-        except ConfigError as exc:
-            # A broken overrides file must not keep the sessions of the config file down: it is
-            # ignored (and kept: moved aside before lkbridge writes a new one) and reported.
-            problem = "; ".join(str(p) for p in exc.problems)
-            overrides = Overrides()
-            if problem != self.overrides_problem:
-                log.error("overrides_ignored", file=str(path), reason=problem)
-                self._state_notice(
-                    {"event": "overrides_ignored", "file": str(path), "reason": problem}
-                )
-            self.overrides_problem = problem
-        else:
-            self.overrides_problem = None
-        self.overrides: Overrides = overrides
-        # What of the overrides file is not used, said in the log and on bridge/event.
-        self.override_notes = [*overrides.ignored, *overrides.unresolved(base)]
-        for note in self.override_notes:
-            log.warning("override_ignored", reason=note)
-        return overrides.apply(base)
-
-    def _report_override_notes(self) -> None:
-        for note in self.override_notes:
-            self.report("override_ignored", reason=note)
 
     def _state_notice(self, notice: dict[str, Any]) -> None:
         """Report on bridge/event now, or as soon as the bridges observe (at start)."""
@@ -378,7 +349,7 @@ class Daemon:
                 systemd.status(str(exc))
                 return 1
             # Reported once bridges observe, so the failures reach MQTT too.
-            self._report_override_notes()
+            self.changes.report_override_notes()
             for failure in self.plugins.failures():
                 self.report("plugin_failed", plugin=failure.name, distribution=failure.distribution,
                             version=failure.version, error=failure.error)

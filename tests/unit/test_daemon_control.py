@@ -134,14 +134,14 @@ async def test_a_flood_of_reloads_costs_one_reload(
     """0.1: 500 config/reload requests held the daemon lock for 205 s (one reload each)."""
     daemon = make(tmp_path, events)
     loads = 0
-    real = daemon._load_config
+    real = daemon.changes.load
 
     def counting() -> Any:
         nonlocal loads
         loads += 1
         return real()
 
-    monkeypatch.setattr(daemon, "_load_config", counting)
+    monkeypatch.setattr(daemon.changes, "load", counting)
     try:
         async with daemon._lock:  # a reload (or add) is under way: the flood queues up
             flood = [asyncio.ensure_future(daemon.reload()) for _ in range(500)]
