@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from lkbridge.bridges.mqtt.bridge import tls_settings
+from lkbridge.bridges.mqtt.settings import tls_settings
 from lkbridge.config.models import MqttConfig
 from lkbridge.config.where import find_config
 from lkbridge.errors import LkbridgeError

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from lkbridge.bridges.hub import HubEvent, HubEventKind, MessageEvent, SessionChange
-from lkbridge.bridges.mqtt.bridge import MqttBridge, client_settings
+from lkbridge.bridges.mqtt.bridge import MqttBridge
+from lkbridge.bridges.mqtt.settings import client_settings
 from lkbridge.bridges.mqtt.topics import Topics
 from lkbridge.config.models import Config, HomeAssistantConfig, MqttConfig
 from lkbridge.config.secrets import Secret

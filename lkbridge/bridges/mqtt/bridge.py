@@ -30,26 +30,22 @@ from lkbridge.bridges.mqtt.discovery import (
 )
 from lkbridge.bridges.mqtt.incoming import Incoming
 from lkbridge.bridges.mqtt.router import Router, dumps
+from lkbridge.bridges.mqtt.settings import OFFLINE, ONLINE, client_settings
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
-from lkbridge.config.models import Config, MqttConfig
+from lkbridge.config.models import Config
 from lkbridge.log import get_logger, redact_payload
 from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
     MqttClient,
     MqttError,
-    MqttSettings,
     OutgoingMessage,
-    TlsSettings,
-    WillMessage,
 )
 from lkbridge.mqtt.service import SharedMqttService
 from lkbridge.mqtt.types import Priority
 
 log = get_logger(__name__)
 
-ONLINE = b'{"state":"online"}'
-OFFLINE = b'{"state":"offline"}'
 HA_BIRTH_DELAY = (0.5, 3.0)
 """Seconds (random in this range) between Home Assistant's birth message and our re-publish."""
 INFO_LIMIT = 262_144
@@ -61,35 +57,6 @@ INFO_CHANGING_EVENTS = frozenset({
     "config_reloaded", "config_reload_failed", "overrides_ignored", "overrides_moved_aside",
     "history_not_saved", "history_saved_again",
 })
-
-
-def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
-    """[mqtt.tls] as client settings (None: no TLS)."""
-    if mqtt.tls is None:
-        return None
-    return TlsSettings(
-        ca_file=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
-        cert_file=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
-        key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
-        insecure=mqtt.tls.insecure,
-    )
-
-
-def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
-    """The client's settings from [mqtt], with the offline will on `{base}/bridge/state`."""
-    tls = tls_settings(mqtt)
-    return MqttSettings(
-        host=mqtt.host,
-        port=mqtt.port,
-        client_id=mqtt.client_id,
-        username=mqtt.username,
-        password=mqtt.password.reveal() if mqtt.password is not None else None,
-        protocol="5" if mqtt.protocol.value == "5" else "3.1.1",
-        keepalive=mqtt.keepalive,
-        tls=tls,
-        will=WillMessage(topics.bridge_state, OFFLINE, qos=1, retain=True),
-        queue_limit=mqtt.queue_limit,
-    )
 
 
 class MqttBridge:
