@@ -1,5 +1,5 @@
 """The asyncio MQTT client: connections and reconnects, the publish queue and its acknowledgements,
-subscriptions and received messages (paho itself is driven by paho_io.py)."""
+received messages (paho is driven by paho_io.py; subscriptions are kept by subscriptions.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from lkbridge.log import get_logger
 from lkbridge.mqtt.paho_io import (
@@ -22,6 +21,7 @@ from lkbridge.mqtt.paho_io import (
     incoming_message,
     publish_properties,
 )
+from lkbridge.mqtt.subscriptions import Subscriptions
 from lkbridge.mqtt.types import (
     ConnectHook,
     ConnectInfo,
@@ -89,8 +89,6 @@ class MqttClient:
         self._outbox = PublishQueue(s.queue_limit)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
         self._window = s.max_inflight
-        self._subscriptions: dict[str, int] = {}
-        self._sub_waiters: dict[int, tuple[list[str], asyncio.Future[list[ReasonCode]] | None]] = {}
         self._inbox = Inbox(s.incoming_limit)
         self._connect_hooks: Hooks[ConnectInfo] = Hooks()
         self._disconnect_hooks: Hooks[str] = Hooks()
@@ -106,6 +104,7 @@ class MqttClient:
         self.last_error: MqttError | None = None
         self._paho = self._make_paho()
         self._io = PahoOnLoop(self._paho)
+        self._subs = Subscriptions(self._paho, v5=self._v5)
 
     def _make_paho(self) -> paho.Client:
         s = self._settings
@@ -127,7 +126,7 @@ class MqttClient:
         )
         client.on_message = lambda _c, _u, msg: self._io.post(self._handle_message, msg)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._io.post(self._handle_puback, mid, rc)
-        client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._io.post(self._handle_suback, mid, rcs)
+        client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._io.post(self._subs.suback, mid, rcs)
         client.on_socket_close = lambda _c, _u, sock: self._io.now(self._io.detach, sock.fileno())
         client.on_socket_register_write = lambda _c, _u, sock: self._io.now(
             self._io.watch_write, sock.fileno(), True
@@ -243,8 +242,10 @@ class MqttClient:
         """Subscribe now (waiting for SUBACK if connected) and again on every reconnect."""
         check_topic(topic_filter, is_filter=True)
         check_qos(qos)
-        self._subscriptions[topic_filter] = qos
-        waiter = self._send_subscribe([topic_filter], wait=True) if self._connected else None
+        self._subs.want(topic_filter, qos)
+        waiter = None
+        if self._connected:
+            waiter = self._subs.send([topic_filter], self._io.loop, wait=True)
         if waiter is None:
             return
         try:
@@ -253,13 +254,13 @@ class MqttClient:
         except TimeoutError:
             raise MqttError(f"no SUBACK for {topic_filter!r} within {timeout} s") from None
         if codes and codes[0].is_failure:
-            self._subscriptions.pop(topic_filter, None)
+            self._subs.forget(topic_filter)
             text = f"broker refused the subscription to {topic_filter!r}: {codes[0]}"
             raise MqttError(text, codes[0].value)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Forget a subscription, unsubscribing now if connected."""
-        if self._subscriptions.pop(topic_filter, None) is not None and self._connected:
+        if self._subs.forget(topic_filter) and self._connected:
             self._paho.unsubscribe(topic_filter)
 
     async def messages(self) -> AsyncIterator[IncomingMessage]:
@@ -390,8 +391,7 @@ class MqttClient:
             return
         receive_max = getattr(props, "ReceiveMaximum", None) or self._settings.max_inflight
         self._window = min(self._settings.max_inflight, receive_max)
-        if self._subscriptions:
-            self._send_subscribe(list(self._subscriptions), wait=False)
+        self._subs.resend(self._io.loop)
         self._connected = True
         self._pump()  # what waited in the outbox goes first, in order
         fut.set_result(session_present)
@@ -423,10 +423,7 @@ class MqttClient:
         self._up.clear()
         if (fut := self._connack) is not None and not fut.done():
             fut.set_exception(MqttError(f"{self._where} closed the connection: {reason}"))
-        for _, waiter in self._sub_waiters.values():
-            if waiter is not None and not waiter.done():
-                waiter.set_result([])  # still remembered: sent again on reconnect
-        self._sub_waiters.clear()
+        self._subs.connection_lost()
         self._lost.set()
 
     def _handle_message(self, msg: paho.MQTTMessage) -> None:
@@ -439,25 +436,7 @@ class MqttClient:
             log.warning("mqtt_publish_rejected", topic=topic, reason=str(rc))
         self._pump()
 
-    def _handle_suback(self, mid: int, codes: list[ReasonCode]) -> None:
-        topics, waiter = self._sub_waiters.pop(mid, ([], None))
-        for topic, code in zip(topics, codes, strict=False):
-            if code.is_failure:
-                log.warning("mqtt_subscribe_refused", topic_filter=topic, reason=str(code))
-        if waiter is not None and not waiter.done():
-            waiter.set_result(codes)
-
     # -- helpers -------------------------------------------------------------------------------
-
-    def _send_subscribe(self, topics: list[str], wait: bool) -> asyncio.Future[Any] | None:
-        subs = self._subscriptions
-        items = [(t, SubscribeOptions(qos=subs[t]) if self._v5 else subs[t]) for t in topics]
-        rc, mid = self._paho.subscribe(items)  # type: ignore[arg-type]
-        if rc != paho.MQTT_ERR_SUCCESS or mid is None or self._io.loop is None:
-            return None
-        waiter = self._io.loop.create_future() if wait else None
-        self._sub_waiters[mid] = (topics, waiter)
-        return waiter
 
     def _pump(self) -> None:
         """Hand outbox messages to paho, in order, while connected and the window has room."""
