@@ -74,16 +74,22 @@ class ReceivedMessage:
     type: MessageType
     text: str
     final: bool = False
+    reply_to: str | None = None
+    """On an agent_transcript: the id of the latest user_input the session sent before the
+    reply's first chunk (None if none): the question this message answers."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; the shape of the daemon's message events."""
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "timestamp": self.timestamp.astimezone(UTC).isoformat(timespec="milliseconds"),
             "type": self.type.value,
             "text": self.text,
             "final": self.final,
         }
+        if self.reply_to is not None:
+            data["reply_to"] = self.reply_to
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReceivedMessage:
@@ -104,12 +110,16 @@ class ReceivedMessage:
             raise ValueError(f"final: expected true or false, got {type(final).__name__}")
         if "timestamp" not in data:
             raise ValueError("timestamp: missing")
+        reply_to = data.get("reply_to")
+        if reply_to is not None:
+            reply_to = _require_str(data, "reply_to")
         return cls(
             id=msg_id,
             timestamp=_parse_timestamp(data["timestamp"]),
             type=msg_type,
             text=_require_str(data, "text"),
             final=final,
+            reply_to=reply_to,
         )
 
 

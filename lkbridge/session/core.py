@@ -96,7 +96,7 @@ class Session(SessionState):
             on_error=self._report_transport_error,
         )
         self._outbox = Outbox(
-            self._transports.send,
+            self._deliver,
             self._gate,
             limit=self._options.send_queue_limit,
             hold_time=self._options.agent_connect_timeout,
@@ -215,6 +215,16 @@ class Session(SessionState):
             self._fail(SessionErrorKind.SENDER, exc)
             return None
         return message
+
+    async def _deliver(self, message: SentMessage) -> None:
+        # Replies whose first chunk arrives from now on answer this message (reply_to).
+        before, self._reply_target = self._reply_target, message.id
+        try:
+            await self._transports.send(message)
+        except BaseException:
+            if self._reply_target == message.id:
+                self._reply_target = before
+            raise
 
     def _gate(self, held: bool) -> GateDecision:
         return agent_gate(
