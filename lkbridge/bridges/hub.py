@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from lkbridge.config.models import SessionConfig
 from lkbridge.errors import LkbridgeError
 
 
@@ -56,6 +57,10 @@ class Hub(Protocol):
         """The session's current error {kind, message, at}, or None."""
         ...
 
+    def session_config(self, session_id: str) -> SessionConfig:
+        """The session's current configuration (raises UnknownSession)."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """Bridge info: version, session ids, plugins, the effective config without secrets."""
         ...
@@ -68,10 +73,18 @@ class Hub(Protocol):
 
     async def end_session(self, session_id: str) -> dict[str, Any]: ...
 
-    async def send(self, session_id: str, text: str, *, send_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any]:
         """Send text to the agent; with send_id, a repeated id is acknowledged but not sent again.
 
-        Returns {"id", "timestamp", "text", "duplicate": bool}.
+        conversation_id (e.g. Home Assistant's) is recorded on the message events of the
+        agent's reply to this text. Returns {"id", "timestamp", "text", "duplicate": bool}.
         """
         ...
 

@@ -125,6 +125,12 @@ class Daemon:
         error = self._runner(session_id).session.error
         return error.to_dict() if error is not None else None
 
+    def session_config(self, session_id: str) -> SessionConfig:
+        cfg = self.config.sessions.get(session_id)
+        if cfg is None:
+            raise UnknownSession(session_id)
+        return cfg
+
     def info(self) -> dict[str, Any]:
         return {
             "version": __version__,
@@ -168,9 +174,16 @@ class Daemon:
         await runner.end()
         return runner.snapshot()
 
-    async def send(self, session_id: str, text: str, *, send_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any]:
         self._check_accepting()
-        return await self._runner(session_id).send(text, send_id)
+        return await self._runner(session_id).send(text, send_id, conversation_id=conversation_id)
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         runner = self._runner(session_id)
@@ -237,7 +250,12 @@ class Daemon:
             new_overrides = self.overrides.without_session(session_id, self.base_session_ids)
             write_overrides(self.overrides_path, new_overrides.sessions, new_overrides.removed)
             self.overrides = new_overrides
-            self.config = new_overrides.apply(self.config)
+            # Gone from the effective config too (a session added at runtime is not in the
+            # base file, so applying the overrides alone would keep it): bridge/info stops
+            # listing it and the next reload does not remove it a second time.
+            self.config = new_overrides.apply(self.config).with_sessions(
+                cfg for sid, cfg in self.config.sessions.items() if sid != session_id
+            )
             await self._drop_runner(session_id, forget_history=True)
             return {"session": session_id, "removed": True}
 

@@ -76,6 +76,7 @@ class SessionRunner:
         self._supervisor: asyncio.Task[None] | None = None
         self._inflight_sends: set[str] = set()
         self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
+        self._conversations: dict[str, str] = {}  # sent message id -> conversation id (bounded)
         self._state_waiters: list[asyncio.Event] = []
         self._log = log.bind(session=cfg.id)
         session.add_listener(self._on_event)
@@ -131,6 +132,11 @@ class SessionRunner:
     def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
         data = message.to_dict()
         data["session"] = self.id
+        if self._conversations:
+            key = message.reply_to if message.reply_to is not None else message.id
+            conversation_id = self._conversations.get(key)
+            if conversation_id is not None:
+                data["conversation_id"] = conversation_id
         return data
 
     def snapshot(self) -> dict[str, Any]:
@@ -255,7 +261,9 @@ class SessionRunner:
                 if changed in self._state_waiters:
                     self._state_waiters.remove(changed)
 
-    async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+    async def send(
+        self, text: str, send_id: str | None, *, conversation_id: str | None = None
+    ) -> dict[str, Any]:
         """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
 
         The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
@@ -278,6 +286,12 @@ class SessionRunner:
             error = self.error_data()
             raise HubError(error["message"] if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
+        if conversation_id is not None:
+            # Recorded for the reply's message events (its reply_to is this message's id).
+            self._conversations[sent.id] = conversation_id
+            while len(self._conversations) > ANSWERS_KEPT:
+                del self._conversations[next(iter(self._conversations))]
+            answer["conversation_id"] = conversation_id
         if send_id is not None:
             try:
                 self.store.remember_send_id(self.id, send_id)

@@ -79,7 +79,12 @@ class FakeHub:
         return dict(state)
 
     async def send(
-        self, session_id: str, text: str, *, send_id: str | None = None
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
     ) -> dict[str, Any]:
         self._get(session_id)
         duplicate = send_id is not None and send_id in self.sent_ids

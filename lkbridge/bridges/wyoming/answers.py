@@ -1,0 +1,200 @@
+"""Asking a session a question and waiting (bounded) for that question's own final answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind, UnknownSession
+
+log = structlog.get_logger(__name__)
+
+BACKLOG_LIMIT = 1000
+"""Events kept for a question while its text is still being delivered (then the oldest go)."""
+
+
+class Reason(StrEnum):
+    """Why a question got no answer; each has a sentence a person can hear."""
+
+    EMPTY = "empty"
+    TOO_LONG = "too_long"
+    BUSY = "busy"
+    NOT_RUNNING = "not_running"
+    AGENT_UNAVAILABLE = "agent_unavailable"
+    NOT_DELIVERED = "not_delivered"
+    ENDED = "ended"
+    AGENT_LEFT = "agent_left"
+    INTERRUPTED = "interrupted"
+    TIMEOUT = "timeout"
+    SHUTTING_DOWN = "shutting_down"
+
+
+SENTENCES: Mapping[Reason, str] = {
+    Reason.EMPTY: "Sorry, I did not get a question.",
+    Reason.TOO_LONG: "Sorry, that question is too long for me.",
+    Reason.BUSY: "Sorry, I am busy with other questions. Please ask again in a moment.",
+    Reason.NOT_RUNNING: "Sorry, the assistant is not running right now.",
+    Reason.AGENT_UNAVAILABLE: "Sorry, the assistant's agent is not available right now.",
+    Reason.NOT_DELIVERED: "Sorry, your question could not be passed on to the assistant.",
+    Reason.ENDED: "Sorry, the conversation ended before the assistant answered.",
+    Reason.AGENT_LEFT: "Sorry, the assistant's agent left before it answered.",
+    Reason.INTERRUPTED: "Sorry, another message interrupted the answer.",
+    Reason.TIMEOUT: "Sorry, the assistant did not answer in time.",
+    Reason.SHUTTING_DOWN: "Sorry, the assistant is shutting down.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An answer (`handled`) or why there is none (`reason`); `text` is what a person hears."""
+
+    handled: bool
+    text: str
+    reason: Reason | None = None
+    message_id: str | None = None  # the question's message id, once it was sent
+
+    @classmethod
+    def failed(cls, reason: Reason, message_id: str | None = None) -> Outcome:
+        return cls(False, SENTENCES[reason], reason, message_id)
+
+
+def reason_for_send_error(error: HubError) -> Reason:
+    """Classify why hub.send refused: the daemon's sentences are for operators, not speakers."""
+    if isinstance(error, UnknownSession):
+        return Reason.NOT_RUNNING
+    text = str(error).lower()
+    if "shutting down" in text:
+        return Reason.SHUTTING_DOWN
+    if "agent" in text:
+        return Reason.AGENT_UNAVAILABLE
+    if "not running" in text or "connect" in text or "closed" in text or "ended" in text:
+        return Reason.NOT_RUNNING
+    if "queue is full" in text:
+        return Reason.BUSY
+    return Reason.NOT_DELIVERED
+
+
+class PendingAnswer:
+    """Watches one session's hub events for the final answer to one sent message.
+
+    Until the message id is known (the send is still under way) message events are kept in a
+    bounded backlog, so an answer that overtakes the send's return is not missed.
+    """
+
+    def __init__(self) -> None:
+        self.sent_id: str | None = None
+        self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._backlog: list[Mapping[str, Any]] = []
+        self._later: set[str] = set()  # user_input ids sent after ours
+
+    def sent(self, message_id: str) -> None:
+        self.sent_id = message_id
+        backlog, self._backlog = self._backlog, []
+        for data in backlog:
+            self._message(data)
+
+    def feed(self, event: HubEvent) -> None:
+        if self.future.done():
+            return
+        if event.kind is HubEventKind.MESSAGE and event.data is not None:
+            if self.sent_id is None:
+                if len(self._backlog) >= BACKLOG_LIMIT:
+                    del self._backlog[0]
+                self._backlog.append(event.data)
+            else:
+                self._message(event.data)
+        elif self.sent_id is None:
+            return  # state before the send finished says nothing about the answer
+        elif event.kind is HubEventKind.SESSION_REMOVED:
+            self._fail(Reason.ENDED)
+        elif event.kind is HubEventKind.STATE and event.data is not None:
+            self._state(event.data)
+
+    def _fail(self, reason: Reason) -> None:
+        if not self.future.done():
+            self.future.set_result(Outcome.failed(reason, self.sent_id))
+
+    def _message(self, data: Mapping[str, Any]) -> None:
+        kind = data.get("type")
+        msg_id = data.get("id")
+        if kind == "user_input" and isinstance(msg_id, str) and msg_id != self.sent_id:
+            self._later.add(msg_id)
+        elif kind == "agent_transcript":
+            reply_to = data.get("reply_to")
+            if reply_to == self.sent_id and data.get("final") is True:
+                text = data.get("text")
+                if isinstance(text, str) and text.strip() and not self.future.done():
+                    self.future.set_result(Outcome(True, text, None, self.sent_id))
+            elif isinstance(reply_to, str) and reply_to in self._later:
+                self._fail(Reason.INTERRUPTED)
+
+    def _state(self, data: Mapping[str, Any]) -> None:
+        if data.get("connection_state") == "disconnected":
+            self._fail(Reason.ENDED)
+            return
+        agent = data.get("agent")
+        if isinstance(agent, Mapping) and agent.get("lifecycle") == "failed":
+            self._fail(Reason.AGENT_LEFT)
+
+
+class AnswerDesk:
+    """One session's questions: asked one at a time, each waiting for its own final answer.
+
+    Questions from several connections queue up (at most `max_waiting`) instead of interrupting
+    each other; `timeout` bounds a question's whole life, its time in the queue included.
+    """
+
+    def __init__(self, hub: Hub, session_id: str, *, timeout: float, max_waiting: int) -> None:
+        self._hub = hub
+        self.session_id = session_id
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        self._turn = asyncio.Lock()
+        self._waiting = 0
+        self._pending: set[PendingAnswer] = set()
+        self._log = log.bind(session=session_id)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def feed(self, event: HubEvent) -> None:
+        """Hand one of this session's hub events to every question waiting for an answer."""
+        for pending in list(self._pending):
+            pending.feed(event)
+
+    async def ask(self, text: str, *, conversation_id: str | None = None) -> Outcome:
+        if self._waiting >= self.max_waiting:
+            return Outcome.failed(Reason.BUSY)
+        self._waiting += 1
+        pending: PendingAnswer | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._turn:
+                    pending = PendingAnswer()
+                    self._pending.add(pending)
+                    try:
+                        sent = await self._hub.send(
+                            self.session_id, text, conversation_id=conversation_id
+                        )
+                    except HubError as exc:
+                        reason = reason_for_send_error(exc)
+                        self._log.info("wyoming_question_not_sent", reason=reason.value,
+                                       error=str(exc))  # fmt: skip
+                        return Outcome.failed(reason)
+                    pending.sent(str(sent["id"]))
+                    return await pending.future
+        except TimeoutError:
+            message_id = pending.sent_id if pending is not None else None
+            return Outcome.failed(Reason.TIMEOUT, message_id)
+        finally:
+            self._waiting -= 1
+            if pending is not None:
+                self._pending.discard(pending)
+                if not pending.future.done():
+                    pending.future.cancel()
