@@ -260,3 +260,38 @@ async def test_client_leaving_mid_answer_and_old_clients(
         event = await asyncio.wait_for(newer.read_event(), 30)
     assert event is not None and Handled.from_event(event).text == "You said: new client"
     assert "wyoming_client_left" in proc.log_text()
+
+
+async def test_an_earlier_reply_finishing_late_is_not_the_answer(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess], base: str,
+) -> None:  # fmt: skip
+    """The answer is the reply to the question's own message (reply_to), not merely the next
+    final agent message: a reply to an earlier MQTT message that ends while the question waits
+    is skipped."""
+    agent = await scripted_agent(reply=lambda text: None)  # the test speaks for the agent
+    port = free_port()
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
+    try:
+        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons,
+                            {"porch": (agent.agent_name, port, {}, {})}, base)  # fmt: skip
+        await wait_listening(port, proc)
+        job = await agent.wait_for_job(20)
+        await probe.wait_for(f"{base}/porch/agent_state", lambda m: m.text == "listening",
+                             timeout=20)  # fmt: skip
+        probe.publish(f"{base}/porch/send", "an earlier message")
+        assert (await asyncio.wait_for(job.chat.get(), 15)).text == "an earlier message"
+        earlier = asyncio.create_task(
+            job.say("the earlier reply, slowly", chunk_size=4, chunk_delay=0.25)
+        )
+        await probe.wait_for(f"{base}/porch/message", lambda m: bool(m.payload)
+                             and m.json()["type"] == "agent_transcript", timeout=15)  # fmt: skip
+        question = asyncio.create_task(ask(port, "the question"))
+        assert (await asyncio.wait_for(job.chat.get(), 15)).text == "the question"
+        await earlier  # its final arrives while the question waits
+        assert not question.done()
+        await job.say("the answer to the question")
+        answer = await question
+        assert Handled.from_event(answer).text == "the answer to the question"
+    finally:
+        probe.close()
