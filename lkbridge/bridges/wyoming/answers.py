@@ -70,12 +70,12 @@ def reason_for_send_error(error: HubError) -> Reason:
     text = str(error).lower()
     if "shutting down" in text:
         return Reason.SHUTTING_DOWN
+    if "queue is full" in text:
+        return Reason.BUSY
     if "agent" in text:
         return Reason.AGENT_UNAVAILABLE
     if "not running" in text or "connect" in text or "closed" in text or "ended" in text:
         return Reason.NOT_RUNNING
-    if "queue is full" in text:
-        return Reason.BUSY
     return Reason.NOT_DELIVERED
 
 
