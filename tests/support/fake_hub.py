@@ -98,7 +98,7 @@ class FakeHub:
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         self._get(session_id)
-        return list(self.histories[session_id])
+        return list(self.histories.get(session_id, []))
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         self._get(session_id)

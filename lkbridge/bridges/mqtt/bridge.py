@@ -7,7 +7,7 @@ import json
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +26,7 @@ from lkbridge.bridges.mqtt.router import (
     EXPIRED,
     BadPayload,
     Command,
+    EmptyText,
     Request,
     Router,
     parse_command,
@@ -94,6 +95,15 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
 Job = Callable[[], Awaitable[None]]
 
 
+def is_final_reply(data: Any) -> bool:
+    """A finished agent message (what the retained `last_reply` topic carries)."""
+    return (
+        isinstance(data, Mapping)
+        and data.get("type") == "agent_transcript"
+        and data.get("final") is True
+    )
+
+
 class MqttBridge:
     """Maps the hub's sessions onto MQTT topics; `async with MqttBridge(hub, config):`.
 
@@ -115,6 +125,7 @@ class MqttBridge:
             config.mqtt.base_topic, config.homeassistant.discovery_prefix
         )
         self._ha = config.homeassistant.enabled
+        self._ha_name = config.homeassistant.name
         self._max_payload = config.mqtt.max_payload_bytes
         self._router = Router(hub, max_payload_bytes=config.mqtt.max_payload_bytes)
         self._client = client or MqttClient(client_settings(config.mqtt, topics))
@@ -249,7 +260,22 @@ class MqttBridge:
         self._publish_error(session_id, error)
         if self._ha:
             topic = self._topics.discovery(session_node_id(self._topics, session_id))
-            self._pub(topic, dumps(session_device_config(self._topics, session_id)), retain=True)
+            config = session_device_config(self._topics, session_id, self._ha_name)
+            self._pub(topic, dumps(config), retain=True)
+        self._publish_last_reply(session_id)
+
+    def _publish_last_reply(self, session_id: str, data: Any = None) -> None:
+        """Retain the agent's last finished reply (from the history when data is None)."""
+        if data is None:
+            try:
+                history = self._hub.history(session_id)
+            except HubError:
+                return
+            data = next((m for m in reversed(history) if is_final_reply(m)), None)
+            if data is None:
+                return  # nothing yet: leave what the broker retains
+        topic = self._topic(session_id, SessionLeaf.LAST_REPLY)
+        self._pub(topic, dumps(data), retain=True)
 
     def publish_all(self) -> None:
         """Bridge state and info, every session's retained topics, and discovery."""
@@ -257,7 +283,8 @@ class MqttBridge:
         self._publish_info()
         if self._ha:
             topic = self._topics.discovery(bridge_node_id(self._topics))
-            self._pub(topic, dumps(bridge_device_config(self._topics)), retain=True)
+            config = bridge_device_config(self._topics, self._ha_name)
+            self._pub(topic, dumps(config), retain=True)
         for session_id in self._hub.session_ids():
             if self._bridgeable(session_id):
                 self._publish_session(session_id)
@@ -280,6 +307,7 @@ class MqttBridge:
             SessionLeaf.AGENT_STATE,
             SessionLeaf.ERROR,
             SessionLeaf.AVAILABILITY,
+            SessionLeaf.LAST_REPLY,
         ):
             self._pub(self._topic(session_id, leaf), b"", retain=True)
         self._topics.forget_session(session_id)
@@ -294,6 +322,10 @@ class MqttBridge:
             elif self._bridgeable(session_id):
                 self._publish_session(session_id)
                 self._pub(self._topic(session_id, SessionLeaf.MESSAGE), dumps(data), retain=False)
+            else:
+                return
+            if is_final_reply(data):
+                self._publish_last_reply(session_id, data)
         elif kind is HubEventKind.STATE:
             if session_id in self._sessions:
                 self._publish_state(session_id, data)
@@ -393,6 +425,10 @@ class MqttBridge:
             else:
                 command = parse_command(message.payload, self._max_payload)
                 job = self._command_job(message.topic, session_id, command, deadline)
+        except EmptyText as exc:
+            # A clear failure of this session's send (HA's notify can publish an empty text).
+            self.event("send_failed", topic=message.topic, session=session_id, error=str(exc))
+            return
         except BadPayload as exc:
             self.event("bad_payload", topic=message.topic, error=str(exc))
             return

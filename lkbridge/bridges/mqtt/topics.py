@@ -25,6 +25,7 @@ class SessionLeaf(StrEnum):
     AVAILABILITY = "availability"
     ERROR = "error"
     MESSAGE = "message"
+    LAST_REPLY = "last_reply"
     SEND = "send"
     COMMAND = "command"
 
