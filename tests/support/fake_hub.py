@@ -30,6 +30,7 @@ class FakeHub:
         self.sent_ids: set[str] = set()
         self.fail_with: Exception | None = None
         self.services: dict[str, Any] = {}
+        self.configs: dict[str, Any] = {}  # session id -> SessionConfig (session_config())
 
     def _get(self, session_id: str) -> dict[str, Any]:
         if self.fail_with is not None:
@@ -42,6 +43,12 @@ class FakeHub:
         """Update a session's state and emit its STATE event, as the daemon does."""
         self.sessions[session_id].update(changes)
         self.emit(HubEvent(HubEventKind.STATE, session_id, dict(self.sessions[session_id])))
+
+    def session_config(self, session_id: str) -> Any:
+        self._get(session_id)
+        if session_id not in self.configs:
+            raise UnknownSession(session_id)
+        return self.configs[session_id]
 
     def session_ids(self) -> list[str]:
         return list(self.sessions)

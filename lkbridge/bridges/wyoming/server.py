@@ -52,7 +52,8 @@ class WyomingServer:
         self.desk = desk
         self.program = program
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.Task[Any]] = set()  # serving tasks (ours)
+        self._handlers: set[asyncio.Task[Any]] = set()  # the tasks asyncio started per client
         self._log = log.bind(session=desk.session_id)
 
     @property
@@ -75,36 +76,47 @@ class WyomingServer:
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-        tasks = list(self._connections)
-        for task in tasks:
+        serving = list(self._connections)
+        for task in serving:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # The handlers asyncio started close their sockets once their serving task is done.
+        await asyncio.gather(*serving, *self._handlers, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
         self._log.info("wyoming_stopped")
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = writer.get_extra_info("peername")
+        handler = asyncio.current_task()
+        assert handler is not None
+        peer = str(writer.get_extra_info("peername"))
+        self._handlers.add(handler)
         try:
             if len(self._connections) >= self.settings.max_connections:
-                self._log.warning("wyoming_connection_refused", peer=str(peer),
+                self._log.warning("wyoming_connection_refused", peer=peer,
                                   reason="too many connections")  # fmt: skip
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
                         write_event(writer, Error(text="too many connections").event()), 2.0
                     )
                 return
-            self._connections.add(task)
-            await self._serve(reader, writer)
-        except (ConnectionError, TimeoutError) as exc:
-            self._log.debug("wyoming_connection_lost", peer=str(peer), error=repr(exc))
-        except Exception:
-            self._log.exception("wyoming_connection_failed", peer=str(peer))
+            # Served in a task of our own: cancelling it (at shutdown) ends this handler
+            # normally, which asyncio's stream machinery expects of the tasks it starts.
+            serving = asyncio.create_task(self._serve(reader, writer), name="wyoming-connection")
+            self._connections.add(serving)
+            try:
+                await serving
+            except asyncio.CancelledError:
+                if handler.cancelling():
+                    raise
+            except (ConnectionError, TimeoutError) as exc:
+                self._log.debug("wyoming_connection_lost", peer=peer, error=repr(exc))
+            except Exception:
+                self._log.exception("wyoming_connection_failed", peer=peer)
+            finally:
+                self._connections.discard(serving)
         finally:
-            self._connections.discard(task)
+            self._handlers.discard(handler)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
