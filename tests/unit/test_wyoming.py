@@ -169,6 +169,25 @@ async def test_only_the_final_reply_to_the_sent_message_answers() -> None:
     assert (outcome.handled, outcome.text, outcome.message_id) == (True, "It is noon", "q1")
 
 
+async def test_texts_delivered_before_the_question_do_not_interrupt_it() -> None:
+    pending = PendingAnswer()
+    pending.feed(message("user_input", "earlier"))  # queued before ours, delivered first
+    pending.feed(message("agent_transcript", "a0", "Re", final=False, reply_to="earlier"))
+    pending.feed(message("user_input", "q1"))
+    pending.sent("q1")
+    pending.feed(message("agent_transcript", "a0", "Reply to earlier", reply_to="earlier"))
+    assert not pending.future.done()
+    pending.feed(message("agent_transcript", "a1", "Mine", reply_to="q1"))
+    assert pending.future.result().text == "Mine"
+
+    pending = PendingAnswer()  # a text looped back after ours (still in the backlog) does
+    pending.feed(message("user_input", "q1"))
+    pending.feed(message("user_input", "later"))
+    pending.sent("q1")
+    pending.feed(message("agent_transcript", "a2", "x", final=False, reply_to="later"))
+    assert pending.future.result().reason is Reason.INTERRUPTED
+
+
 @pytest.mark.parametrize(
     ("events", "reason"),
     [

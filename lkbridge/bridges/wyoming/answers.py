@@ -95,7 +95,13 @@ class PendingAnswer:
     def sent(self, message_id: str) -> None:
         self.sent_id = message_id
         backlog, self._backlog = self._backlog, []
+        ours_seen = False
         for data in backlog:
+            if data.get("type") == "user_input":
+                # Texts queued before ours were delivered first: they do not interrupt it.
+                ours_seen = ours_seen or data.get("id") == message_id
+                if not ours_seen:
+                    continue
             self._message(data)
 
     def feed(self, event: HubEvent) -> None:
