@@ -139,10 +139,13 @@ async def test_describe_then_questions_get_their_own_answers(
         assert Handled.from_event(answer).text == "You said: what time is it"
         assert answer.data.get("context", {}).get("conversation_id") == "01HCONV"
 
+        # The MQTT side may lag behind the Wyoming answer: wait for the final reply there.
+        reply = (await probe.wait_for(f"{base}/porch/message", lambda m: bool(m.payload) and
+                                      m.json()["type"] == "agent_transcript" and m.json()["final"],
+                                      timeout=15)).json()  # fmt: skip
         events = [m.json() for m in probe.seen(f"{base}/porch/message") if m.payload]
         question = next(e for e in events if e["type"] == "user_input")
         assert question["text"] == "what time is it"
-        reply = [e for e in events if e["type"] == "agent_transcript" and e["final"]][-1]
         assert reply["reply_to"] == question["id"]
         assert reply["conversation_id"] == "01HCONV"
 
