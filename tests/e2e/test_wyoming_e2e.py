@@ -169,11 +169,11 @@ async def test_no_answer_is_not_handled_with_a_sentence(
     unique_name: Callable[[str], str],
 ) -> None:  # fmt: skip
     """Empty question, session not started, agent that never comes, agent that never answers,
-    an answer interrupted by another message, junk: each a `not-handled` (or `error`) a person
-    can hear, and the server keeps serving."""
+    an answer interrupted by another message, the session ended mid-answer, junk: each a
+    `not-handled` (or `error`) a person can hear, and the server keeps serving."""
     silent = await scripted_agent(reply=lambda text: None)
     slow = await scripted_agent(chunk_size=2, chunk_delay=0.2)
-    ports = {name: free_port() for name in ("idle", "absent", "silent", "slow")}
+    ports = {name: free_port() for name in ("idle", "absent", "silent", "slow", "ending")}
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
         proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons, {
@@ -181,6 +181,7 @@ async def test_no_answer_is_not_handled_with_a_sentence(
             "absent": (unique_name("nobody"), ports["absent"], {"agent_connect_timeout": 2}, {}),
             "silent": (silent.agent_name, ports["silent"], {}, {"answer_timeout": 3}),
             "slow": (slow.agent_name, ports["slow"], {}, {}),
+            "ending": (slow.agent_name, ports["ending"], {}, {}),
         }, base)  # fmt: skip
         for port in ports.values():
             await wait_listening(port, proc)
@@ -202,6 +203,13 @@ async def test_no_answer_is_not_handled_with_a_sentence(
                              and m.json()["type"] == "agent_transcript", timeout=20)  # fmt: skip
         probe.publish(f"{base}/slow/send", "stop, something else")
         assert not_handled(await question) == "interrupted"
+
+        # The session is ended (HA's End button) while the agent is answering.
+        question = asyncio.create_task(ask(ports["ending"], "tell me another long story"))
+        await probe.wait_for(f"{base}/ending/message", lambda m: bool(m.payload)
+                             and m.json()["type"] == "agent_transcript", timeout=20)  # fmt: skip
+        probe.publish(f"{base}/ending/command", "end")
+        assert not_handled(await question) == "ended"
 
         # Junk: a header that is not JSON gets an `error` event and the connection closes.
         reader, writer = await asyncio.open_connection(HOST, ports["slow"])

@@ -169,6 +169,23 @@ async def test_only_the_final_reply_to_the_sent_message_answers() -> None:
     assert (outcome.handled, outcome.text, outcome.message_id) == (True, "It is noon", "q1")
 
 
+async def test_a_reply_finalised_because_the_session_is_ending_is_not_an_answer() -> None:
+    pending = PendingAnswer(lambda: Reason.ENDED)
+    pending.sent("q1")
+    pending.feed(message("agent_transcript", "a1", "It is", final=True, reply_to="q1"))
+    assert pending.future.result().reason is Reason.ENDED
+
+    hub = FakeHub("s")
+    desk = AnswerDesk(hub, "s", timeout=1, max_waiting=1)  # type: ignore[arg-type]
+    assert desk._why_not_live() is Reason.ENDED  # disconnected
+    hub.change("s", connection_state="connected", wanted=False)
+    assert desk._why_not_live() is Reason.ENDED  # being ended
+    hub.change("s", wanted=True, agent={"lifecycle": "failed"})
+    assert desk._why_not_live() is Reason.AGENT_LEFT
+    hub.change("s", agent={"lifecycle": "connected"})
+    assert desk._why_not_live() is None
+
+
 async def test_texts_delivered_before_the_question_do_not_interrupt_it() -> None:
     pending = PendingAnswer()
     pending.feed(message("user_input", "earlier"))  # queued before ours, delivered first

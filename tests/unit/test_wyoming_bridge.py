@@ -130,6 +130,7 @@ async def test_connections_are_bounded_and_idle_ones_closed() -> None:
 async def test_an_answer_through_the_fake_hub_and_a_clean_shutdown() -> None:
     port = free_port()
     hub, config = setup(session("kitchen", port=port, answer_timeout=5))
+    hub.change("kitchen", connection_state="connected", wanted=True)
     async with WyomingBridge(hub, config) as bridge:  # type: ignore[arg-type]
         async with AsyncTcpClient(HOST, port) as client:
             await client.write_event(Transcript("hello", context={"conversation_id": "c"}).event())

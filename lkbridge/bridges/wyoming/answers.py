@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -86,7 +86,8 @@ class PendingAnswer:
     bounded backlog, so an answer that overtakes the send's return is not missed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, live: Callable[[], Reason | None] | None = None) -> None:
+        self._live = live  # why the session cannot answer any more (asked at a final reply)
         self.sent_id: str | None = None
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._backlog: list[Mapping[str, Any]] = []
@@ -135,7 +136,13 @@ class PendingAnswer:
             if reply_to == self.sent_id and data.get("final") is True:
                 text = data.get("text")
                 if isinstance(text, str) and text.strip() and not self.future.done():
-                    self.future.set_result(Outcome(True, text, None, self.sent_id))
+                    # A session being ended closes the reply's stream, which finalises the text
+                    # received so far: that cut-off text is not an answer.
+                    gone = self._live() if self._live is not None else None
+                    if gone is not None:
+                        self._fail(gone)
+                    else:
+                        self.future.set_result(Outcome(True, text, None, self.sent_id))
             elif isinstance(reply_to, str) and reply_to in self._later:
                 self._fail(Reason.INTERRUPTED)
 
@@ -169,6 +176,19 @@ class AnswerDesk:
     def waiting(self) -> int:
         return self._waiting
 
+    def _why_not_live(self) -> Reason | None:
+        """Why the session is no longer answering (it is being ended, or is gone), or None."""
+        try:
+            snapshot = self._hub.snapshot(self.session_id)
+        except HubError:
+            return Reason.ENDED
+        if snapshot.get("wanted") is False or snapshot.get("connection_state") == "disconnected":
+            return Reason.ENDED
+        agent = snapshot.get("agent")
+        if isinstance(agent, Mapping) and agent.get("lifecycle") == "failed":
+            return Reason.AGENT_LEFT
+        return None
+
     def feed(self, event: HubEvent) -> None:
         """Hand one of this session's hub events to every question waiting for an answer."""
         for pending in list(self._pending):
@@ -182,7 +202,7 @@ class AnswerDesk:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._turn:
-                    pending = PendingAnswer()
+                    pending = PendingAnswer(self._why_not_live)
                     self._pending.add(pending)
                     try:
                         sent = await self._hub.send(
