@@ -47,6 +47,11 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
         f"{path}: OK — {len(config.sessions)} session(s) ({sessions}); MQTT "
         f"{config.mqtt.host}:{config.mqtt.port} base topic {config.mqtt.base_topic!r}"
     )
+    for session_id, cfg in config.sessions.items():
+        if cfg.wyoming is not None:
+            where = f"{cfg.wyoming.host}:{cfg.wyoming.port}"
+            exposed = "" if cfg.wyoming.host.startswith("127.") else " (no authentication: LAN only)"
+            notes.append(f"{session_id}: Wyoming (Home Assistant Assist) on {where}{exposed}")
     return True, "\n".join([summary, *(f"  note: {n}" for n in notes)])
 
 
