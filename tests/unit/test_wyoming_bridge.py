@@ -152,3 +152,20 @@ async def test_an_answer_through_the_fake_hub_and_a_clean_shutdown() -> None:
     assert server.connections == 0
     assert await asyncio.wait_for(waiting.read_event(), 5) is None
     await waiting.disconnect()
+
+
+def test_the_wyoming_package_is_imported_only_when_a_session_uses_it() -> None:
+    """Daemons without a [wyoming] table pay nothing for the bridge (edge devices)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lkbridge.plugins.host import load_plugins\n"
+        "from lkbridge.bridges.wyoming.bridge import WyomingBridge\n"
+        "host = load_plugins(())\n"
+        "assert 'wyoming' in host.bridges, host.bridges\n"
+        "print('wyoming' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

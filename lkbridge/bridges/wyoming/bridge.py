@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind
 from lkbridge.bridges.wyoming.answers import AnswerDesk
-from lkbridge.bridges.wyoming.protocol import ProgramInfo
-from lkbridge.bridges.wyoming.server import WyomingServer
 from lkbridge.config.models import Config, WyomingConfig
+
+if TYPE_CHECKING:
+    # The `wyoming` package is imported only once a session has a [wyoming] table.
+    from lkbridge.bridges.wyoming.server import WyomingServer
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +77,9 @@ class WyomingBridge:
         await self._close_all()
 
     async def _open(self, session_id: str, settings: WyomingConfig) -> None:
+        from lkbridge.bridges.wyoming.protocol import ProgramInfo
+        from lkbridge.bridges.wyoming.server import WyomingServer
+
         desk = AnswerDesk(self._hub, session_id, timeout=settings.answer_timeout,
                           max_waiting=settings.max_waiting)  # fmt: skip
         program = ProgramInfo(display_name(session_id, settings), session_id, settings.languages)
