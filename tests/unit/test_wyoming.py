@@ -197,6 +197,13 @@ async def test_texts_delivered_before_the_question_do_not_interrupt_it() -> None
     pending.feed(message("agent_transcript", "a1", "Mine", reply_to="q1"))
     assert pending.future.result().text == "Mine"
 
+    pending = PendingAnswer()  # a reply closed as final after another text was sent was cut
+    pending.sent("q1")
+    pending.feed(message("agent_transcript", "a1", "It is", final=False, reply_to="q1"))
+    pending.feed(message("user_input", "other"))
+    pending.feed(message("agent_transcript", "a1", "It is", final=True, reply_to="q1"))
+    assert pending.future.result().reason is Reason.INTERRUPTED
+
     pending = PendingAnswer()  # a text looped back after ours (still in the backlog) does
     pending.feed(message("user_input", "q1"))
     pending.feed(message("user_input", "later"))

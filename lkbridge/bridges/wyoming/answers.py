@@ -141,6 +141,10 @@ class PendingAnswer:
                     gone = self._live() if self._live is not None else None
                     if gone is not None:
                         self._fail(gone)
+                    elif self._later:
+                        # Another text reached the agent before this reply was finished: agents
+                        # cut the reply short and close it as final (the agents framework does).
+                        self._fail(Reason.INTERRUPTED)
                     else:
                         self.future.set_result(Outcome(True, text, None, self.sent_id))
             elif isinstance(reply_to, str) and reply_to in self._later:
