@@ -19,6 +19,9 @@ MAX_DATA_BYTES = 65_536
 MAX_PAYLOAD_BYTES = 65_536
 """Largest binary payload accepted (and skipped): a handle service takes no audio."""
 
+WRITE_TIMEOUT = 10.0
+"""Seconds to hand one event to a client that stops reading; then the connection is dropped."""
+
 ATTRIBUTION_URL = "https://github.com/lkbridge/lkbridge"
 
 
@@ -76,8 +79,8 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
 
 
 async def write_event(writer: asyncio.StreamWriter, event: Event) -> None:
-    """Write one event (the reference implementation's encoding) and wait for the buffer."""
-    await async_write_event(event, writer)
+    """Write one event (the reference implementation's encoding); bounded by WRITE_TIMEOUT."""
+    await asyncio.wait_for(async_write_event(event, writer), WRITE_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
