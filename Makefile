@@ -26,4 +26,4 @@ bench: bootstrap
 	scripts/netns-run $(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) test-logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-agent test-logs .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "ConnectionStateChanged": "lkbridge.session.events",
     "AgentChanged": "lkbridge.session.events",
     "MessageReceived": "lkbridge.session.events",
+    "MessageUnanswered": "lkbridge.session.events",
+    "ReplyOutcome": "lkbridge.session.replies",
+    "ReplyStatus": "lkbridge.session.replies",
     "ErrorChanged": "lkbridge.session.events",
     "HistoryRestored": "lkbridge.session.events",
     "EventStream": "lkbridge.session.events",
@@ -82,9 +85,12 @@ __all__ = [
     "MessageReceiver",
     "MessageSender",
     "MessageType",
+    "MessageUnanswered",
     "MintedTokenSource",
     "ReceivedMessage",
     "ReceiverBase",
+    "ReplyOutcome",
+    "ReplyStatus",
     "RoomBinding",
     "RoomBound",
     "SentMessage",
@@ -132,11 +138,13 @@ if TYPE_CHECKING:
         EventStream,
         HistoryRestored,
         MessageReceived,
+        MessageUnanswered,
         SessionError,
         SessionErrorKind,
         SessionEvent,
     )
     from lkbridge.session.options import SessionOptions
+    from lkbridge.session.replies import ReplyOutcome, ReplyStatus
     from lkbridge.session.state import SessionState
     from lkbridge.tokens.sources import (
         CachingTokenSource,

@@ -21,6 +21,7 @@ __all__ = [
     "configure_logging",
     "get_logger",
     "redact_event",
+    "redact_payload",
     "redact_text",
     "register_secret",
 ]
@@ -44,40 +45,66 @@ _JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{8,}=*")
 # Shorter registered secrets would scrub ordinary words.
 MIN_SECRET_LENGTH = 4
+# In MQTT payloads (JSON that machines read) a short secret such as the LiveKit dev server's
+# "secret" would break keys like "api_secret"; there only secrets of this length are scrubbed.
+MIN_PAYLOAD_SECRET_LENGTH = 8
 
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
 _secrets_pattern: re.Pattern[str] | None = None
+_payload_pattern: re.Pattern[str] | None = None
+
+
+def _alternatives(values: set[str], min_length: int) -> re.Pattern[str] | None:
+    chosen = sorted((v for v in values if len(v) >= min_length), key=len, reverse=True)
+    return re.compile("|".join(re.escape(v) for v in chosen)) if chosen else None
 
 
 def register_secret(value: str) -> None:
     """Scrub this exact string from every log line from now on (short values are ignored)."""
-    global _secrets_pattern
+    global _secrets_pattern, _payload_pattern
     if len(value) < MIN_SECRET_LENGTH:
         return
     with _secrets_lock:
         if value in _secrets:
             return
         _secrets.add(value)
-        alternatives = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(re.escape(s) for s in alternatives))
+        _secrets_pattern = _alternatives(_secrets, MIN_SECRET_LENGTH)
+        _payload_pattern = _alternatives(_secrets, MIN_PAYLOAD_SECRET_LENGTH)
 
 
 def clear_registered_secrets() -> None:
     """Forget every registered secret (for tests)."""
-    global _secrets_pattern
+    global _secrets_pattern, _payload_pattern
     with _secrets_lock:
         _secrets.clear()
-        _secrets_pattern = None
+        _secrets_pattern = _payload_pattern = None
 
 
-def redact_text(text: str) -> str:
-    """The text with registered secrets, JWTs and bearer credentials replaced by ***."""
-    pattern = _secrets_pattern
+def redact_text(text: str, *, payload: bool = False) -> str:
+    """The text with registered secrets, JWTs and bearer credentials replaced by ***.
+
+    payload: for MQTT payloads, where only secrets of MIN_PAYLOAD_SECRET_LENGTH count.
+    """
+    pattern = _payload_pattern if payload else _secrets_pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     text = _JWT.sub(REDACTED, text)
     return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def redact_payload(payload: bytes) -> bytes:
+    """An MQTT payload with registered secrets, JWTs and bearer credentials replaced by ***.
+
+    The one scrubbing point of everything the bridge publishes (as redact_event is for logs).
+    Bytes that are not UTF-8 are returned unchanged (nothing lkbridge writes is binary).
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload
+    cleaned = redact_text(text, payload=True)
+    return payload if cleaned == text else cleaned.encode("utf-8")
 
 
 def _is_secret_key(key: object) -> bool:

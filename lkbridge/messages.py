@@ -75,21 +75,19 @@ class ReceivedMessage:
     text: str
     final: bool = False
     reply_to: str | None = None
-    """On an agent_transcript: the id of the latest user_input the session sent before the
-    reply's first chunk (None if none): the question this message answers."""
+    """On agent_transcript messages: the id of the latest user_input message the session sent
+    before the reply's first chunk arrived (None when it had sent none). None on other types."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; the shape of the daemon's message events."""
-        data: dict[str, Any] = {
+        return {
             "id": self.id,
             "timestamp": self.timestamp.astimezone(UTC).isoformat(timespec="milliseconds"),
             "type": self.type.value,
             "text": self.text,
             "final": self.final,
+            "reply_to": self.reply_to,
         }
-        if self.reply_to is not None:
-            data["reply_to"] = self.reply_to
-        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReceivedMessage:
@@ -113,6 +111,8 @@ class ReceivedMessage:
         reply_to = data.get("reply_to")
         if reply_to is not None:
             reply_to = _require_str(data, "reply_to")
+            if not reply_to:
+                raise ValueError("reply_to: must not be empty (use null)")
         return cls(
             id=msg_id,
             timestamp=_parse_timestamp(data["timestamp"]),

@@ -39,6 +39,24 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# --- the LiveKit Agents framework, for the test agent ------------------------------
+# livekit-agents pins its own `livekit` rtc, so it gets a venv of its own; the tests start
+# devstack/framework_agent/worker.py with this venv's python.
+AGENT_VENV="${AGENT_VENV:-.venv-agent}"
+agent_req=devstack/framework_agent/requirements.txt
+agent_stamp="$AGENT_VENV/.lkbridge-installed"
+agent_want="$(sha256sum < "$agent_req" | cut -c1-16)"
+if [ ! -f "$agent_stamp" ] || [ "$(cat "$agent_stamp")" != "$agent_want" ]; then
+    step "installing the LiveKit Agents framework ($(tr '\n' ' ' < "$agent_req")) into $AGENT_VENV"
+    if { [ -x "$AGENT_VENV/bin/python" ] || "$PY" -m venv "$AGENT_VENV"; } \
+        && "$AGENT_VENV/bin/python" -m pip install -q --upgrade pip \
+        && "$AGENT_VENV/bin/python" -m pip install -q --only-binary=livekit -r "$agent_req"; then
+        echo "$agent_want" > "$agent_stamp"
+    else
+        warn "the LiveKit Agents framework could not be installed into $AGENT_VENV; e2e tests need it"
+    fi
+fi
+
 # --- system packages (Debian), only when missing and we are root ------------------
 need_pkgs=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)

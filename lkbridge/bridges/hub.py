@@ -96,7 +96,17 @@ class Hub(Protocol):
 
     def dismiss_error(self, session_id: str) -> None: ...
 
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def add_session(
+        self,
+        session_id: str,
+        template: str,
+        *,
+        agent_name: str | None = None,
+        agent_metadata: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a session made from the config file's [templates.<template>]; nothing else (no
+        token source, secret, transport or address) can be chosen by the caller."""
+        ...
 
     async def remove_session(self, session_id: str) -> dict[str, Any]: ...
 

@@ -47,6 +47,8 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
         f"{path}: OK — {len(config.sessions)} session(s) ({sessions}); MQTT "
         f"{config.mqtt.host}:{config.mqtt.port} base topic {config.mqtt.base_topic!r}"
     )
+    if config.templates:
+        summary += f"; {len(config.templates)} template(s) ({', '.join(config.templates)})"
     for session_id, cfg in config.sessions.items():
         if cfg.wyoming is not None:
             where = f"{cfg.wyoming.host}:{cfg.wyoming.port}"

@@ -20,6 +20,7 @@ from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config.models import MqttConfig
 from lkbridge.errors import LkbridgeError
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
+from lkbridge.mqtt.types import topic_matches
 
 log = structlog.get_logger(__name__)
 
@@ -100,17 +101,6 @@ def load_target(
     if problem := base_topic_problem(base):
         raise ClientError(f"base topic {base!r}: {problem}")
     return Target(settings, base)
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (+ and #)."""
-    levels, parts = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or level not in ("+", parts[i]):
-            return False
-    return len(levels) == len(parts)
 
 
 def decode_json(payload: bytes) -> Any:
@@ -358,10 +348,13 @@ async def gather_status(client: BridgeClient) -> dict[str, Any]:
 
     async def history(sid: str) -> None:
         with contextlib.suppress(ClientError):
-            answer = await client.request("session/history", {"session": sid}, timeout=5.0)
-            messages = (answer.get("data") or {}).get("messages")
+            body = {"session": sid, "limit": 1}
+            answer = await client.request("session/history", body, timeout=5.0)
+            data = answer.get("data") or {}
+            messages = data.get("messages")
             if answer.get("status") == "ok" and isinstance(messages, list):
-                sessions[sid]["messages"] = len(messages)
+                total = data.get("total")
+                sessions[sid]["messages"] = total if isinstance(total, int) else len(messages)
                 sessions[sid]["last_message"] = messages[-1] if messages else None
 
     if online:

@@ -19,6 +19,7 @@ from lkbridge.config.models import (
     Config,
     ConfigDiff,
     ConfigError,
+    ControlConfig,
     DevelopmentTokenConfig,
     EndpointTokenConfig,
     FrozenMap,
@@ -32,6 +33,7 @@ from lkbridge.config.models import (
     PluginsConfig,
     PluginTokenConfig,
     Problem,
+    RuntimeSession,
     SessionConfig,
     StateConfig,
     TlsConfig,
@@ -43,6 +45,7 @@ from lkbridge.config.schema import (
     SESSION_ID_PATTERN,
     config_from_dict,
     overrides_from_dict,
+    runtime_session,
     session_from_table,
     unknown_name_problems,
 )
@@ -55,6 +58,7 @@ __all__ = [
     "Config",
     "ConfigDiff",
     "ConfigError",
+    "ControlConfig",
     "DevelopmentTokenConfig",
     "EndpointTokenConfig",
     "FrozenMap",
@@ -68,6 +72,7 @@ __all__ = [
     "PluginTokenConfig",
     "PluginsConfig",
     "Problem",
+    "RuntimeSession",
     "Secret",
     "SecretError",
     "SecretKind",
@@ -81,6 +86,7 @@ __all__ = [
     "load_effective_config",
     "load_overrides",
     "parse_config",
+    "runtime_session",
     "session_from_table",
     "session_to_table",
     "unknown_name_problems",
@@ -162,29 +168,36 @@ def load_overrides(path: str | os.PathLike[str]) -> Overrides:
     return overrides_from_dict(_loads(_read(file), str(file)), str(file))
 
 
+LEGACY_BACKUP_SUFFIX: Final = ".0.1-backup"
+
+
 def write_overrides(
     path: str | os.PathLike[str],
-    sessions: Mapping[str, SessionConfig] | Iterable[SessionConfig],
+    sessions: Mapping[str, RuntimeSession] | Iterable[RuntimeSession],
     removed: Iterable[str] = (),
+    *,
+    keep_legacy: bool = False,
 ) -> None:
-    """Atomically write the overrides file; raises ConfigError if a session has an inline secret."""
+    """Atomically write the overrides file: each session is only its template, agent name and
+    metadata, so no secret, URL or address is ever written.
+
+    keep_legacy: the file being replaced holds 0.1 sessions that are ignored; it is copied once
+    to `overrides.toml.0.1-backup` (mode 0600) before they are dropped from it.
+    """
+    file = Path(path)
     items = list(sessions.values() if isinstance(sessions, Mapping) else sessions)
-    problems: list[Problem] = []
-    tables: dict[str, Any] = {}
-    for session in items:
-        try:
-            tables[session.id] = session.to_table()
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems, source=str(path))
+    tables = {session.id: session.to_table() for session in items}
     data: dict[str, Any] = {"removed": sorted(set(removed)), "sessions": tables}
     header = (
         "# Written by lkbridge: sessions added or removed at runtime over MQTT.\n"
-        "# These win over the main config file, per session id. Secrets appear only as\n"
-        "# references. Edit only while lkbridge is stopped.\n\n"
+        "# Each added session names a [templates.NAME] of the config file. Edit only while\n"
+        "# lkbridge is stopped.\n\n"
     )
-    _write_atomically(Path(path), header + tomli_w.dumps(data), mode=0o600)
+    if keep_legacy:
+        backup = file.with_name(file.name + LEGACY_BACKUP_SUFFIX)
+        if file.exists() and not backup.exists():
+            _write_atomically(backup, _read(file), mode=0o600)
+    _write_atomically(file, header + tomli_w.dumps(data), mode=0o600)
 
 
 def _write_atomically(path: Path, text: str, *, mode: int) -> None:

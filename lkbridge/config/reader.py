@@ -142,12 +142,15 @@ class TableReader:
             return default
         return int(value)
 
-    def positive_number(self, key: str, default: float) -> float:
+    def positive_number(self, key: str, default: float, maximum: float | None = None) -> float:
         value = self._typed(key, lambda v: is_int(v) or isinstance(v, float), "a number")
         if value is MISSING:
             return default
         if not math.isfinite(value) or value <= 0:
             self.report(key, f"must be a number greater than 0, got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.report(key, f"must be at most {maximum:g}, got {value:g}")
             return default
         return float(value)
 

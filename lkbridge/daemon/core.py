@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from lkbridge.config.files import (
     OVERRIDES_FILE,
     load_config,
     load_overrides,
-    session_from_table,
+    runtime_session,
     unknown_name_problems,
     write_overrides,
 )
@@ -28,6 +28,7 @@ from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.runner import Backoff, SessionRunner
 from lkbridge.daemon.store import MessageStore
+from lkbridge.log import redact_text
 from lkbridge.messages import ReceivedMessage
 from lkbridge.plugins.host import PluginHost, load_plugins
 
@@ -60,6 +61,7 @@ class Daemon:
         self._accepting = True
         self._started_at = time.monotonic()
         self._lock = asyncio.Lock()
+        self._reload_waiting: asyncio.Future[dict[str, Any]] | None = None
         self.bridge_ready_timeout = 5.0
 
     # -- config ----------------------------------------------------------------------------
@@ -70,9 +72,18 @@ class Daemon:
 
     def _load_config(self) -> Config:
         base = load_config(self.config_path)
+        overrides = load_overrides(base.state.directory / OVERRIDES_FILE)
         self.base_session_ids = frozenset(base.sessions)
-        self.overrides: Overrides = load_overrides(base.state.directory / OVERRIDES_FILE)
-        return self.overrides.apply(base)
+        self.overrides: Overrides = overrides
+        # What of the overrides file is not used, said in the log and on bridge/event.
+        self.override_notes = [*overrides.ignored, *overrides.unresolved(base)]
+        for note in self.override_notes:
+            log.warning("override_ignored", reason=note)
+        return overrides.apply(base)
+
+    def _report_override_notes(self) -> None:
+        for note in self.override_notes:
+            self.report("override_ignored", reason=note)
 
     # -- hub: observation ------------------------------------------------------------------
 
@@ -207,29 +218,66 @@ class Daemon:
         self._check_accepting()
         self._runner(session_id).session.dismiss_error()
 
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    async def add_session(
+        self,
+        session_id: str,
+        template: str,
+        *,
+        agent_name: str | None = None,
+        agent_metadata: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a session made from a [templates.NAME] of the config file (nothing else can be
+        chosen at runtime); persisted in the overrides file."""
         self._check_accepting()
+        control = self.config.control
+        if not control.runtime_sessions:
+            raise HubError("adding sessions at runtime is turned off ([control] runtime_sessions)")
         async with self._lock:
             if session_id in self.runners or session_id in self.broken:
                 raise HubError(f"session {session_id!r} already exists (remove it first)")
+            if session_id in self.base_session_ids and not control.remove_configured:
+                raise HubError(
+                    f"session {session_id!r} is defined in the config file; it cannot be replaced"
+                    " over MQTT ([control] remove_configured)"
+                )
+            if len(self.session_ids()) >= control.max_sessions:
+                raise HubError(
+                    f"too many sessions: the limit is {control.max_sessions}"
+                    " ([control] max_sessions)"
+                )
             try:
-                cfg = session_from_table(session_id, table)
+                runtime = runtime_session(session_id, template, agent_name, agent_metadata)
             except ConfigError as exc:
                 raise HubError("; ".join(str(p) for p in exc.problems)) from exc
+            source = self.config.templates.get(runtime.template)
+            if source is None:
+                known = ", ".join(self.config.templates) or "none ([templates.NAME] in the config)"
+                raise HubError(f"template: unknown template {runtime.template!r}; known: {known}")
+            cfg = runtime.instantiate(source)
             problems = self._unknown_names(cfg)
             if problems:
                 raise HubError("; ".join(problems))
-            new_overrides = self.overrides.with_session(cfg)
-            try:
-                write_overrides(self.overrides_path, new_overrides.sessions, new_overrides.removed)
-            except ConfigError as exc:
-                raise HubError("; ".join(str(p) for p in exc.problems)) from exc
+            new_overrides = self.overrides.with_session(runtime)
+            self._write_overrides(new_overrides)
             self.overrides = new_overrides
             self.config = new_overrides.apply(self.config)
             self._add_runner(cfg)
             self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
             self._launch(session_id)
             return self.snapshot(session_id)
+
+    def _write_overrides(self, overrides: Overrides) -> None:
+        try:
+            write_overrides(
+                self.overrides_path,
+                overrides.sessions,
+                overrides.removed,
+                keep_legacy=bool(overrides.ignored),
+            )
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            log.error("overrides_not_written", error=reason)
+            raise HubError(f"the overrides file cannot be written: {reason}") from exc
 
     def _unknown_names(self, cfg: SessionConfig) -> list[str]:
         """Transport and token source names that no loaded plugin provides."""
@@ -244,11 +292,21 @@ class Daemon:
 
     async def remove_session(self, session_id: str) -> dict[str, Any]:
         self._check_accepting()
+        control = self.config.control
+        if not control.runtime_sessions:
+            raise HubError(
+                "removing sessions at runtime is turned off ([control] runtime_sessions)"
+            )
         async with self._lock:
             if session_id not in self.runners and session_id not in self.broken:
                 raise UnknownSession(session_id)
+            if session_id in self.base_session_ids and not control.remove_configured:
+                raise HubError(
+                    f"session {session_id!r} is defined in the config file; it cannot be removed"
+                    " over MQTT ([control] remove_configured)"
+                )
             new_overrides = self.overrides.without_session(session_id, self.base_session_ids)
-            write_overrides(self.overrides_path, new_overrides.sessions, new_overrides.removed)
+            self._write_overrides(new_overrides)
             self.overrides = new_overrides
             # Gone from the effective config too (a session added at runtime is not in the
             # base file, so applying the overrides alone would keep it): bridge/info stops
@@ -260,37 +318,63 @@ class Daemon:
             return {"session": session_id, "removed": True}
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file and the overrides; apply session changes only."""
+        """Re-read the config file and the overrides; apply session changes only.
+
+        Reloads asked for while one is waiting for its turn share that one (and its answer), so
+        a flood of reload requests costs one reload, not one each.
+        """
         self._check_accepting()
-        async with self._lock:
-            try:
-                new = self._load_config()
-            except ConfigError as exc:
-                raise HubError(f"config not reloaded: {exc}") from exc
-            diff = diff_configs(self.config, new)
-            # A session that could not be built (e.g. a secret was missing) is tried again.
-            retried = [sid for sid in diff.unchanged if sid in self.broken]
-            old_ids = set(self.config.sessions)
-            self.config = new
-            for sid in diff.removed:
-                await self._drop_runner(sid, forget_history=True)
-            for sid in [*diff.changed, *retried]:
-                await self._drop_runner(sid, forget_history=False, replaced=True)
-            for sid in [*diff.changed, *retried, *diff.added]:
-                self._add_runner(new.sessions[sid])
-                if sid not in old_ids:
-                    self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, {"session": sid}))
-                self._launch(sid)
-            result = {
-                "added": list(diff.added),
-                "removed": list(diff.removed),
-                "changed": [*diff.changed, *retried],
-                "unchanged": [sid for sid in diff.unchanged if sid not in retried],
-                "needs_restart": list(diff.sections),
-            }
-            log.info("config_reloaded", **result)
-            self.report("config_reloaded", **result)
-            return result
+        waiting = self._reload_waiting
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._reload_waiting = future
+        try:
+            async with self._lock:
+                if self._reload_waiting is future:
+                    self._reload_waiting = None  # from now on a new request reads the file again
+                result = await self._reload_locked()
+        except BaseException as exc:
+            if self._reload_waiting is future:
+                self._reload_waiting = None
+            if not future.done():
+                future.set_exception(exc if isinstance(exc, Exception) else HubError("cancelled"))
+                future.exception()  # retrieved: nobody else may be waiting
+            raise
+        future.set_result(result)
+        return result
+
+    async def _reload_locked(self) -> dict[str, Any]:
+        """The reload itself, under the daemon lock."""
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            raise HubError(f"config not reloaded: {exc}") from exc
+        diff = diff_configs(self.config, new)
+        # A session that could not be built (e.g. a secret was missing) is tried again.
+        retried = [sid for sid in diff.unchanged if sid in self.broken]
+        old_ids = set(self.config.sessions)
+        self.config = new
+        for sid in diff.removed:
+            await self._drop_runner(sid, forget_history=True)
+        for sid in [*diff.changed, *retried]:
+            await self._drop_runner(sid, forget_history=False, replaced=True)
+        for sid in [*diff.changed, *retried, *diff.added]:
+            self._add_runner(new.sessions[sid])
+            if sid not in old_ids:
+                self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, {"session": sid}))
+            self._launch(sid)
+        result = {
+            "added": list(diff.added),
+            "removed": list(diff.removed),
+            "changed": [*diff.changed, *retried],
+            "unchanged": [sid for sid in diff.unchanged if sid not in retried],
+            "needs_restart": list(diff.sections),
+        }
+        log.info("config_reloaded", **result)
+        self.report("config_reloaded", **result)
+        self._report_override_notes()
+        return result
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -300,7 +384,8 @@ class Daemon:
                 cfg, self.plugins, self.services, history_limit=self.config.state.history_limit
             )
         except Exception as exc:
-            reason = str(exc) or type(exc).__name__
+            # Scrubbed once here, so snapshots, errors and health_check never carry a secret.
+            reason = redact_text(str(exc) or type(exc).__name__)
             self.broken[cfg.id] = reason
             log.error("session_not_built", session=cfg.id, reason=reason)
             self._emit(HubEvent(HubEventKind.STATE, cfg.id, self.snapshot(cfg.id)))
@@ -375,6 +460,7 @@ class Daemon:
                     return 1
                 log.info("bridge_started", bridge=name)
             # Reported once bridges observe, so the failures reach MQTT too.
+            self._report_override_notes()
             for failure in self.plugins.failures():
                 self.report("plugin_failed", plugin=failure.name, distribution=failure.distribution,
                             version=failure.version, error=failure.error)

@@ -175,6 +175,8 @@ class SessionRunner:
     async def end(self) -> None:
         """Stop wanting it: cancel supervision and leave the room."""
         self.wanted = False
+        for waiter in self._state_waiters:
+            waiter.set()  # sends waiting for a (re)connect stop waiting: it is not coming
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()

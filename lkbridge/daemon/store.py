@@ -16,7 +16,7 @@ from lkbridge.messages import MessageType, ReceivedMessage
 __all__ = ["DATABASE_NAME", "MessageStore", "StoreError"]
 
 DATABASE_NAME = "lkbridge.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS messages (
     type TEXT NOT NULL,
     text TEXT NOT NULL,
     final INTEGER NOT NULL,
+    reply_to TEXT,
     PRIMARY KEY (session_id, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_seq ON messages (session_id, seq);
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS send_ids (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS send_ids_by_time ON send_ids (session_id, accepted_at);
 """
+
+_MIGRATIONS = {
+    # version 1 -> 2: agent replies say which user_input they answer
+    2: "ALTER TABLE messages ADD COLUMN reply_to TEXT",
+}
 
 
 class StoreError(Exception):
@@ -90,9 +96,15 @@ class MessageStore:
                         f"history database {self.path} has schema version {version}; this"
                         f" lkbridge understands up to {SCHEMA_VERSION}"
                     )
+                columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                if columns:  # an existing database: bring it up to this version
+                    for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                        if target == 2 and "reply_to" in columns:
+                            continue
+                        db.execute(_MIGRATIONS[target])
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, StoreError) as exc:
             self._db.close()
@@ -171,13 +183,13 @@ class MessageStore:
     def load(self, session_id: str) -> list[ReceivedMessage]:
         """The session's history in first-arrival order (at most history_limit, newest kept)."""
         rows = self._read(
-            "SELECT id, timestamp, type, text, final FROM ("
+            "SELECT id, timestamp, type, text, final, reply_to FROM ("
             " SELECT * FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?"
             ") ORDER BY seq",
             (session_id, self.history_limit),
         )
         messages: list[ReceivedMessage] = []
-        for msg_id, timestamp, msg_type, text, final in rows:
+        for msg_id, timestamp, msg_type, text, final, reply_to in rows:
             try:
                 messages.append(
                     ReceivedMessage(
@@ -186,6 +198,7 @@ class MessageStore:
                         type=MessageType(str(msg_type)),
                         text=str(text),
                         final=bool(final),
+                        reply_to=str(reply_to) if reply_to is not None else None,
                     )
                 )
             except ValueError:
@@ -293,18 +306,24 @@ class MessageStore:
 
 def _upsert(db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> bool:
     """Upsert one message; True when it was new."""
-    values = (message.timestamp.isoformat(), message.type.value, message.text, int(message.final))
+    values = (
+        message.timestamp.isoformat(),
+        message.type.value,
+        message.text,
+        int(message.final),
+        message.reply_to,
+    )
     cursor = db.execute(
-        "UPDATE messages SET timestamp = ?, type = ?, text = ?, final = ?"
+        "UPDATE messages SET timestamp = ?, type = ?, text = ?, final = ?, reply_to = ?"
         " WHERE session_id = ? AND id = ?",
         (*values, session_id, message.id),
     )
     if cursor.rowcount:
         return False
     db.execute(
-        "INSERT INTO messages (session_id, id, seq, timestamp, type, text, final) VALUES"
-        " (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?),"
-        " ?, ?, ?, ?)",
+        "INSERT INTO messages (session_id, id, seq, timestamp, type, text, final, reply_to)"
+        " VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?),"
+        " ?, ?, ?, ?, ?)",
         (session_id, message.id, session_id, *values),
     )
     return True

@@ -32,6 +32,7 @@ from lkbridge.mqtt.types import (
     Outbox,
     OutgoingMessage,
     Payload,
+    Priority,
     PublishProperties,
     QueuedMessage,
     TlsSettings,
@@ -275,15 +276,20 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         properties: PublishProperties | Mapping[str, Any] | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> bool:
-        """Publish, or queue in order while disconnected; False when dropped (outbox full)."""
+        """Publish, or queue in order while disconnected; False when dropped (outbox full).
+
+        A LOW publish (a request answer) is dropped once the outbox is three quarters full, so
+        that events still fit; a REPORT publish may use a little room beyond the limit.
+        """
         if self._closing:
             raise MqttError("the MQTT client is closed")
         check_topic(topic, is_filter=False)
         check_qos(qos)
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         props = check_properties(properties) if properties else None
-        if not self._outbox.put(QueuedMessage(topic, data, qos, retain, props)):
+        if not self._outbox.put(QueuedMessage(topic, data, qos, retain, props), priority):
             limit, dropped = self._outbox.limit, self._outbox.dropped
             self._warn("mqtt_queue_full", limit=limit, dropped=dropped)
             return False

@@ -13,6 +13,7 @@ import structlog
 
 from lkbridge.errors import TransportError
 from lkbridge.messages import ReceivedMessage, SentMessage
+from lkbridge.mqtt.types import topic_matches
 from lkbridge.transports.base import ReceiverBase
 
 if TYPE_CHECKING:
@@ -324,23 +325,6 @@ class MqttTransport(ReceiverBase):
         own, self._own = self._own, None
         if own is not None:
             await own.aclose()
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether an MQTT topic name matches a filter with `+` and `#` wildcards."""
-    levels = topic.split("/")
-    for index, part in enumerate(topic_filter.split("/")):
-        if part == "#":
-            return not (index == 0 and topic.startswith("$"))
-        if index >= len(levels):
-            return False
-        if part == "+":
-            if index == 0 and topic.startswith("$"):
-                return False
-            continue
-        if part != levels[index]:
-            return False
-    return len(levels) == len(topic_filter.split("/"))
 
 
 class _ClientService:

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 import structlog
@@ -174,6 +175,34 @@ def check_topic(topic: str, *, is_filter: bool) -> None:
             raise MqttError(f"invalid MQTT topic filter {topic!r}: misplaced wildcard")
 
 
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether an MQTT topic name matches a filter (the rule of paho's topic_matches_sub)."""
+    return filters_overlap(topic_filter, topic)
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic name matches both filters (a topic name is a filter without wildcards).
+
+    The one copy of the MQTT matching rule: `+` is one level, `#` the parent level and every
+    level below it, and a topic starting with `$` is not matched by a wildcard first level.
+    """
+    la, lb = a.split("/"), b.split("/")
+    if (la[0] in ("+", "#") and lb[0].startswith("$")) or (
+        lb[0] in ("+", "#") and la[0].startswith("$")
+    ):
+        return False
+    for index in range(max(len(la), len(lb))):
+        x = la[index] if index < len(la) else None
+        y = lb[index] if index < len(lb) else None
+        if x == "#" or y == "#":
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and x != "+" and y != "+":
+            return False
+    return True
+
+
 def check_qos(qos: int) -> None:
     if qos not in (0, 1, 2):
         raise MqttError(f"invalid MQTT QoS {qos!r}: must be 0, 1 or 2")
@@ -228,10 +257,26 @@ class QueuedMessage:
         return max(0, math.ceil(interval - (now - self.queued_at)))
 
 
+class Priority(IntEnum):
+    """How much of a full outbox a publish may use (events win over answers)."""
+
+    LOW = 0
+    """Request answers: only the first three quarters of the outbox."""
+    NORMAL = 1
+    """State and message events: the whole outbox."""
+    REPORT = 2
+    """Reports of drops: a little room beyond the limit, so a drop is never silent."""
+
+
+REPORT_ROOM = 16
+
+
 class Outbox:
     """Outgoing messages waiting for the broker: first in, first out, bounded.
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
+    Low-priority messages (request answers) may fill only three quarters of it, so state and
+    message events still fit when a request flood fills the queue.
     """
 
     def __init__(self, limit: int) -> None:
@@ -244,8 +289,16 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, msg: QueuedMessage) -> bool:
-        if len(self._items) >= self.limit:
+    def room(self, priority: Priority) -> int:
+        """How many messages of this priority the outbox may hold."""
+        if priority is Priority.LOW:
+            return self.limit - self.limit // 4
+        if priority is Priority.REPORT:
+            return self.limit + REPORT_ROOM
+        return self.limit
+
+    def put(self, msg: QueuedMessage, priority: Priority = Priority.NORMAL) -> bool:
+        if len(self._items) >= self.room(priority):
             self.dropped += 1
             self.dropped_since_mark += 1
             return False

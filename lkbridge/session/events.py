@@ -97,6 +97,30 @@ class ErrorChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageUnanswered:
+    """A message this session sent will get no (whole) answer, or none came in time.
+
+    `reason` is `interrupted` (a newer message was sent before its reply was final; see
+    `superseded_by`), `ended` (the room or the agent went away first) or `timed_out` (no final
+    reply within `SessionOptions.reply_timeout`; a reply that still comes is stored as usual).
+    """
+
+    message_id: str
+    reason: str
+    superseded_by: str | None = None
+    at: datetime = field(default_factory=utcnow, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "unanswered",
+            "id": self.message_id,
+            "reason": self.reason,
+            "superseded_by": self.superseded_by,
+            "at": self.at.isoformat(timespec="milliseconds"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryRestored:
     """restore_message_history() replaced the whole history."""
 
@@ -104,7 +128,12 @@ class HistoryRestored:
 
 
 SessionEvent = (
-    ConnectionStateChanged | AgentChanged | MessageReceived | ErrorChanged | HistoryRestored
+    ConnectionStateChanged
+    | AgentChanged
+    | MessageReceived
+    | ErrorChanged
+    | HistoryRestored
+    | MessageUnanswered
 )
 Listener = Callable[[SessionEvent], object]
 

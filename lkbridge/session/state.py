@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
-from lkbridge.messages import MessageType, ReceivedMessage
+from lkbridge.messages import ReceivedMessage
 from lkbridge.session.agent import Agent
 from lkbridge.session.events import (
     AgentChanged,
@@ -39,7 +38,6 @@ class SessionState:
         self._error: SessionError | None = None
         self._history = MessageHistory(history_limit)
         self._hub = EventHub()
-        self._reply_target: str | None = None  # the latest user_input sent (see reply_to)
 
     @property
     def _log(self) -> Any:
@@ -134,12 +132,6 @@ class SessionState:
     # ------------------------------------------------------------------ messages
 
     def _store(self, message: ReceivedMessage) -> None:
-        if message.type is MessageType.AGENT_TRANSCRIPT and message.reply_to is None:
-            # A reply answers the latest text sent before its first chunk; later chunks keep it.
-            known = self._history.get(message.id)
-            reply_to = known.reply_to if known is not None else self._reply_target
-            if reply_to is not None:
-                message = dataclasses.replace(message, reply_to=reply_to)
         changed, previous = self._history.put(message)
         if changed:
             self._emit(

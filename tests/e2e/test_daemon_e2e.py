@@ -174,7 +174,7 @@ BAD_REQUESTS: list[tuple[str, str, bytes | str | dict[str, Any], str]] = [
     ("unknown-action", "session/explode", {"session": "lab"}, "unknown action"),
     ("restore-bad-message", "session/restore", {"session": "lab", "messages": [{"id": "x"}]}, "messages[0]"),
     ("too-large", "session/send", {"session": "lab", "text": "x" * 70_000}, "too large"),
-    ("add-bad-table", "session/add", {"session": "new-one", "config": {"token": {"source": "nope"}}}, "source"),
+    ("add-free-form", "session/add", {"session": "new-one", "config": {"token": {"source": "nope"}}}, "no longer takes"),
 ]
 
 

@@ -184,7 +184,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
     config = make_config(
         tmp_path, mqtt_broker, livekit_server, names, {"lab": None}, autostart=False
     )
-    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"replies-{base}/#")
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     probe.publish(f"{base}/lab/command", "start", retain=True)  # a stale retained command
     try:
         daemons(config)
@@ -196,7 +196,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
         assert not probe.seen(f"{base}/lab/state", state_is("connecting"))
         assert probe.seen(f"{base}/lab/connection_state")[-1].text == "disconnected"
 
-        reply_topic = f"replies-{base}/health"
+        reply_topic = f"{base}/replies/health"  # response topics must lie under {base}/
         mark = probe.mark()
         probe.publish(f"{base}/bridge/request/health_check", b"{}", response_topic=reply_topic,
                       correlation=b"corr-1")  # fmt: skip
@@ -229,18 +229,11 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
     )
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"{prefix}/#")
     try:
+        template = session_toml("shed", livekit_server, None, autostart=False)
+        config.write_text(config.read_text() + template.replace("[sessions.", "[templates."))
         daemon = daemons(config)
         await probe.wait_for(f"{base}/bridge/state", is_json(ONLINE))
-        table = {
-            "autostart": False,
-            "token": {
-                "source": "minted",
-                "url": livekit_server.url,
-                "api_key": livekit_server.api_key,
-                "api_secret": {"env": "LKB_TEST_API_SECRET"},
-            },
-        }
-        added = await request(probe, base, "session/add", {"session": "shed", "config": table})
+        added = await request(probe, base, "session/add", {"session": "shed", "template": "shed"})
         assert added["status"] == "ok", added
         await probe.wait_for(f"{prefix}/device/{base}_shed/config", lambda m: bool(m.payload))
         await probe.wait_for(f"{base}/shed/availability", lambda m: m.text == "online")
@@ -248,6 +241,8 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
                                                               "session": "shed"}))  # fmt: skip
         await probe.wait_for(f"{base}/bridge/info", lambda m: "shed" in m.json()["sessions"])
 
+        refused = await request(probe, base, "session/remove", {"session": "lab"})
+        assert "defined in the config file" in refused["error"]  # the operator's stays
         mark = probe.mark()
         removed = await request(probe, base, "session/remove", {"session": "shed"})
         assert removed["status"] == "ok", removed

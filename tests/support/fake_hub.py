@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
@@ -13,6 +13,7 @@ MESSAGE = {
     "type": "agent_transcript",
     "text": "hello",
     "final": True,
+    "reply_to": None,
 }
 
 
@@ -118,14 +119,22 @@ class FakeHub:
         self.calls.append(("dismiss_error", session_id))
         self.emit(HubEvent(HubEventKind.ERROR, session_id, None))
 
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    async def add_session(
+        self,
+        session_id: str,
+        template: str,
+        *,
+        agent_name: str | None = None,
+        agent_metadata: str | None = None,
+    ) -> dict[str, Any]:
         if session_id in self.sessions:
             raise HubError(f"session {session_id!r} already exists (remove it first)")
-        if "token" not in table:
-            raise HubError(f"sessions.{session_id}.token: missing")
+        if template != "assistant":
+            raise HubError(f"template: unknown template {template!r}; known: assistant")
         self.sessions[session_id] = {"session": session_id, "error": None}
         self.histories[session_id] = []
-        self.calls.append(("add", session_id, dict(table)))
+        table = {"template": template, "agent_name": agent_name, "agent_metadata": agent_metadata}
+        self.calls.append(("add", session_id, table))
         self.emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
         return dict(self.sessions[session_id])
 

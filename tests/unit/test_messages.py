@@ -31,8 +31,22 @@ def test_received_message_round_trips_through_json() -> None:
         "type": "agent_transcript",
         "text": "Hello there",
         "final": True,
+        "reply_to": None,
     }
     assert ReceivedMessage.from_dict(data) == message
+
+
+def test_reply_to_round_trips_and_is_optional_and_checked() -> None:
+    message = _message(reply_to="3f0c-sent-id")
+    data = message.to_dict()
+    assert data["reply_to"] == "3f0c-sent-id"
+    assert ReceivedMessage.from_dict(data) == message
+    del data["reply_to"]  # events of older versions have no such field
+    assert ReceivedMessage.from_dict(data).reply_to is None
+    with pytest.raises(ValueError, match="reply_to"):
+        ReceivedMessage.from_dict({**data, "reply_to": 7})
+    with pytest.raises(ValueError, match="reply_to"):
+        ReceivedMessage.from_dict({**data, "reply_to": ""})
 
 
 @pytest.mark.parametrize("kind", list(MessageType))
@@ -99,32 +113,3 @@ def test_sent_message_has_uuid_id_utc_time_and_a_loopback_form() -> None:
     assert (loopback.id, loopback.timestamp, loopback.text) == (sent.id, sent.timestamp, "hi")
     assert loopback.type is MessageType.USER_INPUT
     assert SentMessage.from_dict(json.loads(json.dumps(sent.to_dict()))).id == sent.id
-
-
-def test_reply_to_round_trips_and_is_left_out_when_none() -> None:
-    from datetime import UTC, datetime
-
-    from lkbridge.messages import MessageType, ReceivedMessage
-
-    reply = ReceivedMessage("SG_9", datetime(2026, 1, 1, tzinfo=UTC), MessageType.AGENT_TRANSCRIPT,
-                            "It is noon", True, reply_to="q-1")  # fmt: skip
-    assert reply.to_dict()["reply_to"] == "q-1"
-    assert ReceivedMessage.from_dict(reply.to_dict()) == reply
-    assert "reply_to" not in ReceivedMessage("x", reply.timestamp, MessageType.USER_INPUT, "hi").to_dict()
-
-
-def test_a_reply_keeps_the_question_it_started_after() -> None:
-    from datetime import UTC, datetime
-
-    from lkbridge.messages import MessageType, ReceivedMessage
-    from lkbridge.session.state import SessionState
-
-    state = SessionState()
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    state._reply_target = "q-1"
-    state._store(ReceivedMessage("SG_1", at, MessageType.AGENT_TRANSCRIPT, "It"))
-    state._reply_target = "q-2"  # sent while the first reply is still streaming
-    state._store(ReceivedMessage("SG_1", at, MessageType.AGENT_TRANSCRIPT, "It is", True))
-    state._store(ReceivedMessage("SG_2", at, MessageType.AGENT_TRANSCRIPT, "Next"))
-    replies = {m.id: m.reply_to for m in state.get_message_history()}
-    assert replies == {"SG_1": "q-1", "SG_2": "q-2"}

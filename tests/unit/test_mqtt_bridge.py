@@ -23,6 +23,7 @@ from lkbridge.mqtt.client import (
     MqttError,
     OutgoingMessage,
 )
+from lkbridge.mqtt.types import Outbox, Priority, QueuedMessage
 from tests.support.fake_hub import MESSAGE, FakeHub
 
 
@@ -47,6 +48,7 @@ class FakeClient:
         self.hooks: list[ConnectHook] = []
         self.incoming: asyncio.Queue[IncomingMessage | None] = asyncio.Queue()
         self.final: list[OutgoingMessage] | None = None
+        self.outbox: Outbox | None = None
 
     async def __aenter__(self) -> FakeClient:
         return self
@@ -60,10 +62,14 @@ class FakeClient:
 
     def publish_nowait(
         self, topic: str, payload: bytes = b"", qos: int = 1, retain: bool = False,
-        properties: Any = None,
+        properties: Any = None, priority: Priority = Priority.NORMAL,
     ) -> bool:  # fmt: skip
         if self.final is not None:
             raise MqttError("the MQTT client is closed")
+        if self.outbox is not None:  # a real bounded outbox, never drained (broker away)
+            queued = QueuedMessage(topic, bytes(payload), qos, retain, properties)
+            if not self.outbox.put(queued, priority):
+                return False
         self.published.append(Pub(topic, bytes(payload), qos, retain, properties))
         return True
 
@@ -261,7 +267,7 @@ async def test_session_added_and_removed(
 ) -> None:
     await client.connect()
     client.clear()
-    await hub.add_session("garage", {"token": {}})
+    await hub.add_session("garage", "assistant")
     assert client.on("lkb/garage/availability")[0].payload == b"online"
     assert client.on("homeassistant/device/lkb_garage/config")[0].retain
     assert {"event": "session_added", "session": "garage"} in events(client)
@@ -457,14 +463,14 @@ async def test_requests_are_answered_on_the_response_topic_and_v5_response_topic
     client.deliver(
         "lkb/bridge/request/session/start",
         '{"session": "kitchen", "transaction": "t1"}',
-        response_topic="me/replies",
+        response_topic="lkb/replies/me",
         correlation_data=b"\x01\x02",
     )
     client.deliver("lkb/bridge/request/health_check", "")
     await settle()
     [response] = client.on("lkb/bridge/response/session/start")
     assert response.json()["status"] == "ok" and response.json()["transaction"] == "t1"
-    [direct] = client.on("me/replies")
+    [direct] = client.on("lkb/replies/me")
     assert direct.payload == response.payload
     assert direct.properties == {"correlation_data": b"\x01\x02"}
     assert client.on("lkb/bridge/response/health_check")[0].json() == {

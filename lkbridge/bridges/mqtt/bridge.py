@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -22,18 +19,11 @@ from lkbridge.bridges.mqtt.discovery import (
     session_device_config,
     session_node_id,
 )
-from lkbridge.bridges.mqtt.router import (
-    EXPIRED,
-    BadPayload,
-    Command,
-    EmptyText,
-    Request,
-    Router,
-    parse_command,
-    parse_send,
-)
+from lkbridge.bridges.mqtt.incoming import Incoming
+from lkbridge.bridges.mqtt.router import Router, dumps
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config.models import Config, MqttConfig
+from lkbridge.log import redact_payload
 from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
@@ -45,6 +35,7 @@ from lkbridge.mqtt.client import (
     WillMessage,
 )
 from lkbridge.mqtt.service import SharedMqttService
+from lkbridge.mqtt.types import Priority
 
 log = structlog.get_logger(__name__)
 
@@ -52,16 +43,10 @@ ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
 HA_BIRTH_DELAY = (0.5, 3.0)
 """Seconds (random in this range) between Home Assistant's birth message and our re-publish."""
-LANE_LIMIT = 1000
-"""Commands waiting per session; more are refused (and reported) rather than queued forever."""
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-
-
-def dumps(data: Any) -> bytes:
-    """Compact UTF-8 JSON (values JSON cannot hold are written as their str())."""
-    return _encode(data).encode()
-
+INFO_LIMIT = 262_144
+"""Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
+REPORT_INTERVAL = 1.0
+"""Seconds between two reports of dropped events or refused requests (the first is at once)."""
 
 def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
     """[mqtt.tls] as client settings (None: no TLS)."""
@@ -90,9 +75,6 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
         will=WillMessage(topics.bridge_state, OFFLINE, qos=1, retain=True),
         queue_limit=mqtt.queue_limit,
     )
-
-
-Job = Callable[[], Awaitable[None]]
 
 
 def is_final_reply(data: Any) -> bool:
@@ -126,13 +108,29 @@ class MqttBridge:
         )
         self._ha = config.homeassistant.enabled
         self._ha_name = config.homeassistant.name
-        self._max_payload = config.mqtt.max_payload_bytes
-        self._router = Router(hub, max_payload_bytes=config.mqtt.max_payload_bytes)
+        control = config.control
+        self._router = Router(
+            hub, max_payload_bytes=config.mqtt.max_payload_bytes, control=control
+        )
         self._client = client or MqttClient(client_settings(config.mqtt, topics))
         self._ha_birth_delay = ha_birth_delay
-        self._service = SharedMqttService(self._client, topics.base)
+        self._own_filters = topics.subscriptions(homeassistant=self._ha)
+        self._service = SharedMqttService(self._client, topics.base, self._own_filters)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lanes: dict[str, deque[Job]] = {}
+        self._incoming = Incoming(
+            hub, topics, self._router, control,
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            own_filters=self._own_filters,
+            spawn=self._spawn,
+            publish=self._pub,
+            complain=self._complain,
+            count=self._count,
+            info_changed=self._publish_info,
+        )  # fmt: skip
+        self._counts = {"events_dropped": 0, "requests_refused": 0}  # not yet reported
+        self._totals = {"events_dropped": 0, "requests_refused": 0}
+        self._report_at = 0.0
+        self._report_handle: asyncio.TimerHandle | None = None
         self._scalars: dict[str, tuple[Any, str]] = {}  # session -> (connection, agent state)
         self._sessions: set[str] = set()  # sessions whose topics (and discovery) are out
         self._republish: asyncio.Task[None] | None = None
@@ -180,6 +178,8 @@ class MqttBridge:
         self._stopping = True
         if self._unobserve is not None:
             self._unobserve()
+        if self._report_handle is not None:
+            self._report_handle.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -208,18 +208,60 @@ class MqttBridge:
         return self._topics.session(session_id, leaf)
 
     def _pub(
-        self, topic: str, payload: bytes, *, retain: bool, properties: dict[str, Any] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        properties: dict[str, Any] | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> None:
-        """Queue one QoS 1 publish; never waits and never raises (the hot path)."""
+        """Queue one QoS 1 publish; never waits and never raises (the hot path).
+
+        Every publish of the bridge passes here, so here is where payloads are scrubbed of
+        secrets, and where a publish the outbox refuses is counted and reported at once.
+        """
         try:
-            self._client.publish_nowait(topic, payload, 1, retain, properties)
+            queued = self._client.publish_nowait(
+                topic, redact_payload(payload), 1, retain, properties, priority
+            )
         except MqttError as exc:
             if not self._stopping:
                 self._log.warning("mqtt_publish_refused", topic=topic, error=str(exc))
+            return
+        if not queued and priority is not Priority.REPORT:
+            self._count("events_dropped")
+
+    def _count(self, what: str) -> None:
+        """Count a dropped event or refused request; reported at once, then at most every 1 s."""
+        self._counts[what] += 1
+        self._totals[what] += 1
+        if self._report_handle is not None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._report_at + REPORT_INTERVAL - loop.time())
+        self._report_handle = loop.call_later(delay, self._report_counts)
+
+    def _report_counts(self) -> None:
+        self._report_handle = None
+        self._report_at = asyncio.get_running_loop().time()
+        for what, count in self._counts.items():
+            if count:
+                self._counts[what] = 0
+                total = self._totals[what]
+                self._log.warning(what, count=count, total=total)
+                payload = dumps({"event": what, "count": count, "total": total})
+                self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.REPORT)
 
     def event(self, name: str, **data: Any) -> None:
         """Publish a bridge-level event on `{base}/bridge/event` (not retained)."""
         self._pub(self._topics.bridge_event, dumps({"event": name, **data}), retain=False)
+
+    def _complain(self, name: str, **data: Any) -> None:
+        """An event about what a broker client sent (bad payload, refused command): these yield
+        to state and message events when the outgoing queue is full."""
+        payload = dumps({"event": name, **data})
+        self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.LOW)
 
     def _publish_info(self) -> None:
         try:
@@ -227,7 +269,15 @@ class MqttBridge:
         except Exception:
             self._log.exception("bridge_info_failed")
             return
-        self._pub(self._topics.bridge_info, dumps(info), retain=True)
+        payload = dumps(info)
+        if len(payload) > INFO_LIMIT:
+            sessions = list(info.get("sessions") or [])
+            info = {**info, "config": None, "truncated": True, "session_count": len(sessions)}
+            payload = dumps(info)
+            while len(payload) > INFO_LIMIT and info["sessions"]:
+                info["sessions"] = info["sessions"][: len(info["sessions"]) // 2]
+                payload = dumps(info)
+        self._pub(self._topics.bridge_info, payload, retain=True)
 
     def _publish_state(self, session_id: str, state: Any, *, force: bool = False) -> None:
         if not isinstance(state, dict):
@@ -390,10 +440,14 @@ class MqttBridge:
 
     async def _receive(self) -> None:
         async for message in self._client.messages():
+            # The bridge's own handling comes first and is never skipped: a transport
+            # subscription cannot take the bridge's topics away (and may not overlap them).
             try:
-                if self._service.dispatch(message):
-                    continue
                 self._dispatch(message)
+            except Exception:
+                self._log.exception("mqtt_message_failed", topic=message.topic)
+            try:
+                self._service.dispatch(message)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
 
@@ -406,119 +460,4 @@ class MqttBridge:
             if not message.retain and message.payload.strip() == b"online":
                 self._schedule_republish()
             return
-        if message.retain:
-            self.event("retained_ignored", topic=message.topic)
-            return
-        deadline = None
-        if message.message_expiry_interval:  # seconds left when it reached us
-            deadline = message.received_at + message.message_expiry_interval
-        if parsed.kind is Inbound.REQUEST:
-            self._request(parsed.action, message, deadline)
-            return
-        session_id = parsed.session_id
-        try:
-            if not is_valid_session_id(session_id):
-                raise BadPayload(f"{session_id!r} is not a valid session id")
-            if parsed.kind is Inbound.SEND:
-                send = parse_send(message.payload, self._max_payload)
-                job = self._send_job(message.topic, session_id, send.text, send.send_id, deadline)
-            else:
-                command = parse_command(message.payload, self._max_payload)
-                job = self._command_job(message.topic, session_id, command, deadline)
-        except EmptyText as exc:
-            # A clear failure of this session's send (HA's notify can publish an empty text).
-            self.event("send_failed", topic=message.topic, session=session_id, error=str(exc))
-            return
-        except BadPayload as exc:
-            self.event("bad_payload", topic=message.topic, error=str(exc))
-            return
-        if not self._enqueue(session_id, job):
-            self.event("command_dropped", topic=message.topic, error="too many commands queued")
-
-    def _enqueue(self, lane: str, job: Job) -> bool:
-        """Run job after the earlier jobs of the same lane (one session's commands in order)."""
-        queue = self._lanes.get(lane)
-        if queue is None:
-            queue = self._lanes[lane] = deque()
-            self._spawn(self._drain(lane, queue), f"mqtt-bridge-lane-{lane}")
-        elif len(queue) >= LANE_LIMIT:
-            return False
-        queue.append(job)
-        return True
-
-    async def _drain(self, lane: str, queue: deque[Job]) -> None:
-        try:
-            while queue:
-                job = queue.popleft()
-                try:
-                    await job()
-                except Exception:
-                    self._log.exception("mqtt_command_failed", session=lane)
-        finally:
-            if self._lanes.get(lane) is queue:
-                del self._lanes[lane]
-
-    def _expired(self, topic: str, deadline: float | None) -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            self.event("expired_ignored", topic=topic)
-            return True
-        return False
-
-    def _send_job(
-        self, topic: str, session_id: str, text: str, send_id: str | None, deadline: float | None
-    ) -> Job:
-        async def job() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                await self._hub.send(session_id, text, send_id=send_id)
-            except HubError as exc:
-                self.event("send_failed", topic=topic, session=session_id, error=str(exc))
-
-        return job
-
-    def _command_job(
-        self, topic: str, session_id: str, command: Command, deadline: float | None
-    ) -> Job:
-        async def job() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                if command is Command.START:
-                    await self._hub.start_session(session_id)
-                elif command is Command.END:
-                    await self._hub.end_session(session_id)
-                else:
-                    self._hub.dismiss_error(session_id)
-            except HubError as exc:
-                self.event("command_failed", topic=topic, session=session_id, error=str(exc))
-
-        return job
-
-    def _request(self, action: str, message: IncomingMessage, deadline: float | None) -> None:
-        request = self._router.prepare(action, message.payload)
-
-        async def job() -> None:
-            response = await self._router.run(request, deadline=deadline)
-            self._respond(request, message, response)
-
-        lane = request.session_id
-        if lane is None:
-            self._spawn(job(), f"mqtt-bridge-request-{action}")
-        elif not self._enqueue(lane, job):
-            self._respond(request, message, {"status": "error", "error": "too many requests"})
-
-    def _respond(self, request: Request, message: IncomingMessage, response: Any) -> None:
-        if request.has_transaction and "transaction" not in response:
-            response["transaction"] = request.transaction
-        payload = dumps(response)
-        self._pub(self._topics.response(request.action), payload, retain=False)
-        if message.response_topic:
-            props: dict[str, Any] = {}
-            if message.correlation_data is not None:
-                props["correlation_data"] = message.correlation_data
-            self._pub(message.response_topic, payload, retain=False, properties=props or None)
-        if response.get("status") == "ok" and request.action == "config/reload":
-            self._publish_info()
-        if response.get("error") == EXPIRED:
-            self.event("expired_ignored", topic=message.topic)
+        self._incoming.handle(parsed, message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lkbridge.config.schema import RESERVED_SESSION_IDS
+from lkbridge.config.schema import RESERVED_SESSION_IDS, bridge_subscriptions
 from lkbridge.config.schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
 
 # One definition of what a session id may be, shared with the config's validation.
@@ -135,10 +135,7 @@ class Topics:
 
     def subscriptions(self, *, homeassistant: bool) -> list[str]:
         """The topic filters the bridge subscribes to."""
-        filters = [self.request_filter, self.send_filter, self.command_filter]
-        if homeassistant:
-            filters.append(self.ha_status)
-        return filters
+        return bridge_subscriptions(self.base, self.discovery_prefix, homeassistant)
 
     def response(self, action: str) -> str:
         """`{base}/bridge/response/<action>`."""
