@@ -77,6 +77,7 @@ class SessionRunner:
         self._inflight_sends: set[str] = set()
         self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
         self._conversations: dict[str, str] = {}  # sent message id -> conversation id (bounded)
+        self._sending = 0  # texts being delivered right now (see snapshot "sending")
         self._state_waiters: list[asyncio.Event] = []
         self._log = log.bind(session=cfg.id)
         session.add_listener(self._on_event)
@@ -150,6 +151,9 @@ class SessionRunner:
             "room": session.room_name,
             "wanted": self.wanted,
             "restarts": self.restarts,
+            # A reply that becomes final while another text is on its way was cut short by it
+            # (agents interrupt and finalise): answer waiters need to know (Wyoming bridge).
+            "sending": self._sending,
             "timestamp": utcnow().isoformat(timespec="milliseconds"),
         }
 
@@ -279,9 +283,11 @@ class SessionRunner:
                     first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
                 return first | {"duplicate": True}
             self._inflight_sends.add(send_id)
+        self._sending += 1
         try:
             sent = await self.session.send_text(text)
         finally:
+            self._sending -= 1
             if send_id is not None:
                 self._inflight_sends.discard(send_id)
         if sent is None:

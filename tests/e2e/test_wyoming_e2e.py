@@ -306,3 +306,48 @@ async def test_an_earlier_reply_finishing_late_is_not_the_answer(
         assert Handled.from_event(answer).text == "the answer to the question"
     finally:
         probe.close()
+
+
+async def test_assist_with_an_agent_on_the_real_agents_framework(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    framework_agent: Any, daemons: Callable[[Path], DaemonProcess], base: str,
+) -> None:  # fmt: skip
+    """The same contract with a LiveKit Agents worker: its own answer, two at once, an answer
+    cut short by another message (the framework interrupts and finalises it), no answer."""
+    port = free_port()
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
+    try:
+        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons, {
+            "hall": (framework_agent.agent_name, port, {}, {"answer_timeout": 20}),
+        }, base)  # fmt: skip
+        await wait_listening(port, proc)
+
+        answer = await ask(port, "what time is it", conversation_id="01HFW")
+        assert Handled.from_event(answer).text == "You said: what time is it"
+
+        answers = await asyncio.gather(ask(port, "one [instant]"), ask(port, "two [instant]"))
+        assert [Handled.from_event(a).text for a in answers] == [
+            "You said: one [instant]", "You said: two [instant]",
+        ]  # fmt: skip
+
+        mark = probe.mark()
+        question = asyncio.create_task(ask(port, "a long story [slow 1]"))
+
+        def answering(m: Any) -> bool:
+            data = m.json() if m.payload else {}
+            return data.get("type") == "agent_transcript" and not data.get("final") and str(
+                data.get("text", "")).startswith("You said: a")
+
+        await probe.wait_for(f"{base}/hall/message", answering, after=mark, timeout=20)
+        probe.publish(f"{base}/hall/send", "never mind [instant]")
+        cut = await question
+        assert NotHandled.is_type(cut.type), cut
+        assert cut.data["context"]["reason"] == "interrupted"
+
+        silent = await ask(port, "say nothing [silent]", timeout=40)
+        assert NotHandled.is_type(silent.type) and silent.data["context"]["reason"] == "timeout"
+
+        answer = await ask(port, "still there? [instant]")
+        assert Handled.from_event(answer).text == "You said: still there? [instant]"
+    finally:
+        probe.close()

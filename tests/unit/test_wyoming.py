@@ -182,7 +182,9 @@ async def test_a_reply_finalised_because_the_session_is_ending_is_not_an_answer(
     assert desk._why_not_live() is Reason.ENDED  # being ended
     hub.change("s", wanted=True, agent={"lifecycle": "failed"})
     assert desk._why_not_live() is Reason.AGENT_LEFT
-    hub.change("s", agent={"lifecycle": "connected"})
+    hub.change("s", agent={"lifecycle": "connected"}, sending=1)
+    assert desk._why_not_live() is Reason.INTERRUPTED  # another text is on its way
+    hub.change("s", sending=0)
     assert desk._why_not_live() is None
 
 

@@ -181,7 +181,8 @@ class AnswerDesk:
         return self._waiting
 
     def _why_not_live(self) -> Reason | None:
-        """Why the session is no longer answering (it is being ended, or is gone), or None."""
+        """Asked when a final reply arrives: why it is not an answer (the session is being
+        ended or is gone, the agent failed, another text is being delivered), or None."""
         try:
             snapshot = self._hub.snapshot(self.session_id)
         except HubError:
@@ -191,6 +192,11 @@ class AnswerDesk:
         agent = snapshot.get("agent")
         if isinstance(agent, Mapping) and agent.get("lifecycle") == "failed":
             return Reason.AGENT_LEFT
+        sending = snapshot.get("sending")
+        if isinstance(sending, int) and sending > 0:
+            # Another text is on its way to the agent (ours was delivered already): the agent
+            # cut this reply short for it, and its loopback has not been seen yet.
+            return Reason.INTERRUPTED
         return None
 
     def feed(self, event: HubEvent) -> None:
