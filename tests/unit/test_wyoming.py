@@ -277,3 +277,9 @@ def test_zeroconf_names_and_addresses() -> None:
     assert advertised_addresses("127.0.0.1") == []
     assert advertised_addresses("::1") == []
     assert all(not a.startswith("127.") for a in advertised_addresses("0.0.0.0"))
+
+
+def test_a_template_cannot_carry_a_wyoming_table() -> None:
+    template = MINTED.replace("[sessions.kitchen", "[templates.assistant")
+    problem = one_problem(template + "[templates.assistant.wyoming]\nport = 10700\n")
+    assert problem.startswith("templates.assistant.wyoming: cannot be in a template")
