@@ -63,6 +63,9 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mos
 command -v mosquitto_pub >/dev/null || need_pkgs+=(mosquitto-clients)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
+# The systemd test (scripts/test-systemd) boots Debian in a container made with debootstrap.
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need_pkgs+=(systemd-container)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         step "installing ${need_pkgs[*]} from Debian's packages"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lkbridge.config.files import load_config, unknown_name_problems
+from lkbridge.config.files import OVERRIDES_FILE, load_config, load_overrides, unknown_name_problems
 from lkbridge.config.models import Config, ConfigError, Problem
 from lkbridge.config.secrets import SecretError, SecretKind
 from lkbridge.plugins.host import load_plugins
@@ -33,7 +33,24 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
         config = load_config(path)
     except ConfigError as exc:
         return False, _render(path, exc.problems)
+    # The sessions the daemon would run: the runtime overrides from the state directory too.
+    overrides_path = config.state.directory / OVERRIDES_FILE
+    overrides_problems: list[Problem] = []
+    from_overrides = 0
+    try:
+        overrides = load_overrides(overrides_path)
+    except ConfigError as exc:
+        note = " (lkbridge ignores this file and runs the config file's sessions only)"
+        where = str(overrides_path)
+        overrides_problems = [
+            Problem(p.path if p.path.startswith(where) else f"{where}: {p.path}", p.message + note)
+            for p in exc.problems
+        ]
+    else:
+        from_overrides = len(overrides.sessions)
+        config = overrides.apply(config)
     problems, notes = _secret_problems(config)
+    problems = overrides_problems + problems
     host = load_plugins(config.plugins.disable)
     senders = [n for n, spec in host.transports.items() if spec.can_send]
     receivers = [n for n, spec in host.transports.items() if spec.can_receive]
@@ -43,6 +60,8 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
     if problems:
         return False, _render(path, problems)
     sessions = ", ".join(config.sessions) or "none"
+    if from_overrides:
+        sessions += f"; {from_overrides} from {overrides_path}"
     summary = (
         f"{path}: OK — {len(config.sessions)} session(s) ({sessions}); MQTT "
         f"{config.mqtt.host}:{config.mqtt.port} base topic {config.mqtt.base_topic!r}"

@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file; exit 2 listing every problem")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file ({DEFAULT_CONFIG})")
 
+    reload = sub.add_parser(
+        "reload", help="make a running daemon re-read its config; fails if it refuses the config"
+    )
+    reload.add_argument("--pid", type=int, required=True, help="the daemon's process id ($MAINPID)")
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+
     init = sub.add_parser("init", help="write a starter config (never overwrites)")
     init.add_argument("file", help="where to write it")
 
@@ -85,13 +91,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from lkbridge.config.files import load_config
     from lkbridge.config.models import ConfigError
+    from lkbridge.daemon import systemd
     from lkbridge.daemon.core import Daemon
     from lkbridge.log import configure_logging
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"lkbridge: {args.config}: invalid configuration:\n{exc}", file=sys.stderr)
+        # Exit 2: the unit's RestartPreventExitStatus=2 stops the restart loop, an operator must act.
+        hint = ""
+        if "Permission denied" in str(exc):
+            hint = (
+                "\nlkbridge runs as a dynamic user: the config directory must be 0755 and the file"
+                " 0644 (secrets belong in LoadCredential=); see docs/deployment.md, Upgrades"
+            )
+        print(f"lkbridge: {args.config}: invalid configuration:\n{exc}{hint}", file=sys.stderr)
+        systemd.status(f"invalid configuration: {exc}"[:400])
         return 2
     configure_logging(args.log_level or config.log.level, config.log.format)
 
@@ -106,6 +121,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from lkbridge.daemon.systemd import request_reload
+
+    ok, message = request_reload(args.pid, timeout=args.timeout)
+    print(f"lkbridge reload: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -183,8 +206,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return _client_command(args, lambda target: chat(target, args.session))
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "init": cmd_init, "plugins": cmd_plugins,
-            "demo": cmd_demo, "send": cmd_send, "status": cmd_status, "chat": cmd_chat}
+COMMANDS = {"run": cmd_run, "check": cmd_check, "reload": cmd_reload, "init": cmd_init,
+            "plugins": cmd_plugins, "demo": cmd_demo, "send": cmd_send, "status": cmd_status, "chat": cmd_chat}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

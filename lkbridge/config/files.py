@@ -267,7 +267,11 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     }
     text = STARTER_HEADER + tomli_w.dumps(data)
     try:
-        with open(file, "x", encoding="utf-8") as handle:
+        # 0644 whatever the umask: a service's dynamic user must read it, and it holds no
+        # secrets (those are references to env vars, files or systemd credentials).
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)
             handle.write(text)
     except FileExistsError as exc:
         message = "already exists; refusing to overwrite it (choose another path or remove it)"

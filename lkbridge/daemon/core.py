@@ -27,7 +27,7 @@ from lkbridge.config.models import Config, ConfigError, Overrides, SessionConfig
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.runner import Backoff, SessionRunner
-from lkbridge.daemon.store import MessageStore
+from lkbridge.daemon.state import HistoryOpening, move_aside, open_history
 from lkbridge.log import redact_text
 from lkbridge.messages import ReceivedMessage
 from lkbridge.plugins.host import PluginHost, load_plugins
@@ -47,11 +47,18 @@ class Daemon:
         backoff_max: float = 60.0,
     ) -> None:
         self.config_path = Path(config_path)
+        self.overrides_problem: str | None = None  # why the overrides file is being ignored
+        self._startup_notices: list[dict[str, Any]] = []  # reported once bridges observe
+        self._bridges: list[Any] = []
+        self._bridges_up = False
         self.config: Config = self._load_config()
         self.plugins = plugins or load_plugins(self.config.plugins.disable)
-        self.store = MessageStore.in_directory(
+        self.history_opening: HistoryOpening = open_history(
             self.config.state.directory, history_limit=self.config.state.history_limit
         )
+        self.store = self.history_opening.store
+        self._startup_notices.extend(self.history_opening.notices)
+        self.reload_error: str | None = None  # the last reload's failure, until one succeeds
         self.runners: dict[str, SessionRunner] = {}
         self.broken: dict[str, str] = {}  # session id -> why it could not be built
         self.services: dict[str, Any] = {}
@@ -72,8 +79,23 @@ class Daemon:
 
     def _load_config(self) -> Config:
         base = load_config(self.config_path)
-        overrides = load_overrides(base.state.directory / OVERRIDES_FILE)
         self.base_session_ids = frozenset(base.sessions)
+        path = base.state.directory / OVERRIDES_FILE
+        try:
+            overrides = load_overrides(path)
+        except ConfigError as exc:
+            # A broken overrides file must not keep the sessions of the config file down: it is
+            # ignored (and kept: moved aside before lkbridge writes a new one) and reported.
+            problem = "; ".join(str(p) for p in exc.problems)
+            overrides = Overrides()
+            if problem != self.overrides_problem:
+                log.error("overrides_ignored", file=str(path), reason=problem)
+                self._state_notice(
+                    {"event": "overrides_ignored", "file": str(path), "reason": problem}
+                )
+            self.overrides_problem = problem
+        else:
+            self.overrides_problem = None
         self.overrides: Overrides = overrides
         # What of the overrides file is not used, said in the log and on bridge/event.
         self.override_notes = [*overrides.ignored, *overrides.unresolved(base)]
@@ -84,6 +106,21 @@ class Daemon:
     def _report_override_notes(self) -> None:
         for note in self.override_notes:
             self.report("override_ignored", reason=note)
+
+    def _state_notice(self, notice: dict[str, Any]) -> None:
+        """Report on bridge/event now, or as soon as the bridges observe (at start)."""
+        if self._bridges_up:
+            self.report(**notice)
+        else:
+            self._startup_notices.append(notice)
+
+    def state_status(self) -> dict[str, Any]:
+        """What is wrong with the state directory, for bridge/info and health_check."""
+        return {
+            "directory": str(self.config.state.directory),
+            "history": self.history_opening.status(),
+            "overrides_problem": self.overrides_problem,
+        }
 
     # -- hub: observation ------------------------------------------------------------------
 
@@ -149,6 +186,8 @@ class Daemon:
             "plugins": self.plugins.describe(),
             "plugin_conflicts": list(self.plugins.conflicts),
             "config": self.config.redacted(),
+            "state": self.state_status(),
+            "last_reload_error": self.reload_error,
         }
 
     def health(self) -> dict[str, Any]:
@@ -158,6 +197,8 @@ class Daemon:
             "uptime": round(time.monotonic() - self._started_at, 1),
             "sessions": states,
             "broken_sessions": dict(self.broken),
+            "state": self.state_status(),
+            "last_reload_error": self.reload_error,
         }
 
     # -- hub: commands ---------------------------------------------------------------------
@@ -267,6 +308,14 @@ class Daemon:
             return self.snapshot(session_id)
 
     def _write_overrides(self, overrides: Overrides) -> None:
+        """Write the overrides file; a broken one that was ignored is moved aside first."""
+        if self.overrides_problem is not None and self.overrides_path.exists():
+            try:
+                aside = move_aside(self.overrides_path, "broken")
+            except OSError as exc:
+                raise HubError(f"cannot move the broken overrides file aside: {exc}") from exc
+            log.warning("overrides_moved_aside", file=str(self.overrides_path), moved_to=str(aside))
+            self.report("overrides_moved_aside", file=str(self.overrides_path), moved_to=str(aside))
         try:
             write_overrides(
                 self.overrides_path,
@@ -278,6 +327,7 @@ class Daemon:
             reason = exc.strerror or type(exc).__name__
             log.error("overrides_not_written", error=reason)
             raise HubError(f"the overrides file cannot be written: {reason}") from exc
+        self.overrides_problem = None
 
     def _unknown_names(self, cfg: SessionConfig) -> list[str]:
         """Transport and token source names that no loaded plugin provides."""
@@ -349,7 +399,11 @@ class Daemon:
         try:
             new = self._load_config()
         except ConfigError as exc:
+            self.reload_error = str(exc)
+            log.error("config_reload_failed", reason=self.reload_error)
+            self.report("config_reload_failed", error=self.reload_error)
             raise HubError(f"config not reloaded: {exc}") from exc
+        self.reload_error = None
         diff = diff_configs(self.config, new)
         # A session that could not be built (e.g. a secret was missing) is tried again.
         retried = [sid for sid in diff.unchanged if sid in self.broken]
@@ -429,12 +483,20 @@ class Daemon:
     def _request_reload(self) -> None:
         async def reload() -> None:
             systemd.reloading()
+            ok, message = False, "reload did not finish"
             try:
-                await self.reload()
+                result = await self.reload()
+                ok, message = True, "reloaded: " + ", ".join(
+                    f"{k} {len(v)}" for k, v in result.items() if v
+                )
             except HubError as exc:
-                log.error("config_reload_failed", reason=str(exc))
+                message = str(exc)
             finally:
-                systemd.notify("READY=1")
+                # READY=1 either way (the daemon runs on), but STATUS says when it kept the old
+                # config, and `lkbridge reload` (ExecReload) gets the verdict and fails with it.
+                line = self._status_line(self._bridges)
+                systemd.notify("READY=1", f"STATUS={line}")
+                systemd.write_reload_verdict(ok, message)
 
         task = asyncio.get_running_loop().create_task(reload(), name="config-reload")
         self._reload_task = task
@@ -474,6 +536,12 @@ class Daemon:
             # reason to hold back start-up).
             await asyncio.gather(*(self._wait_bridge(b) for b in bridges))
             count = len(self.runners)
+            self._bridges = bridges
+            # Whatever was wrong with the state directory, now that bridges can tell it.
+            self._bridges_up = True
+            for notice in self._startup_notices:
+                self.report(**notice)
+            self._startup_notices.clear()
             systemd.ready(self._status_line(bridges))
             log.info("daemon_ready", sessions=count, broken=len(self.broken), version=__version__)
             watchdog = systemd.Watchdog()
@@ -504,11 +572,17 @@ class Daemon:
                         waited=self.bridge_ready_timeout)
 
     def _status_line(self, bridges: list[Any]) -> str:
-        connected = sum(1 for r in self.runners.values() if r.session.is_connected)
+        connected = sum(1 for r in self.runners.values() if r.connected)
         parts = [f"{connected}/{len(self.runners)} session(s) connected"]
         if self.broken:
             parts.append(f"{len(self.broken)} broken")
         parts.extend(b.status() for b in bridges if hasattr(b, "status"))
+        if not self.store.persisted:
+            parts.append("history not persisted")
+        if self.overrides_problem is not None:
+            parts.append("overrides file ignored")
+        if self.reload_error is not None:
+            parts.append(f"reload failed, previous config kept: {self.reload_error[:200]}")
         return "; ".join(parts)
 
     async def _report_status(self, bridges: list[Any], interval: float = 5.0) -> None:

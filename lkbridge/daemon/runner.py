@@ -120,6 +120,9 @@ class SessionRunner:
         if self._store_failing:
             self._store_failing = False
             self._log.info("history_saved_again")
+            self._emit(HubEvent(HubEventKind.BRIDGE, "", {
+                "event": "history_saved_again", "session": self.id,
+            }))
 
     def error_data(self) -> dict[str, Any] | None:
         """The current error for MQTT, with anything secret-looking scrubbed from its text."""
@@ -145,7 +148,8 @@ class SessionRunner:
         return {
             "session": self.id,
             "connection_state": session.connection_state.value,
-            "is_connected": session.is_connected,
+            # Connected means connected (not connecting or reconnecting, unlike Session's flag).
+            "is_connected": self.connected,
             "agent": session.agent.to_dict(),
             "error": self.error_data(),
             "room": session.room_name,
@@ -156,6 +160,11 @@ class SessionRunner:
             "sending": self._sending,
             "timestamp": utcnow().isoformat(timespec="milliseconds"),
         }
+
+    @property
+    def connected(self) -> bool:
+        """In the room now (Session.is_connected is also true while connecting)."""
+        return self.session.connection_state is ConnectionState.CONNECTED
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -267,6 +276,13 @@ class SessionRunner:
                 if changed in self._state_waiters:
                     self._state_waiters.remove(changed)
 
+    def _stored(self, send_id: str) -> bool:
+        try:
+            return self.store.seen_send_id(self.id, send_id)
+        except StoreError as exc:
+            self._log.error("send_id_not_checked", error=str(exc))
+            return False
+
     async def send(
         self, text: str, send_id: str | None, *, conversation_id: str | None = None
     ) -> dict[str, Any]:
@@ -277,7 +293,9 @@ class SessionRunner:
         """
         await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
         if send_id is not None:
-            if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
+            # Memory first: the store may be failing (a full disk) and must not be the only
+            # record, or a repeated id would be carried out again.
+            if send_id in self._inflight_sends or send_id in self._answers or self._stored(send_id):
                 first = self._answers.get(send_id)
                 if first is None:
                     first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}

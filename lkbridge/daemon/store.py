@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -46,8 +46,28 @@ _MIGRATIONS = {
 }
 
 
+# SQLite's primary result codes that mean the file itself is damaged (not the disk or rights).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
 class StoreError(Exception):
-    """The history database could not be opened, read or written."""
+    """The history database could not be opened, read or written.
+
+    `corrupt` is true when SQLite says the file is damaged or not a database at all (moving it
+    aside helps); false for a full or read-only disk, missing rights, and the like.
+    """
+
+    def __init__(self, message: str, *, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc)
 
 
 class MessageStore:
@@ -70,6 +90,7 @@ class MessageStore:
         send_id_limit: int = 10_000,
         send_id_ttl: float = 7 * 24 * 3600.0,
         synchronous: Literal["NORMAL", "FULL"] = "FULL",
+        verify: bool = False,
     ) -> None:
         if history_limit < 0 or send_id_limit < 1 or send_id_ttl <= 0:
             raise ValueError("history_limit >= 0, send_id_limit >= 1 and send_id_ttl > 0")
@@ -79,15 +100,28 @@ class MessageStore:
         self.history_limit = history_limit
         self.send_id_limit = send_id_limit
         self.send_id_ttl = send_id_ttl
+        self.in_memory = str(path) == ":memory:"
+        self.write_error: str | None = None  # the last write's failure, until one succeeds
         try:
             # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE … COMMIT) below.
             self._db: sqlite3.Connection | None = sqlite3.connect(
                 self.path, isolation_level=None, timeout=5.0
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open history database {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot open history database {self.path}: {exc}", corrupt=_is_corrupt(exc)
+            ) from exc
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if verify:
+                # Damaged pages may only show up when read: check them all now, at start.
+                problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StoreError(
+                        f"history database {self.path} is damaged: {'; '.join(problems)}",
+                        corrupt=True,
+                    )
+            if not self.in_memory:
+                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             with self._transaction() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -111,7 +145,32 @@ class MessageStore:
             self._db = None
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"cannot use history database {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot use history database {self.path}: {exc}", corrupt=_is_corrupt(exc)
+            ) from exc
+
+    @classmethod
+    def in_memory_copy(cls, source: Path | None = None, *, history_limit: int = 1000) -> MessageStore:
+        """A store that lives in memory only, starting with what `source` holds if it can be read
+        (a read-only disk keeps its history readable); empty otherwise."""
+        store = cls(":memory:", history_limit=history_limit)
+        if source is not None and source.exists():
+            try:
+                # immutable: a read-only directory cannot hold the -shm file a WAL reader needs.
+                src = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True, timeout=1.0)
+                try:
+                    src.backup(store._conn())
+                finally:
+                    src.close()
+            except sqlite3.Error:
+                store.close()
+                store = cls(":memory:", history_limit=history_limit)
+        return store
+
+    @property
+    def persisted(self) -> bool:
+        """Whether what is stored now reaches the disk (not in memory, last write succeeded)."""
+        return not self.in_memory and self.write_error is None
 
     @classmethod
     def in_directory(cls, directory: str | Path, *, history_limit: int = 1000) -> MessageStore:
@@ -138,17 +197,23 @@ class MessageStore:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back by itself (disk full)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"history database {self.path}: {exc}") from exc
+            if db.in_transaction:
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self.write_error = str(exc)
+            raise StoreError(f"history database {self.path}: {exc}", corrupt=_is_corrupt(exc)) from exc
+        self.write_error = None
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"history database {self.path}: {exc}") from exc
+            raise StoreError(f"history database {self.path}: {exc}", corrupt=_is_corrupt(exc)) from exc
 
     @property
     def journal_mode(self) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 
 from lkbridge.log import get_logger
@@ -17,11 +20,15 @@ __all__ = [
     "notify",
     "ready",
     "reloading",
+    "request_reload",
     "status",
     "stopping",
     "watchdog_interval",
     "watchdog_ping",
+    "write_reload_verdict",
 ]
+
+VERDICT_FILE = "reload-verdict.json"
 
 _log = get_logger(__name__)
 
@@ -64,6 +71,59 @@ def reloading() -> bool:
     """RELOADING=1 with the MONOTONIC_USEC that Type=notify-reload expects; send READY=1 after."""
     usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     return notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+
+def _verdict_path(environ: Mapping[str, str] | None) -> Path | None:
+    env = os.environ if environ is None else environ
+    folder = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(folder) / VERDICT_FILE if folder else None
+
+
+def write_reload_verdict(ok: bool, message: str, *, environ: Mapping[str, str] | None = None) -> bool:
+    """Leave the outcome of a reload in $RUNTIME_DIRECTORY for `lkbridge reload` to read."""
+    path = _verdict_path(environ)
+    if path is None:
+        return False
+    data = {"serial": time.monotonic_ns(), "ok": ok, "message": message[:2000]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError as exc:
+        _log.warning("reload_verdict_not_written", error=str(exc))
+        return False
+    return True
+
+
+def _read_verdict(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def request_reload(
+    pid: int, *, timeout: float = 60.0, environ: Mapping[str, str] | None = None
+) -> tuple[bool, str]:
+    """SIGHUP the daemon and wait for its verdict: (ok, message). ExecReload runs this, so
+    `systemctl reload` fails when the new config is refused. Without $RUNTIME_DIRECTORY (not
+    under systemd) only the signal is sent."""
+    path = _verdict_path(environ)
+    before = _read_verdict(path) if path is not None else None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        return False, f"cannot signal process {pid}: {exc.strerror or exc}"
+    if path is None:
+        return True, "SIGHUP sent (no RUNTIME_DIRECTORY: the outcome is in the log)"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        verdict = _read_verdict(path)
+        if verdict is not None and (before is None or verdict.get("serial") != before.get("serial")):
+            return bool(verdict.get("ok")), str(verdict.get("message", ""))
+        time.sleep(0.05)
+    return False, f"no answer from process {pid} within {timeout:g} s"
 
 
 def watchdog_ping() -> bool:

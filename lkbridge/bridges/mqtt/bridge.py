@@ -47,6 +47,12 @@ INFO_LIMIT = 262_144
 """Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
 REPORT_INTERVAL = 1.0
 """Seconds between two reports of dropped events or refused requests (the first is at once)."""
+# Bridge events after which the retained bridge/info is out of date (config or state directory).
+INFO_CHANGING_EVENTS = frozenset({
+    "config_reloaded", "config_reload_failed", "overrides_ignored", "overrides_moved_aside",
+    "history_not_saved", "history_saved_again",
+})
+
 
 def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
     """[mqtt.tls] as client settings (None: no TLS)."""
@@ -399,7 +405,7 @@ class MqttBridge:
             self._publish_info()
         elif kind is HubEventKind.BRIDGE:
             self._pub(self._topics.bridge_event, dumps(dict(data or {})), retain=False)
-            if data and data.get("event") == "config_reloaded":
+            if data and data.get("event") in INFO_CHANGING_EVENTS:
                 self._publish_info()
 
     # -- connection --------------------------------------------------------------------------

@@ -41,6 +41,7 @@ BRIDGE_EVENT_TYPES: tuple[str, ...] = (
     "session_added",
     "session_removed",
     "config_reloaded",
+    "config_reload_failed",
     "other",
 )
 """Event types of the bridge device's event entity; any other bridge event fires as `other`."""
