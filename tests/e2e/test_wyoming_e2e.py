@@ -318,9 +318,14 @@ async def test_assist_with_an_agent_on_the_real_agents_framework(
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
         proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons, {
-            "hall": (framework_agent.agent_name, port, {}, {"answer_timeout": 20}),
+            "hall": (framework_agent.agent_name, port, {"agent_connect_timeout": 60},
+                     {"answer_timeout": 30}),
         }, base)  # fmt: skip
         await wait_listening(port, proc)
+        # The framework's job process can take long to start on a loaded machine: the
+        # answer_timeout is about answers, so wait for the agent first.
+        await probe.wait_for(f"{base}/hall/agent_state", lambda m: m.text == "listening",
+                             timeout=90)  # fmt: skip
 
         answer = await ask(port, "what time is it", conversation_id="01HFW")
         assert Handled.from_event(answer).text == "You said: what time is it"
@@ -344,7 +349,7 @@ async def test_assist_with_an_agent_on_the_real_agents_framework(
         assert NotHandled.is_type(cut.type), cut
         assert cut.data["context"]["reason"] == "interrupted"
 
-        silent = await ask(port, "say nothing [silent]", timeout=40)
+        silent = await ask(port, "say nothing [silent]", timeout=60)
         assert NotHandled.is_type(silent.type) and silent.data["context"]["reason"] == "timeout"
 
         answer = await ask(port, "still there? [instant]")
