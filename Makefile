@@ -15,6 +15,7 @@ demo: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: bootstrap lint systemd-prepare
 	scripts/netns-run $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -36,4 +37,4 @@ bench: bootstrap
 	scripts/netns-run $(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-agent test-logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-agent test-logs .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -35,9 +35,11 @@ LEVELS: Mapping[str, int] = {
 FORMATS = ("auto", "json", "console")
 REDACTED = "***"
 
-# Keys whose values are never logged: password, api_secret, participant_token, Authorization…
+# Keys whose values are secrets: never logged, and plugin options of these names are read as
+# secrets by the config (password, api_secret, participant_token, Authorization, private_key…).
 _SECRET_KEY = re.compile(
-    r"(^|[_.-])(password|passwd|secret|token|api_?key|authorization|credentials?|cookie)$",
+    r"(^|[_.-])(password|passwd|secret|token|api_?key|authorization|auth|credential|cookie"
+    r"|private_?key)s?$",
     re.IGNORECASE,
 )
 # A JWT: three base64url parts, the header starting with eyJ ('{"' encoded).
@@ -107,7 +109,8 @@ def redact_payload(payload: bytes) -> bytes:
     return payload if cleaned == text else cleaned.encode("utf-8")
 
 
-def _is_secret_key(key: object) -> bool:
+def looks_secret(key: object) -> bool:
+    """Whether a value under this key (a log field, a plugin option) is a secret."""
     return isinstance(key, str) and bool(_SECRET_KEY.search(key))
 
 
@@ -118,7 +121,7 @@ def _redact(value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, Mapping):
         return {
-            k: (REDACTED if _is_secret_key(k) and v is not None else _redact(v))
+            k: (REDACTED if looks_secret(k) and v is not None else _redact(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):
@@ -135,7 +138,7 @@ def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict)
     for key, value in list(event_dict.items()):
         if key.startswith("_"):
             continue  # structlog's own metadata (the stdlib record), never rendered
-        if _is_secret_key(key) and value is not None:
+        if looks_secret(key) and value is not None:
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _redact(value)

@@ -16,15 +16,14 @@ from typing import Any, TextIO
 import structlog
 
 from lkbridge.bridges.mqtt.bridge import tls_settings
-from lkbridge.bridges.mqtt.topics import base_topic_problem
+from lkbridge.config import DEFAULT_CONFIG
 from lkbridge.config.models import MqttConfig
 from lkbridge.errors import LkbridgeError
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
-from lkbridge.mqtt.types import topic_matches
+from lkbridge.mqtt.topic import base_topic_problem, topic_matches
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_CONFIG = "/etc/lkbridge/config.toml"
 CONFIG_ENV = "LKBRIDGE_CONFIG"
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lkbridge import __version__
-
-DEFAULT_CONFIG = "/etc/lkbridge/config.toml"
+from lkbridge.config import DEFAULT_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("session")
     for client in (send, status, chat):
         client.add_argument("-c", "--config", help="its [mqtt] settings are used "
-                            "($LKBRIDGE_CONFIG, else /etc/lkbridge/config.toml if it exists)")
+                            f"($LKBRIDGE_CONFIG, else {DEFAULT_CONFIG} if it exists)")
         client.add_argument("--host", help="MQTT broker host (overrides the config)")
         client.add_argument("--port", type=int, help="MQTT broker port (overrides the config)")
         client.add_argument("--base-topic", help="MQTT base topic (overrides the config)")

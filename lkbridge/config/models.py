@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from lkbridge.config.secrets import Secret, SecretError
 from lkbridge.errors import redact_url
+from lkbridge.tokens.sources import DEVELOPMENT_BASE_URL
 
 __all__ = [
     "DEFAULT_DEVELOPMENT_BASE_URL",
@@ -48,7 +49,7 @@ __all__ = [
 K = TypeVar("K")
 V = TypeVar("V")
 
-DEFAULT_DEVELOPMENT_BASE_URL = "https://cloud-api.livekit.io"
+DEFAULT_DEVELOPMENT_BASE_URL = DEVELOPMENT_BASE_URL
 
 
 class FrozenMap(Mapping[K, V]):
@@ -144,10 +145,6 @@ class StateConfig:
     directory: Path = Path("/var/lib/lkbridge")
     history_limit: int = 1000
 
-    @property
-    def overrides_file(self) -> Path:
-        return self.directory / "overrides.toml"
-
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -163,9 +160,10 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class PluginsConfig:
-    """[plugins]: plugin names not to load."""
+    """[plugins]: plugin names not to load; whether the daemon may run without any bridge."""
 
     disable: tuple[str, ...] = ()
+    allow_no_bridge: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from lkbridge.config.models import FrozenMap, Problem
 from lkbridge.config.secrets import REFERENCE_KINDS, Secret, looks_secret, parse_secret
+from lkbridge.mqtt.topic import base_topic_problem
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # plugin, transport, token source names
 INLINE_REFUSED = (
@@ -64,18 +65,6 @@ def url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
         return f"must be {allowed}"
     if not host:
         return "must include a host name"
-    return None
-
-
-def topic_problem(value: str) -> str | None:
-    if "+" in value or "#" in value:
-        return "must not contain the MQTT wildcards + or #"
-    if "\0" in value:
-        return "must not contain NUL characters"
-    if any(level == "" for level in value.split("/")):
-        return "must not have empty topic levels (a leading, trailing or double /)"
-    if value.startswith("$"):
-        return "must not start with $ (reserved for the broker)"
     return None
 
 
@@ -215,7 +204,7 @@ class TableReader:
 
     def topic(self, key: str, default: str) -> str:
         value = self.string(key, default)
-        problem = topic_problem(value)
+        problem = base_topic_problem(value)
         if problem:
             self.report(key, problem)
         return value

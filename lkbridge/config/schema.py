@@ -407,7 +407,10 @@ def config_from_dict(
         format=cast(LogFormat, log_table.choice("format", "auto", _FORMATS)),
     )
     plugins_table = _section(root, "plugins")
-    plugins = PluginsConfig(disable=plugins_table.names("disable", ()))
+    plugins = PluginsConfig(
+        disable=plugins_table.names("disable", ()),
+        allow_no_bridge=plugins_table.boolean("allow_no_bridge", False),
+    )
     ha_table = _section(root, "homeassistant")
     homeassistant = HomeAssistantConfig(
         enabled=ha_table.boolean("enabled", True),

@@ -14,7 +14,19 @@ from typing import Any
 import structlog
 
 from lkbridge import __version__
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
+from lkbridge.backoff import Backoff
+from lkbridge.bridges.hub import (
+    Bridge,
+    DaemonNotice,
+    ErrorInfo,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    HubListener,
+    SessionChange,
+    SessionSnapshot,
+    UnknownSession,
+)
 from lkbridge.config.files import (
     OVERRIDES_FILE,
     load_config,
@@ -26,7 +38,8 @@ from lkbridge.config.files import (
 from lkbridge.config.models import Config, ConfigError, Overrides, SessionConfig, diff_configs
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
-from lkbridge.daemon.runner import Backoff, SessionRunner
+from lkbridge.daemon.bridges import BridgeFailed, enter_bridges, no_bridge_refusal, wait_ready
+from lkbridge.daemon.runner import SessionRunner
 from lkbridge.daemon.state import HistoryOpening, move_aside, open_history
 from lkbridge.log import redact_text
 from lkbridge.messages import ReceivedMessage
@@ -49,7 +62,7 @@ class Daemon:
         self.config_path = Path(config_path)
         self.overrides_problem: str | None = None  # why the overrides file is being ignored
         self._startup_notices: list[dict[str, Any]] = []  # reported once bridges observe
-        self._bridges: list[Any] = []
+        self._bridges: list[Bridge] = []
         self._bridges_up = False
         self.config: Config = self._load_config()
         self.plugins = plugins or load_plugins(self.config.plugins.disable)
@@ -68,6 +81,7 @@ class Daemon:
         self._accepting = True
         self._started_at = time.monotonic()
         self._lock = asyncio.Lock()
+        self._reload_task: asyncio.Task[None] | None = None
         self._reload_waiting: asyncio.Future[dict[str, Any]] | None = None
         self.bridge_ready_timeout = 5.0
 
@@ -136,7 +150,7 @@ class Daemon:
                 log.exception("hub_listener_failed", kind=event.kind.value)
 
     def report(self, event: str, **data: Any) -> None:
-        self._emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))
+        self._emit(HubEvent(HubEventKind.BRIDGE, "", DaemonNotice(event, data)))
 
     def provide_service(self, name: str, service: Any) -> None:
         self.services[name] = service
@@ -154,24 +168,15 @@ class Daemon:
             raise UnknownSession(session_id)
         return runner
 
-    def snapshot(self, session_id: str) -> dict[str, Any]:
+    def snapshot(self, session_id: str) -> SessionSnapshot:
         if session_id in self.broken:
-            return {
-                "session": session_id,
-                "connection_state": "disconnected",
-                "is_connected": False,
-                "agent": None,
-                "error": {"kind": "config", "message": self.broken[session_id], "at": None},
-                "room": None,
-                "wanted": False,
-            }
+            return SessionSnapshot(session_id, error=ErrorInfo("config", self.broken[session_id]))
         return self._runner(session_id).snapshot()
 
-    def current_error(self, session_id: str) -> dict[str, Any] | None:
+    def current_error(self, session_id: str) -> ErrorInfo | None:
         if session_id in self.broken:
-            return {"kind": "config", "message": self.broken[session_id], "at": None}
-        error = self._runner(session_id).session.error
-        return error.to_dict() if error is not None else None
+            return ErrorInfo("config", self.broken[session_id])
+        return self._runner(session_id).error_data()
 
     def session_config(self, session_id: str) -> SessionConfig:
         cfg = self.config.sessions.get(session_id)
@@ -207,7 +212,7 @@ class Daemon:
         if not self._accepting:
             raise HubError("lkbridge is shutting down")
 
-    async def start_session(self, session_id: str) -> dict[str, Any]:
+    async def start_session(self, session_id: str) -> SessionSnapshot:
         self._check_accepting()
         if session_id in self.broken and session_id in self.config.sessions:
             # Try to build it again: what was missing (a secret, a plugin) may be there now.
@@ -215,12 +220,12 @@ class Daemon:
                 await self._drop_runner(session_id, forget_history=False, replaced=True)
                 self._add_runner(self.config.sessions[session_id])
             if session_id in self.runners:
-                self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
+                self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
         runner = self._runner(session_id)
         runner.start()
         return runner.snapshot()
 
-    async def end_session(self, session_id: str) -> dict[str, Any]:
+    async def end_session(self, session_id: str) -> SessionSnapshot:
         self._check_accepting()
         runner = self._runner(session_id)
         await runner.end()
@@ -239,7 +244,7 @@ class Daemon:
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         runner = self._runner(session_id)
-        return [runner.message_event(m) for m in runner.session.get_message_history()]
+        return [runner.message_event(m).to_json() for m in runner.session.get_message_history()]
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         self._check_accepting()
@@ -266,7 +271,7 @@ class Daemon:
         *,
         agent_name: str | None = None,
         agent_metadata: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> SessionSnapshot:
         """Add a session made from a [templates.NAME] of the config file (nothing else can be
         chosen at runtime); persisted in the overrides file."""
         self._check_accepting()
@@ -303,7 +308,7 @@ class Daemon:
             self.overrides = new_overrides
             self.config = new_overrides.apply(self.config)
             self._add_runner(cfg)
-            self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
+            self._emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
             self._launch(session_id)
             return self.snapshot(session_id)
 
@@ -416,7 +421,7 @@ class Daemon:
         for sid in [*diff.changed, *retried, *diff.added]:
             self._add_runner(new.sessions[sid])
             if sid not in old_ids:
-                self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, {"session": sid}))
+                self._emit(HubEvent(HubEventKind.SESSION_ADDED, sid, SessionChange(sid)))
             self._launch(sid)
         result = {
             "added": list(diff.added),
@@ -471,8 +476,8 @@ class Daemon:
             await runner.aclose()
         if forget_history:
             self.store.delete_session(session_id)
-        data = {"session": session_id, "replaced": replaced}
-        self._emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, data))
+        change = SessionChange(session_id, replaced)
+        self._emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, change))
         log.info("session_removed", session=session_id, replaced=replaced)
 
     # -- running ---------------------------------------------------------------------------
@@ -506,21 +511,19 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        if (refusal := no_bridge_refusal(self.plugins, self.config)) is not None:
+            log.error("no_bridge", reason=refusal)
+            systemd.status(f"not started: {refusal}")
+            return 1
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
-            bridges: list[Any] = []
-            for name, spec in self.plugins.bridges.items():
-                try:
-                    bridge = spec.factory(self, self.config)
-                    await stack.enter_async_context(bridge)
-                    bridges.append(bridge)
-                except Exception as exc:
-                    # Without its bridge the daemon would run doing nothing and look healthy:
-                    # fail before READY so that systemd (Restart=on-failure) and the operator see it.
-                    log.error("bridge_failed", bridge=name, plugin=spec.plugin, error=str(exc))
-                    systemd.status(f"bridge {name} failed: {exc}")
-                    return 1
-                log.info("bridge_started", bridge=name)
+            try:
+                bridges = await enter_bridges(stack, self, self.plugins, self.config)
+            except BridgeFailed as exc:
+                # Without its bridge the daemon would run doing nothing and look healthy:
+                # fail before READY so that systemd (Restart=on-failure) and the operator see it.
+                systemd.status(str(exc))
+                return 1
             # Reported once bridges observe, so the failures reach MQTT too.
             self._report_override_notes()
             for failure in self.plugins.failures():
@@ -534,7 +537,7 @@ class Daemon:
                 self._launch(sid)
             # READY once the bridges are up too (bounded: a broker outage is a status, not a
             # reason to hold back start-up).
-            await asyncio.gather(*(self._wait_bridge(b) for b in bridges))
+            await wait_ready(bridges, self.bridge_ready_timeout)
             count = len(self.runners)
             self._bridges = bridges
             # Whatever was wrong with the state directory, now that bridges can tell it.
@@ -555,9 +558,8 @@ class Daemon:
             systemd.stopping("stopping")
             log.info("daemon_stopping")
             self._accepting = False
-            reload_task = getattr(self, "_reload_task", None)
-            if reload_task is not None and not reload_task.done():
-                reload_task.cancel()
+            if self._reload_task is not None and not self._reload_task.done():
+                self._reload_task.cancel()
             await asyncio.gather(
                 *(self._close_runner(r) for r in list(self.runners.values())),
                 return_exceptions=True,
@@ -565,18 +567,12 @@ class Daemon:
         log.info("daemon_stopped")
         return 0
 
-    async def _wait_bridge(self, bridge: Any) -> None:
-        wait = getattr(bridge, "wait_ready", None)
-        if wait is not None and not await wait(self.bridge_ready_timeout):
-            log.warning("bridge_not_ready", bridge=type(bridge).__name__,
-                        waited=self.bridge_ready_timeout)
-
-    def _status_line(self, bridges: list[Any]) -> str:
+    def _status_line(self, bridges: list[Bridge]) -> str:
         connected = sum(1 for r in self.runners.values() if r.connected)
         parts = [f"{connected}/{len(self.runners)} session(s) connected"]
         if self.broken:
             parts.append(f"{len(self.broken)} broken")
-        parts.extend(b.status() for b in bridges if hasattr(b, "status"))
+        parts.extend(line for b in bridges if (line := b.status()))  # "" says nothing
         if not self.store.persisted:
             parts.append("history not persisted")
         if self.overrides_problem is not None:
@@ -585,7 +581,7 @@ class Daemon:
             parts.append(f"reload failed, previous config kept: {self.reload_error[:200]}")
         return "; ".join(parts)
 
-    async def _report_status(self, bridges: list[Any], interval: float = 5.0) -> None:
+    async def _report_status(self, bridges: list[Bridge], interval: float = 5.0) -> None:
         """Keep systemd's STATUS= current (sessions connected, broker reachable or not)."""
         last = ""
         while True:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
+from lkbridge.backoff import Backoff
+from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionSnapshot,
+)
 from lkbridge.config.models import SessionConfig
 from lkbridge.daemon.store import MessageStore, StoreError
 from lkbridge.log import redact_text
@@ -29,23 +38,6 @@ from lkbridge.session.events import (
 log = structlog.get_logger(__name__)
 
 ANSWERS_KEPT = 1000
-
-
-class Backoff:
-    """Jittered exponential backoff: initial * 2^(n-1), capped, times a factor in [0.5, 1]."""
-
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next(self) -> float:
-        self.attempt += 1
-        base = min(self.maximum, self.initial * 2 ** (self.attempt - 1))
-        return float(base * random.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class SessionRunner:
@@ -113,53 +105,47 @@ class SessionRunner:
             if not self._store_failing:
                 self._store_failing = True
                 self._log.error("history_not_saved", error=str(exc))
-                self._emit(HubEvent(HubEventKind.BRIDGE, "", {
-                    "event": "history_not_saved", "session": self.id, "error": str(exc),
-                }))
+                notice = DaemonNotice("history_not_saved", {"session": self.id, "error": str(exc)})
+                self._emit(HubEvent(HubEventKind.BRIDGE, "", notice))
             return
         if self._store_failing:
             self._store_failing = False
             self._log.info("history_saved_again")
-            self._emit(HubEvent(HubEventKind.BRIDGE, "", {
-                "event": "history_saved_again", "session": self.id,
-            }))
+            notice = DaemonNotice("history_saved_again", {"session": self.id})
+            self._emit(HubEvent(HubEventKind.BRIDGE, "", notice))
 
-    def error_data(self) -> dict[str, Any] | None:
-        """The current error for MQTT, with anything secret-looking scrubbed from its text."""
+    def error_data(self) -> ErrorInfo | None:
+        """The current error for bridges, with anything secret-looking scrubbed from its text."""
         error = self.session.error
         if error is None:
             return None
         data = error.to_dict()
-        data["message"] = redact_text(data["message"])
-        return data
+        return ErrorInfo(data["kind"], redact_text(data["message"]), data["at"])
 
-    def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
-        data = message.to_dict()
-        data["session"] = self.id
+    def message_event(self, message: ReceivedMessage) -> MessageEvent:
+        conversation_id = None
         if self._conversations:
             key = message.reply_to if message.reply_to is not None else message.id
             conversation_id = self._conversations.get(key)
-            if conversation_id is not None:
-                data["conversation_id"] = conversation_id
-        return data
+        return MessageEvent(self.id, message, conversation_id)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SessionSnapshot:
         session = self.session
-        return {
-            "session": self.id,
-            "connection_state": session.connection_state.value,
+        return SessionSnapshot(
+            session=self.id,
+            connection_state=session.connection_state.value,
             # Connected means connected (not connecting or reconnecting, unlike Session's flag).
-            "is_connected": self.connected,
-            "agent": session.agent.to_dict(),
-            "error": self.error_data(),
-            "room": session.room_name,
-            "wanted": self.wanted,
-            "restarts": self.restarts,
+            is_connected=self.connected,
+            agent=session.agent.to_dict(),
+            error=self.error_data(),
+            room=session.room_name,
+            wanted=self.wanted,
+            restarts=self.restarts,
             # A reply that becomes final while another text is on its way was cut short by it
             # (agents interrupt and finalise): answer waiters need to know (Wyoming bridge).
-            "sending": self._sending,
-            "timestamp": utcnow().isoformat(timespec="milliseconds"),
-        }
+            sending=self._sending,
+            timestamp=utcnow().isoformat(timespec="milliseconds"),
+        )
 
     @property
     def connected(self) -> bool:
@@ -241,7 +227,7 @@ class SessionRunner:
         self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
         if self.session.connection_state != ConnectionState.DISCONNECTED:
             await self.session.end()  # leave the room the agent failed in; start afresh
-        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
+        self._emit(HubEvent(HubEventKind.STATE, self.id, replace(self.snapshot(), retry_in=delay)))
         await self._pause(delay)
 
     async def _pause(self, delay: float) -> None:
@@ -310,7 +296,7 @@ class SessionRunner:
                 self._inflight_sends.discard(send_id)
         if sent is None:
             error = self.error_data()
-            raise HubError(error["message"] if error is not None else "the message was not sent")
+            raise HubError(error.message if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
         if conversation_id is not None:
             # Recorded for the reply's message events (its reply_to is this message's id).

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -148,7 +148,6 @@ class Watchdog:
     """Pings WATCHDOG=1 from an asyncio task, so pings stop whenever the event loop is stuck.
 
     A blocked loop cannot run the pinging task, so systemd notices and restarts the service.
-    `healthy` may veto a ping (e.g. a supervisor task died); a broker outage should not.
     """
 
     def __init__(
@@ -156,11 +155,9 @@ class Watchdog:
         interval: float | None = None,
         *,
         environ: Mapping[str, str] | None = None,
-        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._environ = environ
         self.interval = interval if interval is not None else watchdog_interval(environ)
-        self._healthy = healthy
         self._task: asyncio.Task[None] | None = None
         self.pings = 0
         self.max_lag = 0.0
@@ -189,11 +186,8 @@ class Watchdog:
     async def _run(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._healthy is None or self._healthy():
-                if notify("WATCHDOG=1", environ=self._environ):
-                    self.pings += 1
-            else:
-                _log.warning("watchdog_ping_withheld", reason="health check failed")
+            if notify("WATCHDOG=1", environ=self._environ):
+                self.pings += 1
             expected = loop.time() + interval
             await asyncio.sleep(interval)
             lag = loop.time() - expected

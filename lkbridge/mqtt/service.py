@@ -8,7 +8,8 @@ import structlog
 
 from lkbridge.errors import TransportError
 from lkbridge.mqtt.client import MqttClient
-from lkbridge.mqtt.types import IncomingMessage, filters_overlap, topic_matches
+from lkbridge.mqtt.topic import filters_overlap, topic_matches
+from lkbridge.mqtt.types import IncomingMessage
 
 log = structlog.get_logger(__name__)
 

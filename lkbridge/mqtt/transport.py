@@ -13,7 +13,7 @@ import structlog
 
 from lkbridge.errors import TransportError
 from lkbridge.messages import ReceivedMessage, SentMessage
-from lkbridge.mqtt.types import topic_matches
+from lkbridge.mqtt.topic import topic_matches
 from lkbridge.transports.base import ReceiverBase
 
 if TYPE_CHECKING:

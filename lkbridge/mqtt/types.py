@@ -1,10 +1,9 @@
-"""Paho-free parts of the MQTT client: settings, messages, errors, validation, outbox, backoff."""
+"""The MQTT client's parts that need no connection: settings, messages, errors, validation, publish queue, backoff."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import random
 import ssl
 import time
 from collections import deque
@@ -15,7 +14,13 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 import structlog
 
+from lkbridge.backoff import backoff_delay as jittered
 from lkbridge.errors import LkbridgeError
+from lkbridge.mqtt.topic import topic_problem
+
+# Re-exported for code written when they lived here; their home is lkbridge.mqtt.topic.
+from lkbridge.mqtt.topic import filters_overlap as filters_overlap  # isort: skip
+from lkbridge.mqtt.topic import topic_matches as topic_matches  # isort: skip
 
 log = structlog.get_logger(__name__)
 
@@ -163,44 +168,8 @@ class Hooks(Generic[T]):
 
 def check_topic(topic: str, *, is_filter: bool) -> None:
     """Raise MqttError unless topic is a valid MQTT topic name (or filter)."""
-    what = "topic filter" if is_filter else "topic"
-    if not topic or "\0" in topic or len(topic.encode()) > 65535:
-        raise MqttError(f"invalid MQTT {what} {topic!r}: empty, too long or contains NUL")
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if not is_filter and ("+" in level or "#" in level):
-            raise MqttError(f"invalid MQTT topic {topic!r}: wildcards are only for filters")
-        misplaced_hash = "#" in level and (level != "#" or i < len(levels) - 1)
-        if ("+" in level and level != "+") or misplaced_hash:
-            raise MqttError(f"invalid MQTT topic filter {topic!r}: misplaced wildcard")
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether an MQTT topic name matches a filter (the rule of paho's topic_matches_sub)."""
-    return filters_overlap(topic_filter, topic)
-
-
-def filters_overlap(a: str, b: str) -> bool:
-    """Whether some topic name matches both filters (a topic name is a filter without wildcards).
-
-    The one copy of the MQTT matching rule: `+` is one level, `#` the parent level and every
-    level below it, and a topic starting with `$` is not matched by a wildcard first level.
-    """
-    la, lb = a.split("/"), b.split("/")
-    if (la[0] in ("+", "#") and lb[0].startswith("$")) or (
-        lb[0] in ("+", "#") and la[0].startswith("$")
-    ):
-        return False
-    for index in range(max(len(la), len(lb))):
-        x = la[index] if index < len(la) else None
-        y = lb[index] if index < len(lb) else None
-        if x == "#" or y == "#":
-            return True
-        if x is None or y is None:
-            return False
-        if x != y and x != "+" and y != "+":
-            return False
-    return True
+    if (problem := topic_problem(topic, is_filter=is_filter)) is not None:
+        raise MqttError(problem)
 
 
 def check_qos(qos: int) -> None:
@@ -271,7 +240,7 @@ class Priority(IntEnum):
 REPORT_ROOM = 16
 
 
-class Outbox:
+class PublishQueue:
     """Outgoing messages waiting for the broker: first in, first out, bounded.
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
@@ -348,9 +317,8 @@ class Inbox:
 
 
 def backoff_delay(attempt: int, settings: MqttSettings) -> float:
-    """Seconds before reconnect attempt `attempt` (0-based): doubling, capped, "equal jitter"."""
-    ceiling = min(settings.reconnect_max, settings.reconnect_min * 2.0 ** min(attempt, 30))
-    return ceiling * random.uniform(0.5, 1.0)  # never zero, and clients never retry in step
+    """Seconds before reconnect attempt `attempt` (0-based), from the reconnect settings."""
+    return jittered(attempt, settings.reconnect_min, settings.reconnect_max)
 
 
 def tls_context(tls: TlsSettings) -> ssl.SSLContext:

@@ -223,10 +223,6 @@ class EventHub:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    @property
-    def has_listeners(self) -> bool:
-        return bool(self._listeners) or bool(self._streams)
-
     def stream(self, maxsize: int = 10_000) -> EventStream:
         stream = EventStream(self, maxsize)
         if self._closed:

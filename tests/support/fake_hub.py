@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
+from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    HubListener,
+    MessageEvent,
+    SessionChange,
+    SessionSnapshot,
+    UnknownSession,
+)
+from lkbridge.messages import ReceivedMessage
 
 MESSAGE = {
     "id": "m1",
@@ -43,7 +55,7 @@ class FakeHub:
     def change(self, session_id: str, **changes: Any) -> None:
         """Update a session's state and emit its STATE event, as the daemon does."""
         self.sessions[session_id].update(changes)
-        self.emit(HubEvent(HubEventKind.STATE, session_id, dict(self.sessions[session_id])))
+        self.emit(HubEvent(HubEventKind.STATE, session_id, self.snapshot(session_id)))
 
     def session_config(self, session_id: str) -> Any:
         self._get(session_id)
@@ -54,12 +66,11 @@ class FakeHub:
     def session_ids(self) -> list[str]:
         return list(self.sessions)
 
-    def snapshot(self, session_id: str) -> dict[str, Any]:
-        return dict(self._get(session_id))
+    def snapshot(self, session_id: str) -> SessionSnapshot:
+        return snapshot_of(self._get(session_id))
 
-    def current_error(self, session_id: str) -> dict[str, Any] | None:
-        error: dict[str, Any] | None = self._get(session_id)["error"]
-        return error
+    def current_error(self, session_id: str) -> ErrorInfo | None:
+        return error_of(self._get(session_id).get("error"))
 
     def info(self) -> dict[str, Any]:
         return {"version": "test", "sessions": self.session_ids()}
@@ -72,19 +83,19 @@ class FakeHub:
         for listener in list(self.listeners):
             listener(event)
 
-    async def start_session(self, session_id: str) -> dict[str, Any]:
+    async def start_session(self, session_id: str) -> SessionSnapshot:
         state = self._get(session_id)
         self.calls.append(("start", session_id))
         state["connection_state"] = "connecting"
         self.change(session_id)
-        return dict(state)
+        return self.snapshot(session_id)
 
-    async def end_session(self, session_id: str) -> dict[str, Any]:
+    async def end_session(self, session_id: str) -> SessionSnapshot:
         state = self._get(session_id)
         self.calls.append(("end", session_id))
         state["connection_state"] = "disconnected"
         self.change(session_id)
-        return dict(state)
+        return self.snapshot(session_id)
 
     async def send(
         self,
@@ -100,8 +111,9 @@ class FakeHub:
             self.sent_ids.add(send_id)
         if not duplicate:
             self.calls.append(("send", session_id, text, send_id))
-            message = {**MESSAGE, "id": send_id or "generated", "type": "user_input"}
-            self.emit(HubEvent(HubEventKind.MESSAGE, session_id, message | {"text": text}))
+            message = {**MESSAGE, "id": send_id or "generated", "type": "user_input", "text": text}
+            event = MessageEvent(session_id, ReceivedMessage.from_dict(message))
+            self.emit(HubEvent(HubEventKind.MESSAGE, session_id, event))
         return {"id": send_id or "generated", "text": text, "duplicate": duplicate}
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
@@ -126,7 +138,7 @@ class FakeHub:
         *,
         agent_name: str | None = None,
         agent_metadata: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> SessionSnapshot:
         if session_id in self.sessions:
             raise HubError(f"session {session_id!r} already exists (remove it first)")
         if template != "assistant":
@@ -135,14 +147,14 @@ class FakeHub:
         self.histories[session_id] = []
         table = {"template": template, "agent_name": agent_name, "agent_metadata": agent_metadata}
         self.calls.append(("add", session_id, table))
-        self.emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
-        return dict(self.sessions[session_id])
+        self.emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
+        return self.snapshot(session_id)
 
     async def remove_session(self, session_id: str) -> dict[str, Any]:
         self._get(session_id)
         del self.sessions[session_id]
         self.calls.append(("remove", session_id))
-        self.emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, {"session": session_id}))
+        self.emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, SessionChange(session_id)))
         return {"session": session_id, "removed": True}
 
     async def reload(self) -> dict[str, Any]:
@@ -156,4 +168,24 @@ class FakeHub:
         self.services[name] = service
 
     def report(self, event: str, **data: Any) -> None:
-        self.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))
+        self.emit(HubEvent(HubEventKind.BRIDGE, "", DaemonNotice(event, data)))
+
+
+def error_of(data: Mapping[str, Any] | None) -> ErrorInfo | None:
+    """A test's error dict {kind, message, at} as the hub's typed value."""
+    if data is None:
+        return None
+    return ErrorInfo(data["kind"], data["message"], data.get("at"))
+
+
+def snapshot_of(state: Mapping[str, Any]) -> SessionSnapshot:
+    """A test's loose state dict as the hub's typed snapshot."""
+    return SessionSnapshot(
+        session=state["session"],
+        connection_state=state.get("connection_state", "disconnected"),
+        is_connected=state.get("connection_state") == "connected",
+        agent=state.get("agent"),
+        error=error_of(state.get("error")),
+        wanted=state.get("wanted", False),
+        sending=state.get("sending"),
+    )

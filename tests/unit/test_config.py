@@ -114,7 +114,7 @@ def test_empty_config_has_documented_defaults() -> None:
     assert config.mqtt.tls is None and config.mqtt.password is None
     assert config.state == StateConfig(Path("/var/lib/lkbridge"), 1000)
     assert config.log == LogConfig("info", "auto")
-    assert config.plugins == PluginsConfig(())
+    assert config.plugins == PluginsConfig((), allow_no_bridge=False)
     assert config.homeassistant == HomeAssistantConfig(True, "homeassistant")
     assert config.sessions == {}
     assert config.source == "test.toml"
@@ -1094,7 +1094,7 @@ def test_overrides_win_per_session_and_user_file_is_untouched(tmp_path: Path) ->
         .without_session("never-existed", base_ids=base.sessions)
     )
     assert overrides.removed == {"garage"}
-    write_overrides(base.state.overrides_file, overrides.sessions, overrides.removed)
+    write_overrides(base.state.directory / OVERRIDES_FILE, overrides.sessions, overrides.removed)
     effective = load_effective_config(user_file, environ={})
     assert list(effective.sessions) == ["kitchen", "hall", "porch"]
     assert effective.sessions["kitchen"].agent_name == "replacement"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.hub import HubEvent, HubEventKind
+from lkbridge.bridges.hub import HubEvent, HubEventKind, MessageEvent
 from lkbridge.bridges.mqtt.bridge import INFO_LIMIT, MqttBridge
 from lkbridge.bridges.mqtt.incoming import ENDED
 from lkbridge.bridges.mqtt.lanes import Job, Lanes
@@ -17,8 +17,10 @@ from lkbridge.bridges.mqtt.limits import TokenBucket, response_topic_problem
 from lkbridge.config.models import Config, ControlConfig, MqttConfig
 from lkbridge.errors import TransportError
 from lkbridge.log import clear_registered_secrets, register_secret
-from lkbridge.mqtt.types import Outbox, filters_overlap, topic_matches
-from tests.support.fake_hub import MESSAGE, FakeHub
+from lkbridge.messages import ReceivedMessage
+from lkbridge.mqtt.topic import filters_overlap, topic_matches
+from lkbridge.mqtt.types import PublishQueue
+from tests.support.fake_hub import MESSAGE, FakeHub, error_of
 from tests.unit.test_mqtt_bridge import FakeClient, events, settle
 
 SECRET = "s3cr3t-header-value-42"
@@ -95,6 +97,7 @@ def test_topic_matches_follows_paho() -> None:
     for f in filters:
         for t in topics:
             assert topic_matches(f, t) is topic_matches_sub(f, t), (f, t)
+            assert filters_overlap(f, t) is topic_matches_sub(f, t), (f, t)  # the same rule
 
 
 # -- the bridge's own topics are never taken away ------------------------------------------------
@@ -139,7 +142,7 @@ async def test_every_publish_is_scrubbed_including_the_republish(
         await client.connect()  # publish_all
         client.deliver("homeassistant/status", "online")  # HA birth: publish_all again
         client.deliver("lkb/bridge/request/health_check", "")
-        hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", error))
+        hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", error_of(error)))
         hub.change("kitchen", error=error)
         await settle()
         await asyncio.sleep(0.05)
@@ -164,12 +167,13 @@ async def test_a_request_flood_cannot_push_out_message_events(
     bridge = await start(hub, client)
     try:
         await client.connect()
-        client.outbox = Outbox(40)  # the broker went away: nothing drains
+        client.outbox = PublishQueue(40)  # the broker went away: nothing drains
         for _ in range(100):
             client.deliver("lkb/bridge/request/health_check", "")
         await settle()
         for index in range(5):
-            hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", {**MESSAGE, "id": f"m{index}"}))
+            message = ReceivedMessage.from_dict({**MESSAGE, "id": f"m{index}"})
+            hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", MessageEvent("kitchen", message)))
         await asyncio.sleep(0.05)
         assert len(client.on("lkb/kitchen/message")) == 5  # every message event got in
         assert len(answers(client, "health_check")) == 30  # answers use 3/4 of the queue

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.hub import HubError, HubEvent
+from lkbridge.bridges.hub import DaemonNotice, HubError, HubEvent
 from lkbridge.daemon.core import Daemon
 
 TOKEN = """\
@@ -65,7 +65,7 @@ async def test_sessions_are_added_from_templates_only(
     daemon = make(tmp_path, events)
     try:
         state = await daemon.add_session("garage", "assistant", agent_metadata='{"room": 1}')
-        assert state["session"] == "garage"
+        assert state.session == "garage"
         cfg = daemon.config.sessions["garage"]
         assert cfg.agent_name == "helper" and cfg.agent_metadata == '{"room": 1}'
         assert cfg.token == daemon.config.templates["assistant"].token
@@ -149,7 +149,8 @@ async def test_a_flood_of_reloads_costs_one_reload(
         results = await asyncio.gather(*flood)
         assert loads == 1
         assert all(r == results[0] for r in results)
-        assert sum(1 for e in events if (e.data or {}).get("event") == "config_reloaded") == 1
+        notices = [e.data for e in events if isinstance(e.data, DaemonNotice)]
+        assert sum(1 for n in notices if n.event == "config_reloaded") == 1
         await daemon.reload()  # a later request reads the file again
         assert loads == 2
     finally:

@@ -79,6 +79,14 @@ def test_stdlib_loggers_go_through_the_same_formatter() -> None:
     assert paho["logger"] == "paho.mqtt.client" and paho["event"] == "Sending CONNECT"
 
 
+def test_auth_and_private_key_fields_are_redacted_like_the_config_treats_them() -> None:
+    stream = configure()
+    log.get_logger("t").info("e", auth="user:pw-7", private_key="pk-8", ssh_private_keys="pk-9")
+    (line,) = lines(stream)
+    assert line["auth"] == line["private_key"] == line["ssh_private_keys"] == "***"
+    assert log.looks_secret("broker_auth") and not log.looks_secret("author")
+
+
 def test_secret_keys_are_redacted_at_any_depth() -> None:
     stream = configure()
     log.get_logger("t").info(

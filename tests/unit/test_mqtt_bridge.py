@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.hub import HubEvent, HubEventKind
+from lkbridge.bridges.hub import HubEvent, HubEventKind, MessageEvent, SessionChange
 from lkbridge.bridges.mqtt.bridge import MqttBridge, client_settings
 from lkbridge.bridges.mqtt.topics import Topics
 from lkbridge.config.models import Config, HomeAssistantConfig, MqttConfig
 from lkbridge.config.secrets import Secret
+from lkbridge.messages import ReceivedMessage
 from lkbridge.mqtt.client import (
     ConnectHook,
     ConnectInfo,
@@ -23,8 +24,8 @@ from lkbridge.mqtt.client import (
     MqttError,
     OutgoingMessage,
 )
-from lkbridge.mqtt.types import Outbox, Priority, QueuedMessage
-from tests.support.fake_hub import MESSAGE, FakeHub
+from lkbridge.mqtt.types import Priority, PublishQueue, QueuedMessage
+from tests.support.fake_hub import MESSAGE, FakeHub, error_of
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class FakeClient:
         self.hooks: list[ConnectHook] = []
         self.incoming: asyncio.Queue[IncomingMessage | None] = asyncio.Queue()
         self.final: list[OutgoingMessage] | None = None
-        self.outbox: Outbox | None = None
+        self.outbox: PublishQueue | None = None
 
     async def __aenter__(self) -> FakeClient:
         return self
@@ -236,7 +237,8 @@ async def test_message_events_are_published_as_is_not_retained(
 ) -> None:
     await client.connect()
     data = MESSAGE | {"session": "kitchen", "text": "grüße"}
-    hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", data))
+    message = ReceivedMessage.from_dict(data)
+    hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", MessageEvent("kitchen", message)))
     [pub] = client.on("lkb/kitchen/message")
     assert pub.json() == data and not pub.retain and pub.qos == 1
     assert "grüße".encode() in pub.payload
@@ -246,7 +248,7 @@ async def test_events_before_connect_are_published_too(client: FakeClient) -> No
     hub = FakeHub()
     async with MqttBridge(hub, config(), client=client):  # type: ignore[arg-type]
         hub.sessions["late"] = {"session": "late", "connection_state": "connecting", "error": None}
-        hub.emit(HubEvent(HubEventKind.STATE, "late", hub.sessions["late"]))
+        hub.emit(HubEvent(HubEventKind.STATE, "late", hub.snapshot("late")))
         assert client.on("lkb/late/availability")[0].payload == b"online"
         assert client.on("homeassistant/device/lkb_late/config")
 
@@ -255,7 +257,7 @@ async def test_error_events(bridge: MqttBridge, client: FakeClient, hub: FakeHub
     await client.connect()
     client.clear()
     error = {"kind": "connection", "message": "Connection failed: refused", "at": "t"}
-    hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", error))
+    hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", error_of(error)))
     hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", None))
     pubs = client.on("lkb/kitchen/error")
     assert [p.payload for p in pubs] == [json.dumps(error, separators=(",", ":")).encode(), b""]
@@ -286,7 +288,7 @@ async def test_a_replaced_session_keeps_its_device(
 ) -> None:
     await client.connect()
     client.clear()
-    replaced = {"session": "kitchen", "replaced": True}
+    replaced = SessionChange("kitchen", replaced=True)
     hub.emit(HubEvent(HubEventKind.SESSION_REMOVED, "kitchen", replaced))
     assert client.published == []
     hub.change("kitchen", connection_state="connecting")
@@ -365,15 +367,16 @@ async def test_last_reply_is_retained_for_final_agent_messages_only(
 ) -> None:
     await client.connect()
     client.clear()
-    base = {"timestamp": "t", "session": "kitchen"}
+    base = {"timestamp": "2026-01-01T00:00:00.000+00:00", "session": "kitchen"}
     for kind, text, final in (
         ("user_input", "what time is it", True),
         ("agent_transcript", "It is", False),
         ("agent_transcript", "It is noon.", True),
         ("user_transcript", "thanks", True),
     ):
-        data = base | {"id": text, "type": kind, "text": text, "final": final}
-        hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", data))
+        data = {"id": text, "type": kind, "text": text, "final": final, "timestamp": base["timestamp"]}
+        event = MessageEvent("kitchen", ReceivedMessage.from_dict(data))
+        hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", event))
     [reply] = client.on("lkb/kitchen/last_reply")
     assert reply.retain and json.loads(reply.payload)["text"] == "It is noon."
     assert len(client.on("lkb/kitchen/message")) == 4

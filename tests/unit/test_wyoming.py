@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from wyoming.info import Info
 
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, UnknownSession
+from lkbridge.bridges.hub import (
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionChange,
+    SessionSnapshot,
+    UnknownSession,
+)
 from lkbridge.bridges.wyoming.advertise import advertised_addresses, instance_name
 from lkbridge.bridges.wyoming.answers import (
     SENTENCES,
@@ -28,6 +36,7 @@ from lkbridge.bridges.wyoming.protocol import (
 from lkbridge.bridges.wyoming.server import conversation_id_of
 from lkbridge.config.files import session_from_table
 from lkbridge.config.models import ConfigError, WyomingConfig
+from lkbridge.messages import ReceivedMessage
 from tests.support.fake_hub import FakeHub
 from tests.unit.test_config import MINTED, minted, one_problem, parse
 
@@ -144,10 +153,14 @@ def test_conversation_id_is_taken_only_when_sensible() -> None:
 
 def message(kind: str, msg_id: str, text: str = "t", final: bool = True,
             reply_to: str | None = None) -> HubEvent:  # fmt: skip
-    data: dict[str, Any] = {"id": msg_id, "type": kind, "text": text, "final": final}
-    if reply_to is not None:
-        data["reply_to"] = reply_to
-    return HubEvent(HubEventKind.MESSAGE, "s", data)
+    data: dict[str, Any] = {"id": msg_id, "type": kind, "text": text, "final": final,
+                            "timestamp": "2026-01-01T00:00:00Z", "reply_to": reply_to}  # fmt: skip
+    return HubEvent(HubEventKind.MESSAGE, "s", MessageEvent("s", ReceivedMessage.from_dict(data)))
+
+
+def state(connection_state: str, agent: dict[str, Any] | None = None) -> HubEvent:
+    snapshot = SessionSnapshot("s", connection_state, agent=agent, wanted=True)
+    return HubEvent(HubEventKind.STATE, "s", snapshot)
 
 
 async def test_only_the_final_reply_to_the_sent_message_answers() -> None:
@@ -159,7 +172,7 @@ async def test_only_the_final_reply_to_the_sent_message_answers() -> None:
 
     pending = PendingAnswer()
     pending.sent("q1")
-    pending.feed(HubEvent(HubEventKind.STATE, "s", {"connection_state": "connected"}))
+    pending.feed(state("connected"))
     pending.feed(message("agent_transcript", "a0", "old", reply_to="q0"))
     pending.feed(message("agent_transcript", "a1", "It", final=False, reply_to="q1"))
     pending.feed(message("agent_transcript", "a1", "   ", final=True, reply_to="q1"))
@@ -219,11 +232,9 @@ async def test_texts_delivered_before_the_question_do_not_interrupt_it() -> None
     [
         ([message("user_input", "q2"), message("agent_transcript", "a2", final=False,
                                                reply_to="q2")], Reason.INTERRUPTED),
-        ([HubEvent(HubEventKind.STATE, "s", {"connection_state": "disconnected"})], Reason.ENDED),
-        ([HubEvent(HubEventKind.SESSION_REMOVED, "s", {"session": "s"})], Reason.ENDED),
-        ([HubEvent(HubEventKind.STATE, "s", {"connection_state": "connected",
-                                             "agent": {"lifecycle": "failed"}})],
-         Reason.AGENT_LEFT),
+        ([state("disconnected")], Reason.ENDED),
+        ([HubEvent(HubEventKind.SESSION_REMOVED, "s", SessionChange("s"))], Reason.ENDED),
+        ([state("connected", {"lifecycle": "failed"})], Reason.AGENT_LEFT),
     ],
 )
 async def test_why_there_is_no_answer(events: list[HubEvent], reason: Reason) -> None:

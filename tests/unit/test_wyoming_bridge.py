@@ -13,7 +13,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.handle import Handled
 from wyoming.info import Describe, Info
 
-from lkbridge.bridges.hub import HubEvent, HubEventKind
+from lkbridge.bridges.hub import DaemonNotice, HubEvent, HubEventKind, MessageEvent
 from lkbridge.bridges.wyoming.bridge import WyomingBridge, WyomingBridgeError
 from lkbridge.config.models import (
     Config,
@@ -23,6 +23,7 @@ from lkbridge.config.models import (
     WyomingConfig,
 )
 from lkbridge.config.secrets import Secret
+from lkbridge.messages import ReceivedMessage
 from tests.support.fake_hub import FakeHub
 
 HOST = "127.0.0.1"
@@ -75,7 +76,7 @@ async def test_servers_follow_the_config_after_a_reload() -> None:
         # Reload: kitchen moves to another port and gets a name; porch opts in.
         hub.configs["kitchen"] = session("kitchen", port=second, name="Kitchen")
         hub.configs["porch"] = session("porch", port=third)
-        hub.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": "config_reloaded"}))
+        hub.emit(HubEvent(HubEventKind.BRIDGE, "", DaemonNotice("config_reloaded")))
         for _ in range(100):
             if set(bridge.servers) == {"kitchen", "porch"} and bridge.servers["kitchen"].address[1] == second:
                 break
@@ -87,13 +88,14 @@ async def test_servers_follow_the_config_after_a_reload() -> None:
 
         # Removed: its server closes. A port taken meanwhile is reported, not fatal.
         reported: list[dict[str, Any]] = []
-        hub.observe(lambda e: reported.append(dict(e.data or {})) if e.kind is HubEventKind.BRIDGE else None)
+        hub.observe(lambda e: reported.append(e.data.to_json())
+                    if isinstance(e.data, DaemonNotice) else None)  # fmt: skip
         await hub.remove_session("porch")
         with socket.socket() as taken:
             taken.bind((HOST, 0))
             taken.listen()
             hub.configs["kitchen"] = session("kitchen", port=taken.getsockname()[1])
-            hub.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": "config_reloaded"}))
+            hub.emit(HubEvent(HubEventKind.BRIDGE, "", DaemonNotice("config_reloaded")))
             for _ in range(100):
                 if any(r.get("event") == "wyoming_failed" for r in reported):
                     break
@@ -136,8 +138,9 @@ async def test_an_answer_through_the_fake_hub_and_a_clean_shutdown() -> None:
             await client.write_event(Transcript("hello", context={"conversation_id": "c"}).event())
             await asyncio.sleep(0.1)
             reply = {"id": "r1", "type": "agent_transcript", "text": "hi there", "final": True,
-                     "reply_to": "generated"}  # fmt: skip
-            hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", reply))
+                     "reply_to": "generated", "timestamp": "2026-01-01T00:00:00Z"}  # fmt: skip
+            event = MessageEvent("kitchen", ReceivedMessage.from_dict(reply))
+            hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", event))
             event = await asyncio.wait_for(client.read_event(), 5)
         assert event is not None and Handled.from_event(event).text == "hi there"
         assert hub.calls[-1] == ("send", "kitchen", "hello", None)

@@ -10,7 +10,17 @@ from typing import Any
 
 import structlog
 
-from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind
+from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
+    Hub,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionChange,
+    SessionSnapshot,
+)
 from lkbridge.bridges.mqtt.discovery import (
     agent_display_state,
     bridge_device_config,
@@ -285,12 +295,12 @@ class MqttBridge:
                 payload = dumps(info)
         self._pub(self._topics.bridge_info, payload, retain=True)
 
-    def _publish_state(self, session_id: str, state: Any, *, force: bool = False) -> None:
-        if not isinstance(state, dict):
+    def _publish_state(self, session_id: str, state: object, *, force: bool = False) -> None:
+        if not isinstance(state, SessionSnapshot):
             return
-        self._pub(self._topic(session_id, SessionLeaf.STATE), dumps(state), retain=True)
-        connection = state.get("connection_state") or "disconnected"
-        agent = agent_display_state(state.get("agent"))
+        self._pub(self._topic(session_id, SessionLeaf.STATE), dumps(state.to_json()), retain=True)
+        connection = state.connection_state or "disconnected"
+        agent = agent_display_state(state.agent)
         last = self._scalars.get(session_id)
         if force or last is None or last[0] != connection:
             topic = self._topic(session_id, SessionLeaf.CONNECTION_STATE)
@@ -299,8 +309,8 @@ class MqttBridge:
             self._pub(self._topic(session_id, SessionLeaf.AGENT_STATE), agent.encode(), retain=True)
         self._scalars[session_id] = (connection, agent)
 
-    def _publish_error(self, session_id: str, error: Any) -> None:
-        payload = dumps(error) if error else b""
+    def _publish_error(self, session_id: str, error: object) -> None:
+        payload = dumps(error.to_json()) if isinstance(error, ErrorInfo) else b""
         self._pub(self._topic(session_id, SessionLeaf.ERROR), payload, retain=True)
 
     def _publish_session(self, session_id: str) -> None:
@@ -373,15 +383,18 @@ class MqttBridge:
     def _on_hub_event(self, event: HubEvent) -> None:
         kind, session_id, data = event.kind, event.session_id, event.data
         if kind is HubEventKind.MESSAGE:
+            if not isinstance(data, MessageEvent):
+                return
+            payload = dumps(data.to_json())
             if session_id in self._sessions:
-                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), dumps(data), retain=False)
+                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), payload, retain=False)
             elif self._bridgeable(session_id):
                 self._publish_session(session_id)
-                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), dumps(data), retain=False)
+                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), payload, retain=False)
             else:
                 return
-            if is_final_reply(data):
-                self._publish_last_reply(session_id, data)
+            if is_final_reply(data.to_json()):
+                self._publish_last_reply(session_id, data.to_json())
         elif kind is HubEventKind.STATE:
             if session_id in self._sessions:
                 self._publish_state(session_id, data)
@@ -396,16 +409,16 @@ class MqttBridge:
             self.event("session_added", session=session_id)
             self._publish_info()
         elif kind is HubEventKind.SESSION_REMOVED:
-            if data and data.get("replaced"):
+            if isinstance(data, SessionChange) and data.replaced:
                 # Re-created with a changed config: keep its topics and HA device (no churn).
                 self._scalars.pop(session_id, None)
                 return
             self._remove_session(session_id)
             self.event("session_removed", session=session_id)
             self._publish_info()
-        elif kind is HubEventKind.BRIDGE:
-            self._pub(self._topics.bridge_event, dumps(dict(data or {})), retain=False)
-            if data and data.get("event") in INFO_CHANGING_EVENTS:
+        elif kind is HubEventKind.BRIDGE and isinstance(data, DaemonNotice):
+            self._pub(self._topics.bridge_event, dumps(data.to_json()), retain=False)
+            if data.event in INFO_CHANGING_EVENTS:
                 self._publish_info()
 
     # -- connection --------------------------------------------------------------------------

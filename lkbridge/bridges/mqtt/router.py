@@ -420,17 +420,11 @@ class Router:
             return error(f"internal error: {type(exc).__name__}", tx, has_transaction=has_tx)
         return ok(data, tx, has_transaction=has_tx)
 
-    async def handle(
-        self, action: str, payload: bytes, *, deadline: float | None = None
-    ) -> dict[str, Any]:
-        """prepare() then run(): one request from payload bytes to response dict."""
-        return await self.run(self.prepare(action, payload), deadline=deadline)
+    async def _start(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.start_session(body["session"])).to_json()
 
-    async def _start(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.start_session(body["session"])
-
-    async def _end(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.end_session(body["session"])
+    async def _end(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.end_session(body["session"])).to_json()
 
     async def _send(self, body: Mapping[str, Any]) -> Any:
         text, send_id = body["text"], body.get("id")
@@ -456,13 +450,14 @@ class Router:
         self._hub.dismiss_error(body["session"])
         return {"session": body["session"]}
 
-    async def _add(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.add_session(
+    async def _add(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        snapshot = await self._hub.add_session(
             body["session"],
             body["template"],
             agent_name=body.get("agent_name"),
             agent_metadata=body.get("agent_metadata"),
         )
+        return snapshot.to_json()
 
     async def _remove(self, body: Mapping[str, Any]) -> Any:
         return await self._hub.remove_session(body["session"])

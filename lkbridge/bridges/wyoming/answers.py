@@ -6,11 +6,19 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import structlog
 
-from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind, UnknownSession
+from lkbridge.bridges.hub import (
+    Hub,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionSnapshot,
+    UnknownSession,
+)
+from lkbridge.messages import MessageType, ReceivedMessage
 
 log = structlog.get_logger(__name__)
 
@@ -90,52 +98,51 @@ class PendingAnswer:
         self._live = live  # why the session cannot answer any more (asked at a final reply)
         self.sent_id: str | None = None
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._backlog: list[Mapping[str, Any]] = []
+        self._backlog: list[ReceivedMessage] = []
         self._later: set[str] = set()  # user_input ids sent after ours
 
     def sent(self, message_id: str) -> None:
         self.sent_id = message_id
         backlog, self._backlog = self._backlog, []
         ours_seen = False
-        for data in backlog:
-            if data.get("type") == "user_input":
+        for message in backlog:
+            if message.type is MessageType.USER_INPUT:
                 # Texts queued before ours were delivered first: they do not interrupt it.
-                ours_seen = ours_seen or data.get("id") == message_id
+                ours_seen = ours_seen or message.id == message_id
                 if not ours_seen:
                     continue
-            self._message(data)
+            self._message(message)
 
     def feed(self, event: HubEvent) -> None:
         if self.future.done():
             return
-        if event.kind is HubEventKind.MESSAGE and event.data is not None:
+        data = event.data
+        if event.kind is HubEventKind.MESSAGE and isinstance(data, MessageEvent):
             if self.sent_id is None:
                 if len(self._backlog) >= BACKLOG_LIMIT:
                     del self._backlog[0]
-                self._backlog.append(event.data)
+                self._backlog.append(data.message)
             else:
-                self._message(event.data)
+                self._message(data.message)
         elif self.sent_id is None:
             return  # state before the send finished says nothing about the answer
         elif event.kind is HubEventKind.SESSION_REMOVED:
             self._fail(Reason.ENDED)
-        elif event.kind is HubEventKind.STATE and event.data is not None:
-            self._state(event.data)
+        elif event.kind is HubEventKind.STATE and isinstance(data, SessionSnapshot):
+            self._state(data)
 
     def _fail(self, reason: Reason) -> None:
         if not self.future.done():
             self.future.set_result(Outcome.failed(reason, self.sent_id))
 
-    def _message(self, data: Mapping[str, Any]) -> None:
-        kind = data.get("type")
-        msg_id = data.get("id")
-        if kind == "user_input" and isinstance(msg_id, str) and msg_id != self.sent_id:
-            self._later.add(msg_id)
-        elif kind == "agent_transcript":
-            reply_to = data.get("reply_to")
-            if reply_to == self.sent_id and data.get("final") is True:
-                text = data.get("text")
-                if isinstance(text, str) and text.strip() and not self.future.done():
+    def _message(self, message: ReceivedMessage) -> None:
+        if message.type is MessageType.USER_INPUT and message.id != self.sent_id:
+            self._later.add(message.id)
+        elif message.type is MessageType.AGENT_TRANSCRIPT:
+            reply_to = message.reply_to
+            if reply_to == self.sent_id and message.final:
+                text = message.text
+                if text.strip() and not self.future.done():
                     # A session being ended closes the reply's stream, which finalises the text
                     # received so far: that cut-off text is not an answer.
                     gone = self._live() if self._live is not None else None
@@ -147,15 +154,15 @@ class PendingAnswer:
                         self._fail(Reason.INTERRUPTED)
                     else:
                         self.future.set_result(Outcome(True, text, None, self.sent_id))
-            elif isinstance(reply_to, str) and reply_to in self._later:
+            elif reply_to is not None and reply_to in self._later:
                 self._fail(Reason.INTERRUPTED)
 
-    def _state(self, data: Mapping[str, Any]) -> None:
-        if data.get("connection_state") == "disconnected":
+    def _state(self, snapshot: SessionSnapshot) -> None:
+        if snapshot.connection_state == "disconnected":
             self._fail(Reason.ENDED)
             return
-        agent = data.get("agent")
-        if isinstance(agent, Mapping) and agent.get("lifecycle") == "failed":
+        agent = snapshot.agent
+        if agent is not None and agent.get("lifecycle") == "failed":
             self._fail(Reason.AGENT_LEFT)
 
 
@@ -187,13 +194,12 @@ class AnswerDesk:
             snapshot = self._hub.snapshot(self.session_id)
         except HubError:
             return Reason.ENDED
-        if snapshot.get("wanted") is False or snapshot.get("connection_state") == "disconnected":
+        if not snapshot.wanted or snapshot.connection_state == "disconnected":
             return Reason.ENDED
-        agent = snapshot.get("agent")
-        if isinstance(agent, Mapping) and agent.get("lifecycle") == "failed":
+        agent = snapshot.agent
+        if agent is not None and agent.get("lifecycle") == "failed":
             return Reason.AGENT_LEFT
-        sending = snapshot.get("sending")
-        if isinstance(sending, int) and sending > 0:
+        if snapshot.sending:
             # Another text is on its way to the agent (ours was delivered already): the agent
             # cut this reply short for it, and its loopback has not been seen yet.
             return Reason.INTERRUPTED

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind
+from lkbridge.bridges.hub import DaemonNotice, Hub, HubError, HubEvent, HubEventKind
 from lkbridge.bridges.wyoming.answers import AnswerDesk
-from lkbridge.config.models import Config, WyomingConfig
+from lkbridge.config.models import Config, SessionConfig, WyomingConfig
 
 if TYPE_CHECKING:
     # The `wyoming` package is imported only once a session has a [wyoming] table.
@@ -76,6 +76,14 @@ class WyomingBridge:
             await asyncio.gather(self._sync_task, return_exceptions=True)
         await self._close_all()
 
+    async def wait_ready(self, timeout: float) -> bool:
+        """Servers listen once entered: nothing to wait for."""
+        return True
+
+    def status(self) -> str:
+        """One short line for systemd's STATUS= ("" when no session uses Wyoming)."""
+        return f"Wyoming: {len(self._servers)} session(s)" if self._servers else ""
+
     async def _open(self, session_id: str, settings: WyomingConfig) -> None:
         from lkbridge.bridges.wyoming.protocol import ProgramInfo
         from lkbridge.bridges.wyoming.server import WyomingServer
@@ -118,9 +126,7 @@ class WyomingBridge:
         if server is not None:
             server.desk.feed(event)
         if event.kind in (HubEventKind.SESSION_ADDED, HubEventKind.SESSION_REMOVED) or (
-            event.kind is HubEventKind.BRIDGE
-            and event.data is not None
-            and event.data.get("event") == "config_reloaded"
+            isinstance(event.data, DaemonNotice) and event.data.event == "config_reloaded"
         ):
             self._resync.set()
 
@@ -141,7 +147,7 @@ class WyomingBridge:
                 cfg = self._hub.session_config(session_id)
             except HubError:
                 continue
-            if cfg.wyoming is not None:
+            if isinstance(cfg, SessionConfig) and cfg.wyoming is not None:
                 wanted[session_id] = cfg.wyoming
         return wanted
 
