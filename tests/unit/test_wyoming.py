@@ -294,3 +294,20 @@ def test_a_template_cannot_carry_a_wyoming_table() -> None:
     template = MINTED.replace("[sessions.kitchen", "[templates.assistant")
     problem = one_problem(template + "[templates.assistant.wyoming]\nport = 10700\n")
     assert problem.startswith("templates.assistant.wyoming: cannot be in a template")
+
+
+async def test_a_question_waits_for_the_reply_to_an_earlier_text() -> None:
+    """Sent into a reply still on its way, a question would cut it and be credited its words."""
+    hub = FakeHub("s")
+    hub.change("s", connection_state="connected", wanted=True)
+    desk = AnswerDesk(hub, "s", timeout=3, max_waiting=2)  # type: ignore[arg-type]
+    hub.observe(desk.feed)
+    desk.feed(message("user_input", "mqtt-1"))  # e.g. a text sent over MQTT, being answered
+    asking = asyncio.create_task(desk.ask("question"))
+    await asyncio.sleep(0.1)
+    assert [c for c in hub.calls if c[0] == "send"] == []  # held back
+    desk.feed(message("agent_transcript", "a1", "Answer to MQTT", reply_to="mqtt-1"))
+    await asyncio.sleep(0.05)
+    assert [c[2] for c in hub.calls if c[0] == "send"] == ["question"]
+    desk.feed(message("agent_transcript", "a2", "Answer to the question", reply_to="generated"))
+    assert (await asyncio.wait_for(asking, 2)).text == "Answer to the question"

@@ -25,6 +25,9 @@ log = structlog.get_logger(__name__)
 BACKLOG_LIMIT = 1000
 """Events kept for a question while its text is still being delivered (then the oldest go)."""
 
+QUIET_WAIT = 5.0
+"""Seconds at most a question waits for the agent to finish answering an earlier text."""
+
 
 class Reason(StrEnum):
     """Why a question got no answer; each has a sentence a person can hear."""
@@ -171,6 +174,11 @@ class AnswerDesk:
 
     Questions from several connections queue up (at most `max_waiting`) instead of interrupting
     each other; `timeout` bounds a question's whole life, its time in the queue included.
+
+    Before a question is sent, the desk waits (at most QUIET_WAIT) until the latest text the
+    session sent (from MQTT, say) has its final reply: a question sent into a reply still on its
+    way would cut it short, and that reply's first words, arriving after the question was sent,
+    would count as the question's own (reply_to is "the latest text sent before the first chunk").
     """
 
     def __init__(self, hub: Hub, session_id: str, *, timeout: float, max_waiting: int) -> None:
@@ -181,6 +189,9 @@ class AnswerDesk:
         self._turn = asyncio.Lock()
         self._waiting = 0
         self._pending: set[PendingAnswer] = set()
+        self._open_input: str | None = None  # the latest text sent, while it has no final reply
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._log = log.bind(session=session_id)
 
     @property
@@ -205,8 +216,39 @@ class AnswerDesk:
             return Reason.INTERRUPTED
         return None
 
+    def _track(self, event: HubEvent) -> None:
+        """Keep `_open_input` (and `_quiet`) up to date from the session's events."""
+        data = event.data
+        if isinstance(data, MessageEvent):
+            message = data.message
+            if message.type is MessageType.USER_INPUT:
+                self._open_input = message.id
+            elif (
+                message.type is MessageType.AGENT_TRANSCRIPT
+                and message.final
+                and message.reply_to is not None
+                and message.reply_to == self._open_input
+            ):
+                self._open_input = None
+        elif event.kind is HubEventKind.SESSION_REMOVED or (
+            isinstance(data, SessionSnapshot) and data.connection_state == "disconnected"
+        ):
+            self._open_input = None  # nothing more will be answered in that room
+        if self._open_input is None:
+            self._quiet.set()
+        else:
+            self._quiet.clear()
+
+    async def _wait_quiet(self) -> None:
+        if not self._quiet.is_set():
+            try:
+                await asyncio.wait_for(self._quiet.wait(), min(QUIET_WAIT, self.timeout / 3))
+            except TimeoutError:
+                self._log.info("wyoming_agent_still_busy", waited=QUIET_WAIT)
+
     def feed(self, event: HubEvent) -> None:
         """Hand one of this session's hub events to every question waiting for an answer."""
+        self._track(event)
         for pending in list(self._pending):
             pending.feed(event)
 
@@ -218,6 +260,7 @@ class AnswerDesk:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._turn:
+                    await self._wait_quiet()
                     pending = PendingAnswer(self._why_not_live)
                     self._pending.add(pending)
                     try:
