@@ -39,6 +39,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# --- the dependencies' wheels, for the offline test of installing the built wheel ---
+# (tests/e2e/test_install.py runs in the test namespace, which has no route to an index)
+wheelhouse="$VENV/wheelhouse"
+if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want" ]; then
+    step "collecting lkbridge's dependencies as wheels in $wheelhouse"
+    mapfile -t deps < <("$VENV/bin/python" -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+    if "$VENV/bin/python" -m pip download -q --only-binary=:all: -d "$wheelhouse" "${deps[@]}"; then
+        echo "$want" > "$wheelhouse/.stamp"
+    else
+        warn "pip download of the dependencies failed; the wheel install test needs them"
+    fi
+fi
+
 # --- the LiveKit Agents framework, for the test agent ------------------------------
 # livekit-agents pins its own `livekit` rtc, so it gets a venv of its own; the tests start
 # devstack/framework_agent/worker.py with this venv's python.

@@ -19,7 +19,9 @@ from devstack.mosquitto import Mosquitto, find_mosquitto
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_ADDR = os.environ.get("LKB_TEST_ADDR", "127.0.0.1")
 ROOT = Path(__file__).resolve().parent.parent
-CPU_LOAD = os.environ.get("LKB_CPU_LOAD", "").lower() in {"1", "true", "yes"}
+_LOAD = os.environ.get("LKB_CPU_LOAD", "").strip().lower()
+CPU_LOAD = int(_LOAD) if _LOAD.isdigit() else (1 if _LOAD in {"true", "yes"} else 0)
+"""Busy-loop processes per core beside the tests: LKB_CPU_LOAD=1 (or true) one, N: N."""
 
 
 def _unavailable(reason: str) -> None:
@@ -126,13 +128,14 @@ async def scripted_agent(
 @pytest.fixture(scope="session", autouse=True)
 def cpu_load() -> Iterator[int]:
     """With LKB_CPU_LOAD=1, one busy-loop process per core (normal priority) runs beside the
-    whole test session, as on a device whose CPU is busy with other work. Yields their count."""
+    whole test session, as on a device whose CPU is busy with other work (LKB_CPU_LOAD=N: N per
+    core). Yields their count."""
     if not CPU_LOAD:
         yield 0
         return
     burners = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
-        for _ in range(os.cpu_count() or 1)
+        for _ in range(CPU_LOAD * (os.cpu_count() or 1))
     ]
     try:
         yield len(burners)
@@ -145,7 +148,8 @@ def cpu_load() -> Iterator[int]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     if CPU_LOAD:
-        return f"cpu load: {os.cpu_count() or 1} busy-loop processes beside the tests (LKB_CPU_LOAD)"
+        count = CPU_LOAD * (os.cpu_count() or 1)
+        return f"cpu load: {count} busy-loop processes beside the tests (LKB_CPU_LOAD)"
     return "cpu load: none (LKB_CPU_LOAD=1 adds one busy-loop process per core)"
 
 

@@ -15,10 +15,12 @@ streamed by the model in word-sized chunks. Switches in the user's text:
     [silent]     no reply at all
     [leave]      reply "Goodbye.", then leave the room on purpose
 
-Job metadata (JSON object, optional) sets defaults: {"chunk_delay": s, "think": s,
-"greeting": "text said when the session starts"}.
+Job metadata (the session's agent_metadata, a JSON object, optional) sets defaults:
+{"chunk_delay": seconds, "think": seconds}.
 Nothing here reaches any address but the LiveKit URL: no STT/TTS/VAD, no turn-detector or
-inference gateway, no model files, no telemetry (that only goes to LiveKit Cloud URLs).
+inference gateway, no model files, no telemetry (the framework sends that only to LiveKit
+Cloud URLs). Checked with `strace -f -e trace=connect,sendto`: connections go only to the
+test server; the one other connect() is libwebrtc's usual UDP route probe (no packet sent).
 """
 
 from __future__ import annotations
@@ -142,24 +144,22 @@ class ScriptedStream(llm.LLMStream):
             self._llm.on_leave()
 
 
-def job_defaults(metadata: str) -> tuple[dict[str, float], str | None]:
+def job_defaults(metadata: str) -> dict[str, float]:
     try:
         data = json.loads(metadata) if metadata else {}
     except ValueError:
         data = {}
     if not isinstance(data, dict):
         data = {}
-    defaults = {
+    return {
         key: float(data[key])
         for key in ("chunk_delay", "think")
         if isinstance(data.get(key), int | float) and 0 <= data[key] <= 60
     }
-    greeting = data.get("greeting")
-    return defaults, greeting if isinstance(greeting, str) and greeting else None
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    defaults, greeting = job_defaults(ctx.job.metadata)
+    defaults = job_defaults(ctx.job.metadata)
     await ctx.connect()
     leaving = asyncio.Event()
 
@@ -179,8 +179,6 @@ async def entrypoint(ctx: JobContext) -> None:
         ),
         record=False,
     )
-    if greeting:
-        session.say(greeting, allow_interruptions=True, add_to_chat_ctx=True)
 
     async def leave_when_asked() -> None:
         await leaving.wait()
@@ -197,6 +195,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
 
 
+def _no_load() -> float:
+    return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agent-name", required=True)
@@ -209,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD,
-        num_idle_processes=0,
+        # One process per job, as in production: rtc's FFI client serves one event loop, and
+        # two jobs connecting at once from threads of one process can wedge it.
+        job_executor_type=JobExecutorType.PROCESS,
+        num_idle_processes=1,
         load_threshold=math.inf,
+        # Report no load: the server skips a worker whose reported (CPU) load is high, and the
+        # tests run it beside busy-loop processes on purpose.
+        load_fnc=_no_load,
         ws_url=args.url,
         host="127.0.0.1",
         port=0,

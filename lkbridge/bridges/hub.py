@@ -48,6 +48,8 @@ class SessionSnapshot:
     restarts: int | None = None  # None: no runner (the session could not be built)
     timestamp: str | None = None  # ISO 8601, when taken
     retry_in: float | None = None  # seconds until a scheduled restart
+    end_reason: str | None = None  # why the agent or room went away (until the next start)
+    last_restart: Mapping[str, Any] | None = None  # {"reason", "at"} of the last restart
     sending: int | None = None  # texts on their way to the agent (None: no runner)
 
     def to_json(self) -> dict[str, Any]:
@@ -60,6 +62,9 @@ class SessionSnapshot:
             "room": self.room,
             "wanted": self.wanted,
         }
+        if self.restarts is not None:  # a runner's snapshot: say why it went away, if it did
+            data["end_reason"] = self.end_reason
+            data["last_restart"] = dict(self.last_restart) if self.last_restart else None
         for key in ("restarts", "sending", "timestamp", "retry_in"):
             if (value := getattr(self, key)) is not None:
                 data[key] = value
@@ -94,6 +99,18 @@ class SessionChange:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionNotice:
+    """A session-level event about a message, e.g. `unanswered` (`{base}/<id>/event`)."""
+
+    session: str
+    event: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, **self.details, "session": self.session}
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonNotice:
     """A daemon-level event (plugin failed, messages dropped, config reloaded, ...)."""
 
@@ -108,12 +125,15 @@ class HubEventKind(StrEnum):
     STATE = "state"  # data: SessionSnapshot
     MESSAGE = "message"  # data: MessageEvent
     ERROR = "error"  # data: ErrorInfo, or None when cleared
+    SESSION_EVENT = "session_event"  # data: SessionNotice
     SESSION_ADDED = "session_added"  # data: SessionChange
     SESSION_REMOVED = "session_removed"  # data: SessionChange
     BRIDGE = "bridge"  # data: DaemonNotice
 
 
-HubEventData = SessionSnapshot | MessageEvent | ErrorInfo | SessionChange | DaemonNotice | None
+HubEventData = (
+    SessionSnapshot | MessageEvent | ErrorInfo | SessionChange | SessionNotice | DaemonNotice | None
+)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ __all__ = [
     "config_from_dict",
     "diff_configs",
     "load_config",
+    "load_config_data",
     "load_effective_config",
     "load_overrides",
     "parse_config",
@@ -139,6 +140,11 @@ def _read(path: Path) -> str:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([Problem(str(path), f"cannot be read: {reason}")], str(path)) from exc
+
+
+def load_config_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's TOML as plain data (not validated); raises ConfigError."""
+    return _loads(_read(Path(path)), str(path))
 
 
 def load_config(
@@ -235,11 +241,12 @@ def load_effective_config(
 
 STARTER_HEADER = """\
 # lkbridge configuration, written by `lkbridge init`.
-# Every key is documented in config.example.toml and docs/configuration.md.
+# Every key, documented: `lkbridge init --print-example` (and docs/configuration.md).
 # Check it with: lkbridge check -c THIS_FILE
 #
-# The demo session mints tokens for a local LiveKit server (`livekit-server --dev` uses the
-# API key "devkey"); its secret is read from the LIVEKIT_API_SECRET environment variable.
+# The demo session mints tokens for a LiveKit server (`livekit-server --dev` uses the API key
+# "devkey"); its secret is read from the LIVEKIT_API_SECRET environment variable (under systemd,
+# use a credential instead: api_secret = { credential = "livekit-api-secret" }).
 # Set agent_name to the name your agent worker registers with.
 
 """
@@ -249,7 +256,7 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     """Write a valid starter config; refuses (ConfigError) to overwrite an existing file."""
     file = Path(path)
     data = {
-        "mqtt": {"host": "127.0.0.1", "port": 1883, "base_topic": "lkbridge"},
+        "mqtt": {"server": "mqtt://127.0.0.1:1883", "base_topic": "lkbridge"},
         "log": {"level": "info", "format": "auto"},
         "homeassistant": {"enabled": True, "discovery_prefix": "homeassistant"},
         "sessions": {
@@ -267,6 +274,11 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     }
     text = STARTER_HEADER + tomli_w.dumps(data)
     try:
+        if not file.parent.exists():
+            # e.g. /etc/lkbridge on a fresh machine: 0755 whatever the umask, as the unit's
+            # ConfigurationDirectoryMode (the service's dynamic user must enter it)
+            file.parent.mkdir(parents=True)
+            os.chmod(file.parent, 0o755)
         # 0644 whatever the umask: a service's dynamic user must read it, and it holds no
         # secrets (those are references to env vars, files or systemd credentials).
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -291,6 +291,10 @@ class SessionConfig:
     agent_metadata: str | None = None
     autostart: bool = True
     agent_connect_timeout: float = 20.0
+    reply_timeout: float = 60.0
+    """Seconds a sent message waits for its final reply before an `unanswered` event; 0: off."""
+    restart_on_agent_leave: bool = True
+    """Whether the session restarts (in a new room) when its agent leaves on its own."""
     room_name: str | None = None
     participant_identity: str | None = None
     participant_name: str | None = None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, cast
 
+from lkbridge.config.address import mqtt_address
 from lkbridge.config.models import (
     ALL_ACTIONS,
     DEFAULT_DEVELOPMENT_BASE_URL,
@@ -43,6 +45,7 @@ from lkbridge.config.models import (
 from lkbridge.config.reader import (
     MISSING,
     NAME,
+    KeyHomes,
     TableReader,
     freeze,
     is_int,
@@ -62,6 +65,7 @@ __all__ = [
     "runtime_session",
     "session_from_table",
     "unknown_name_problems",
+    "unknown_names_in_data",
 ]
 
 SESSION_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
@@ -231,6 +235,8 @@ def _parse_session(session_id: str, table: TableReader, inline_ok: bool) -> Sess
         agent_connect_timeout=table.positive_number(
             "agent_connect_timeout", 20.0, MAX_AGENT_CONNECT_TIMEOUT
         ),
+        reply_timeout=table.number("reply_timeout", 60.0, 0.0, 3600.0),
+        restart_on_agent_leave=table.boolean("restart_on_agent_leave", True),
         room_name=table.opt_string("room_name"),
         participant_identity=table.opt_string("participant_identity"),
         participant_name=table.opt_string("participant_name"),
@@ -354,9 +360,10 @@ def _parse_mqtt(table: TableReader, hostname: str | None, inline_ok: bool) -> Mq
         protocol = MqttProtocol(str(raw_protocol))
     elif raw_protocol is not MISSING:
         table.report("protocol", f'must be "5" or "3.1.1", got {raw_protocol!r}')
+    host, port, tls = mqtt_address(table, tls)
     mqtt = MqttConfig(
-        host=table.string("host", "127.0.0.1"),
-        port=table.integer("port", 8883 if tls else 1883, 1, 65535),
+        host=host,
+        port=port,
         base_topic=table.topic("base_topic", "lkbridge"),
         client_id=table.string("client_id", default_client_id(hostname)),
         username=table.opt_string("username"),
@@ -394,7 +401,31 @@ def config_from_dict(
     """Validate parsed TOML data into a Config; raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
-    root = TableReader(data, "", problems)
+    root = TableReader(data, "", problems, homes=key_homes())
+    config = _read_config(root, env, hostname, source_name)
+    if problems:
+        raise ConfigError(problems, source=source_name)
+    if resolve_secrets:
+        secret_problems = config.secret_problems(env)
+        if secret_problems:
+            raise ConfigError(secret_problems, source=source_name)
+    return config
+
+
+@functools.cache
+def key_homes() -> KeyHomes:
+    """Every table's keys, learnt by reading an empty config with each built-in token source."""
+    homes = KeyHomes()
+    for source in BUILTIN_TOKEN_SOURCES:
+        data = {"mqtt": {"tls": {}}, "state": {}, "log": {}, "plugins": {}, "homeassistant": {},
+                "control": {}, "sessions": {"name": {"token": {"source": source}}}}
+        _read_config(TableReader(data, "", [], learn=homes), {}, "host", "<schema>")
+    return homes
+
+
+def _read_config(
+    root: TableReader, env: Mapping[str, str], hostname: str | None, source_name: str
+) -> Config:
     mqtt = _parse_mqtt(_section(root, "mqtt"), hostname, True)
     state_table = _section(root, "state")
     state = StateConfig(
@@ -424,13 +455,11 @@ def config_from_dict(
     reserved = bridge_subscriptions(
         mqtt.base_topic, homeassistant.discovery_prefix, homeassistant.enabled
     )
-    problems.extend(_topic_problems(sessions, "sessions", reserved))
-    problems.extend(_topic_problems(templates, "templates", reserved))
+    root.problems.extend(_topic_problems(sessions, "sessions", reserved))
+    root.problems.extend(_topic_problems(templates, "templates", reserved))
     for table in (state_table, log_table, plugins_table, ha_table, root):
         table.finish()
-    if problems:
-        raise ConfigError(problems, source=source_name)
-    config = Config(
+    return Config(
         mqtt=mqtt,
         state=state,
         log=log,
@@ -441,11 +470,6 @@ def config_from_dict(
         sessions=FrozenMap(sessions),
         source=source_name,
     )
-    if resolve_secrets:
-        secret_problems = config.secret_problems(env)
-        if secret_problems:
-            raise ConfigError(secret_problems, source=source_name)
-    return config
 
 
 def session_from_table(
@@ -464,7 +488,8 @@ def session_from_table(
     if not isinstance(table, Mapping):
         problems.append(Problem(path, f"expected a table, got {type_name(table)}"))
         raise ConfigError(problems)
-    session = _parse_session(session_id, TableReader(table, path, problems), allow_inline_secrets)
+    reader = TableReader(table, path, problems, homes=key_homes())
+    session = _parse_session(session_id, reader, allow_inline_secrets)
     if problems or session is None:
         raise ConfigError(problems)
     return session
@@ -528,7 +553,7 @@ def overrides_from_dict(data: Mapping[str, Any], source_name: str = "<dict>") ->
     """
     problems: list[Problem] = []
     ignored: list[str] = []
-    root = TableReader(data, "", problems)
+    root = TableReader(data, "", problems, homes=key_homes())
     removed = root.names("removed", ())
     table = root.section("sessions") or TableReader({}, "sessions", problems)
     sessions: dict[str, RuntimeSession] = {}
@@ -566,6 +591,50 @@ def unknown_name_problems(
     token_sources: Collection[str],
 ) -> list[Problem]:
     """Problems for transport and token source names no plugin provides (checked after loading)."""
+    named = [
+        (table, sid, s.senders, s.receivers, s.token.source)
+        for table, sessions in (("sessions", config.sessions), ("templates", config.templates))
+        for sid, s in sessions.items()
+    ]
+    return _name_problems(named, senders, receivers, token_sources)
+
+
+_Named = tuple[str, str, tuple[str, ...], tuple[str, ...], str | None]  # table, id, names, source
+
+
+def unknown_names_in_data(
+    data: Mapping[str, Any],
+    *,
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
+    """unknown_name_problems on raw config data, so that `check` can report them with the
+    schema's own problems in one run (what is not a name is the schema's problem)."""
+
+    def names(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(key)
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    named: list[_Named] = []
+    for kind in ("sessions", "templates"):
+        sessions = data.get(kind)
+        for sid, table in (sessions.items() if isinstance(sessions, Mapping) else ()):
+            if not isinstance(table, Mapping):
+                continue
+            token = table.get("token")
+            source = token.get("source") if isinstance(token, Mapping) else None
+            source = source if isinstance(source, str) and source else None
+            named.append((kind, sid, names(table, "senders"), names(table, "receivers"), source))
+    return _name_problems(named, senders, receivers, token_sources)
+
+
+def _name_problems(
+    named: Sequence[_Named],
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
     problems: list[Problem] = []
     known_sources = [*BUILTIN_TOKEN_SOURCES, *token_sources]
 
@@ -576,13 +645,12 @@ def unknown_name_problems(
             listed = ", ".join(sorted(known)) or "none"
             problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
 
-    named = [*(("sessions", i, c) for i, c in config.sessions.items()),
-             *(("templates", i, c) for i, c in config.templates.items())]
-    for table, session_id, session in named:
+    for table, session_id, session_senders, session_receivers, source in named:
         path = join_path(table, session_id)
-        for index, name in enumerate(session.senders):
+        for index, name in enumerate(session_senders):
             check(f"{path}.senders[{index}]", name, senders, "sender")
-        for index, name in enumerate(session.receivers):
+        for index, name in enumerate(session_receivers):
             check(f"{path}.receivers[{index}]", name, receivers, "receiver")
-        check(f"{path}.token.source", session.token.source, known_sources, "token source")
+        if source is not None:
+            check(f"{path}.token.source", source, known_sources, "token source")
     return problems

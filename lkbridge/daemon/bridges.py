@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-import structlog
-
 from lkbridge.bridges.hub import Bridge, Hub
 from lkbridge.config.models import Config
 from lkbridge.errors import LkbridgeError
+from lkbridge.log import get_logger
 from lkbridge.plugins.host import MQTT_BRIDGE_PLUGIN, PluginHost
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class BridgeFailed(LkbridgeError):

@@ -9,9 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
-
-import structlog
+from typing import Any, Protocol, runtime_checkable
 
 from lkbridge import __version__
 from lkbridge.backoff import Backoff
@@ -41,11 +39,20 @@ from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.bridges import BridgeFailed, enter_bridges, no_bridge_refusal, wait_ready
 from lkbridge.daemon.runner import SessionRunner
 from lkbridge.daemon.state import HistoryOpening, move_aside, open_history
-from lkbridge.log import redact_text
-from lkbridge.messages import ReceivedMessage
+from lkbridge.log import get_logger, redact_text
+from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.plugins.host import PluginHost, load_plugins
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
+
+
+
+@runtime_checkable
+class CountsUnsent(Protocol):
+    """A bridge that can say how many messages it could not deliver (the MQTT bridge)."""
+
+    @property
+    def unsent(self) -> int: ...
 
 
 class Daemon:
@@ -74,6 +81,7 @@ class Daemon:
         self.reload_error: str | None = None  # the last reload's failure, until one succeeds
         self.runners: dict[str, SessionRunner] = {}
         self.broken: dict[str, str] = {}  # session id -> why it could not be built
+        self._broken_at: dict[str, str] = {}  # session id -> when (ISO 8601, UTC)
         self.services: dict[str, Any] = {}
         self._listeners: list[HubListener] = []
         self._backoff = (backoff_initial, backoff_max)
@@ -170,12 +178,16 @@ class Daemon:
 
     def snapshot(self, session_id: str) -> SessionSnapshot:
         if session_id in self.broken:
-            return SessionSnapshot(session_id, error=ErrorInfo("config", self.broken[session_id]))
+            return SessionSnapshot(session_id, error=self._config_error(session_id))
         return self._runner(session_id).snapshot()
+
+    def _config_error(self, session_id: str) -> ErrorInfo:
+        at = self._broken_at.get(session_id) or utcnow().isoformat(timespec="milliseconds")
+        return ErrorInfo("config", self.broken[session_id], at)
 
     def current_error(self, session_id: str) -> ErrorInfo | None:
         if session_id in self.broken:
-            return ErrorInfo("config", self.broken[session_id])
+            return self._config_error(session_id)
         return self._runner(session_id).error_data()
 
     def session_config(self, session_id: str) -> SessionConfig:
@@ -446,6 +458,7 @@ class Daemon:
             # Scrubbed once here, so snapshots, errors and health_check never carry a secret.
             reason = redact_text(str(exc) or type(exc).__name__)
             self.broken[cfg.id] = reason
+            self._broken_at[cfg.id] = utcnow().isoformat(timespec="milliseconds")
             log.error("session_not_built", session=cfg.id, reason=reason)
             self._emit(HubEvent(HubEventKind.STATE, cfg.id, self.snapshot(cfg.id)))
             self._emit(HubEvent(HubEventKind.ERROR, cfg.id, self.current_error(cfg.id)))
@@ -564,7 +577,9 @@ class Daemon:
                 *(self._close_runner(r) for r in list(self.runners.values())),
                 return_exceptions=True,
             )
-        log.info("daemon_stopped")
+        # The last line says what the bridges could not deliver (e.g. to an unreachable broker).
+        unsent = [b.unsent for b in bridges if isinstance(b, CountsUnsent)]
+        log.info("daemon_stopped", **({"unsent": sum(unsent)} if unsent else {}))
         return 0
 
     def _status_line(self, bridges: list[Bridge]) -> str:

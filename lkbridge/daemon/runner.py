@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import structlog
-
 from lkbridge.backoff import Backoff
 from lkbridge.bridges.hub import (
     DaemonNotice,
@@ -18,12 +16,14 @@ from lkbridge.bridges.hub import (
     HubEvent,
     HubEventKind,
     MessageEvent,
+    SessionNotice,
     SessionSnapshot,
 )
 from lkbridge.config.models import SessionConfig
 from lkbridge.daemon.store import MessageStore, StoreError
-from lkbridge.log import redact_text
+from lkbridge.log import get_logger, redact_text
 from lkbridge.messages import ReceivedMessage, utcnow
+from lkbridge.session.agent import AgentFailure
 from lkbridge.session.core import Session
 from lkbridge.session.events import (
     AgentChanged,
@@ -32,12 +32,38 @@ from lkbridge.session.events import (
     ErrorChanged,
     HistoryRestored,
     MessageReceived,
+    MessageUnanswered,
     SessionEvent,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ANSWERS_KEPT = 1000
+
+_DISCONNECT_REASONS = {
+    "SERVER_SHUTDOWN": "server_shutdown",
+    "ROOM_DELETED": "room_deleted",
+    "ROOM_CLOSED": "room_deleted",
+    "PARTICIPANT_REMOVED": "removed_from_room",
+    "DUPLICATE_IDENTITY": "removed_from_room",
+}
+
+
+def end_reason(session: Session) -> str | None:
+    """Why the agent or the room went away, in the words of the retained state (None: it has
+    not). agent_left, agent_join_timeout, connect_failed, server_shutdown, room_deleted,
+    removed_from_room or room_disconnected."""
+    if session.connection_state == ConnectionState.DISCONNECTED:
+        reason = session.disconnect_reason
+        if reason is not None:
+            return _DISCONNECT_REASONS.get(reason, "room_disconnected")
+        return "connect_failed" if session.error is not None else "room_disconnected"
+    failure = session.agent.failure
+    if failure is AgentFailure.LEFT:
+        return "agent_left"
+    if failure is AgentFailure.TIMEOUT:
+        return "agent_join_timeout"
+    return None
 
 
 class SessionRunner:
@@ -71,6 +97,9 @@ class SessionRunner:
         self._conversations: dict[str, str] = {}  # sent message id -> conversation id (bounded)
         self._sending = 0  # texts being delivered right now (see snapshot "sending")
         self._state_waiters: list[asyncio.Event] = []
+        self.end_reason: str | None = None
+        """Why the agent or room went away; kept in the retained state until the next start."""
+        self.last_restart: dict[str, Any] | None = None
         self._log = log.bind(session=cfg.id)
         session.add_listener(self._on_event)
 
@@ -96,6 +125,13 @@ class SessionRunner:
             self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
         elif isinstance(event, HistoryRestored):
             self._persist(self.store.replace, event.messages)
+        elif isinstance(event, MessageUnanswered):
+            notice = SessionNotice(self.id, "unanswered", {
+                "id": event.message_id, "reason": event.reason,
+                "superseded_by": event.superseded_by,
+                "at": event.at.isoformat(timespec="milliseconds"),
+            })
+            self._emit(HubEvent(HubEventKind.SESSION_EVENT, self.id, notice))
 
     def _persist(self, write: Callable[[str, Any], None], data: Any) -> None:
         """Write to the store; a failing disk is reported once, and events still go out."""
@@ -141,6 +177,8 @@ class SessionRunner:
             room=session.room_name,
             wanted=self.wanted,
             restarts=self.restarts,
+            end_reason=self.end_reason,
+            last_restart=self.last_restart,
             # A reply that becomes final while another text is on its way was cut short by it
             # (agents interrupt and finalise): answer waiters need to know (Wyoming bridge).
             sending=self._sending,
@@ -190,12 +228,7 @@ class SessionRunner:
         await self.session.aclose()
 
     def _trouble(self) -> str | None:
-        session = self.session
-        if session.connection_state == ConnectionState.DISCONNECTED:
-            return "disconnected"
-        if session.agent.failure is not None:
-            return f"agent {session.agent.failure.value}"
-        return None
+        return end_reason(self.session)
 
     async def _supervise(self) -> None:
         while self.wanted:
@@ -212,6 +245,7 @@ class SessionRunner:
         loop = asyncio.get_running_loop()
         self._wake.clear()
         started = loop.time()
+        self.end_reason = None
         await self.session.start()
         reason = self._trouble()
         while reason is None:
@@ -220,10 +254,20 @@ class SessionRunner:
             reason = self._trouble()
         if not self.wanted:
             return
+        self.end_reason = reason
+        if reason == "agent_left" and not self.cfg.restart_on_agent_leave:
+            self._log.info("session_not_restarted", reason=reason)
+            self.wanted = False
+            await self.session.end()
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+            return
         if loop.time() - started > self.stable_after:
             self.backoff.reset()
         delay = self.backoff.next()
         self.restarts += 1
+        self.last_restart = {
+            "reason": reason, "at": utcnow().isoformat(timespec="milliseconds"),
+        }
         self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
         if self.session.connection_state != ConnectionState.DISCONNECTED:
             await self.session.end()  # leave the room the agent failed in; start afresh

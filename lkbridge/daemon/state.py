@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from lkbridge.daemon.store import DATABASE_NAME, MessageStore, StoreError
+from lkbridge.log import get_logger
 
 __all__ = ["HistoryOpening", "move_aside", "open_history"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from typing import Any
 
 import paho.mqtt.client as paho
-import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from lkbridge.log import get_logger
 from lkbridge.mqtt.paho_io import (
     PahoClient,
     PahoOnLoop,
@@ -60,7 +60,7 @@ __all__ = [
     "WillMessage",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the reconnect backoff
 
 
@@ -152,6 +152,11 @@ class MqttClient:
     def incoming_dropped_count(self) -> int:
         """Received messages dropped because nobody read them in time (inbox full)."""
         return self._inbox.dropped
+
+    @property
+    def unsent_count(self) -> int:
+        """Messages queued or sent but not acknowledged (what a close now would lose)."""
+        return len(self._outbox) + len(self._unacked)
 
     @property
     def queued_count(self) -> int:
@@ -262,17 +267,29 @@ class MqttClient:
         async for msg in self._inbox:
             yield msg
 
+    async def _drain(self, timeout: float) -> None:
+        """Wait for the outbox to empty and the acknowledgements, unless the connection goes."""
+        idle = asyncio.create_task(self._idle.wait(), name="mqtt-close-idle")
+        lost = asyncio.create_task(self._lost.wait(), name="mqtt-close-lost")
+        done, _ = await asyncio.wait({idle, lost}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (idle, lost):
+            task.cancel()
+        await asyncio.gather(idle, lost, return_exceptions=True)
+        if idle not in done and lost not in done:
+            left = len(self._outbox) + len(self._unacked)
+            log.warning("mqtt_close_unacknowledged", unacknowledged=left, waited=timeout)
+
     async def aclose(self, final: Iterable[OutgoingMessage] = (), timeout: float = 5.0) -> None:
         """Publish `final`, wait (at most `timeout`) for acknowledgements, DISCONNECT cleanly."""
         if self._closing:
             return
         for m in final:
             self.publish_nowait(m.topic, m.payload, m.qos, m.retain, m.properties)
-        if not self._idle.is_set() and self._io.loop is not None:
-            try:
-                await self.wait_published(timeout)
-            except MqttError as exc:
-                log.warning("mqtt_close_unacknowledged", error=str(exc))
+        if not self._idle.is_set() and self._io.loop is not None and self._connected:
+            await self._drain(timeout)
+        # Without a connection nothing can be acknowledged: no waiting (mqtt_closed counts
+        # what was left unsent).
         self._closing = True
         if self._runner is not None:
             self._runner.cancel()

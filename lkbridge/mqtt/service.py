@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
-import structlog
-
 from lkbridge.errors import TransportError
+from lkbridge.log import get_logger
 from lkbridge.mqtt.client import MqttClient
 from lkbridge.mqtt.topic import filters_overlap, topic_matches
 from lkbridge.mqtt.types import IncomingMessage
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Handler = Callable[[str, bytes], None]
 

@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import structlog
-
 from lkbridge.errors import TransportError
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage, SentMessage
 from lkbridge.mqtt.topic import topic_matches
 from lkbridge.transports.base import ReceiverBase
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
     from lkbridge.hookspecs import TransportContext
     from lkbridge.mqtt.client import MqttClient
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_BASE_TOPIC = "lkbridge"
 DEFAULT_PORT = 1883

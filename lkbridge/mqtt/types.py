@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
-import structlog
-
 from lkbridge.backoff import backoff_delay as jittered
 from lkbridge.errors import LkbridgeError
+from lkbridge.log import get_logger
 from lkbridge.mqtt.topic import topic_problem
 
 # Re-exported for code written when they lived here; their home is lkbridge.mqtt.topic.
 from lkbridge.mqtt.topic import filters_overlap as filters_overlap  # isort: skip
 from lkbridge.mqtt.topic import topic_matches as topic_matches  # isort: skip
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Payload = bytes | bytearray | str
 

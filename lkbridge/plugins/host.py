@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import pluggy
-import structlog
 
 from lkbridge import hookspecs
 from lkbridge.hookspecs import BridgeFactory, TokenSourceFactory, TransportFactory
+from lkbridge.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DISABLE_ENV = "LKBRIDGE_DISABLE_PLUGINS"

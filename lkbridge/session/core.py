@@ -114,6 +114,7 @@ class Session(SessionState):
         self._agent_timer: asyncio.Task[None] | None = None
         self._leave_timer: asyncio.Task[None] | None = None
         self._timed_out_identity: str | None = None
+        self._disconnect_reason: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending = False
         self._closed = False
@@ -204,6 +205,12 @@ class Session(SessionState):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def disconnect_reason(self) -> str | None:
+        """Why the room dropped the session unexpectedly since the last start: the name of
+        rtc's DisconnectReason (e.g. `SERVER_SHUTDOWN`, `ROOM_DELETED`), else None."""
+        return self._disconnect_reason
 
     def __repr__(self) -> str:
         return (
@@ -353,6 +360,7 @@ class Session(SessionState):
         self._cancel_agent_timer()
         await self._release_room()
         self._timed_out_identity = None
+        self._disconnect_reason = None
         self._response = None
         self._set_connection_state(ConnectionState.CONNECTING)
         self._set_agent(Agent.connecting(buffering=False))
@@ -493,10 +501,14 @@ class Session(SessionState):
             return
         intentional = self._ending or reason == rtc.DisconnectReason.CLIENT_INITIATED
         self._cancel_agent_timer()
+        if not intentional:
+            self._disconnect_reason = (
+                rtc.DisconnectReason.Name(reason) if reason else "UNKNOWN_REASON"
+            )
         self._set_connection_state(ConnectionState.DISCONNECTED)
         self._set_agent(Agent.disconnected())
         if not intentional:
-            reason_name = rtc.DisconnectReason.Name(reason) if reason else "UNKNOWN_REASON"
+            reason_name = self._disconnect_reason
             self._log.warning("session_disconnected_unexpectedly", reason=reason_name)
             self._invalidate_token()
             self._spawn(self._release_room(room), "release_room")

@@ -12,12 +12,11 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-import structlog
-
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.session.agent import Agent
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class ConnectionState(StrEnum):

@@ -13,9 +13,8 @@ from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-import structlog
-
 from lkbridge.errors import LkbridgeError, TokenSourceError, excerpt, redact_url
+from lkbridge.log import get_logger
 from lkbridge.tokens.claims import (
     DEFAULT_TOLERANCE,
     check_token_usable,
@@ -24,7 +23,7 @@ from lkbridge.tokens.claims import (
     token_is_valid,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 __all__ = [
     "DEFAULT_TOLERANCE",

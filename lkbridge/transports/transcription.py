@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-import structlog
 from livekit import rtc
 
 from lkbridge.errors import TransportError
+from lkbridge.log import get_logger
 from lkbridge.messages import MessageType, ReceivedMessage, utcnow
 from lkbridge.transports.base import ReceiverBase, RoomBinding
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 TRANSCRIPTION_TOPIC = "lk.transcription"
 SEGMENT_ID_ATTRIBUTE = "lk.segment_id"

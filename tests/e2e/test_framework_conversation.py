@@ -89,6 +89,13 @@ async def test_interrupted_question_is_reported_and_the_newer_one_answered(
         await wait_until(lambda: session.agent.is_connected, 30, "the framework agent")
         first = await session.send_text("[think 3] a question the agent ponders")
         assert first is not None
+        # Once it thinks about the first, the framework cuts that reply off for the second.
+        # (Text that reaches it before it began the first would be answered in turn, and that
+        # answer, begun after the second was sent, would be tied to the second: see reply_to.)
+        await wait_until(
+            lambda: session.agent.state is not None and session.agent.state.value == "thinking",
+            30, "the agent thinking about the first question",
+        )
         second = await session.send_text("[instant] the question that matters")
         assert second is not None
         first_outcome = await session.wait_for_reply(first.id, timeout=30)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devstack.framework_agent import FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
@@ -88,14 +89,16 @@ async def request(
     return dict(reply.json())
 
 
+@pytest.mark.conversation
 async def test_home_assistant_entities_act_on_the_real_session(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess],
+    framework_agent: FrameworkAgentProcess, daemons: Callable[[Path], DaemonProcess],
     names: tuple[str, str],
 ) -> None:  # fmt: skip
-    """Discovery payloads are pressed like HA does: buttons start/end, notify and text send."""
+    """Discovery payloads are pressed like HA does: buttons start/end, notify and text send;
+    the agent is the real LiveKit Agents framework."""
     base, prefix = names
-    agent = await scripted_agent()
+    agent = framework_agent
     config = make_config(
         tmp_path, mqtt_broker, livekit_server, names, {"porch": agent.agent_name}, autostart=False
     )
@@ -112,25 +115,27 @@ async def test_home_assistant_entities_act_on_the_real_session(
         # "Start" button: HA publishes payload_press on the command topic.
         start = cmps["start"]
         probe.publish(start["command_topic"], start["payload_press"])
-        await probe.wait_for(f"{base}/porch/state", state_is("connected", "listening"), timeout=20)
-        job = agent.jobs[0]
+        await probe.wait_for(f"{base}/porch/state", state_is("connected", "listening"), timeout=30)
 
         # notify.send_message publishes the raw text on the notify entity's command topic.
         probe.publish(cmps["send"]["command_topic"], "hello from a notify action")
-        chat = await asyncio.wait_for(job.chat.get(), 15)
-        assert chat.text == "hello from a notify action"
+        await probe.wait_for(
+            f"{base}/porch/message",
+            lambda m: m.json()["final"]
+            and m.json()["text"] == "You said: hello from a notify action", timeout=20,
+        )
         probe.publish(cmps["text"]["command_topic"], "typed into the text box")
-        chat = await asyncio.wait_for(job.chat.get(), 15)
-        assert chat.text == "typed into the text box"
         event = await probe.wait_for(
             f"{base}/porch/message",
             lambda m: m.json()["final"] and m.json()["text"] == "You said: typed into the text box",
+            timeout=20,
         )
         assert event.json()["type"] in cmps["message"]["event_types"]
-        # The answer names the message it answers (answer correlation, in the event's data).
-        typed = next(m.json() for m in probe.seen(f"{base}/porch/message")
-                     if m.json()["type"] == "user_input" and m.json()["text"] == "typed into the text box")  # fmt: skip
-        assert event.json()["reply_to"] == typed["id"]
+        asked = [m.json() for m in probe.seen(f"{base}/porch/message")
+                 if m.json()["type"] == "user_input"]
+        assert [a["text"] for a in asked] == ["hello from a notify action",
+                                              "typed into the text box"]
+        assert event.json()["reply_to"] == asked[1]["id"]
 
         # "Last reply": only finished agent replies reach its topic, retained, so a client that
         # connects later (HA after a restart) gets the last one at once.

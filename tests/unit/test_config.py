@@ -1134,7 +1134,15 @@ def test_starter_config_is_valid_and_never_overwrites(tmp_path: Path) -> None:
     )
     assert path.read_text() == "# mine\n"
     with pytest.raises(ConfigError, match="cannot be written"):
-        write_starter_config(tmp_path / "no" / "such" / "dir.toml")
+        write_starter_config(path / "under-a-file.toml")
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, None)
+
+
+def test_starter_config_creates_its_directory(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "lkbridge" / "config.toml"  # a fresh machine has no /etc/lkbridge
+    write_starter_config(path)
+    assert load_config(path, environ={}).sessions
+    assert path.parent.stat().st_mode & 0o777 == 0o755
 
 
 # -- diffs and plugin names -----------------------------------------------------------------------

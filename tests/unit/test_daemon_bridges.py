@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from structlog.testing import capture_logs
+import pytest
 
 from lkbridge.bridges.hub import Bridge, Hub
 from lkbridge.daemon.bridges import no_bridge_refusal
@@ -113,10 +114,14 @@ async def test_no_bridge_runs_when_the_config_allows_it(tmp_path: Path) -> None:
     assert await run_briefly(daemon) == 0
 
 
-async def test_a_disabled_mqtt_bridge_is_allowed_beside_another_bridge(tmp_path: Path) -> None:
+async def test_a_disabled_mqtt_bridge_is_allowed_beside_another_bridge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     made.clear()
     daemon = Daemon(write_config(tmp_path), plugins=host_with(RecordingBridge, disabled_mqtt=True))
-    with capture_logs() as logs:
+    # lkbridge's events are stdlib log records (record.msg: the event's fields)
+    with caplog.at_level(logging.DEBUG, logger="lkbridge"):
         assert no_bridge_refusal(daemon.plugins, daemon.config) is None
-    assert [e["event"] for e in logs] == ["mqtt_bridge_disabled"]  # allowed, never silently
+    events = [r.msg["event"] for r in caplog.records if isinstance(r.msg, dict)]
+    assert events == ["mqtt_bridge_disabled"]  # allowed, never silently
     assert await run_briefly(daemon) == 0

@@ -12,6 +12,7 @@ from lkbridge.bridges.hub import (
     ErrorInfo,
     MessageEvent,
     SessionChange,
+    SessionNotice,
     SessionSnapshot,
 )
 from lkbridge.messages import MessageType, ReceivedMessage
@@ -26,9 +27,22 @@ def test_a_running_session_snapshot() -> None:
         "session": "kitchen", "connection_state": "connected", "is_connected": True,
         "agent": {"lifecycle": "connected"}, "error": None, "room": "room-1", "wanted": True,
         "restarts": 2, "timestamp": "2026-01-02T03:04:05.000+00:00",
+        "end_reason": None, "last_restart": None,
     }  # fmt: skip
     later = dataclasses.replace(snapshot, retry_in=1.5)
     assert later.to_json()["retry_in"] == 1.5 and "retry_in" not in snapshot.to_json()
+    gone = dataclasses.replace(
+        later, end_reason="agent_left", last_restart={"reason": "agent_left", "at": "t"}
+    )
+    assert gone.to_json()["end_reason"] == "agent_left"
+    assert gone.to_json()["last_restart"] == {"reason": "agent_left", "at": "t"}
+
+
+def test_a_session_notice() -> None:
+    notice = SessionNotice("kitchen", "unanswered", {"id": "m1", "reason": "interrupted"})
+    assert notice.to_json() == {
+        "event": "unanswered", "id": "m1", "reason": "interrupted", "session": "kitchen"
+    }
 
 
 def test_a_session_that_could_not_be_built() -> None:

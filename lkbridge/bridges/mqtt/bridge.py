@@ -8,8 +8,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from lkbridge.bridges.hub import (
     DaemonNotice,
     ErrorInfo,
@@ -19,6 +17,7 @@ from lkbridge.bridges.hub import (
     HubEventKind,
     MessageEvent,
     SessionChange,
+    SessionNotice,
     SessionSnapshot,
 )
 from lkbridge.bridges.mqtt.discovery import (
@@ -33,7 +32,7 @@ from lkbridge.bridges.mqtt.incoming import Incoming
 from lkbridge.bridges.mqtt.router import Router, dumps
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config.models import Config, MqttConfig
-from lkbridge.log import redact_payload
+from lkbridge.log import get_logger, redact_payload
 from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
@@ -47,7 +46,7 @@ from lkbridge.mqtt.client import (
 from lkbridge.mqtt.service import SharedMqttService
 from lkbridge.mqtt.types import Priority
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
@@ -403,6 +402,10 @@ class MqttBridge:
         elif kind is HubEventKind.ERROR:
             if session_id in self._sessions:
                 self._publish_error(session_id, data)
+        elif kind is HubEventKind.SESSION_EVENT and isinstance(data, SessionNotice):
+            if session_id in self._sessions:
+                payload = dumps(data.to_json())
+                self._pub(self._topic(session_id, SessionLeaf.EVENT), payload, retain=False)
         elif kind is HubEventKind.SESSION_ADDED:
             if self._bridgeable(session_id):
                 self._publish_session(session_id)
@@ -430,6 +433,11 @@ class MqttBridge:
         except Exception:
             return False
         return True
+
+    @property
+    def unsent(self) -> int:
+        """Messages not (yet) acknowledged by the broker; after aclose(), those never sent."""
+        return self._client.unsent_count
 
     def status(self) -> str:
         """One short line for systemd's STATUS=."""

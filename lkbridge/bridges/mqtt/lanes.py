@@ -8,9 +8,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
+from lkbridge.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 LANE_LIMIT = 1000
 """Jobs waiting per session and lane; more are refused (and reported) rather than queued."""

@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import structlog
-
 from lkbridge.bridges.hub import Hub, HubError
 from lkbridge.bridges.mqtt.topics import json_type_name, session_id_problem
 from lkbridge.config.models import ALL_ACTIONS, ControlConfig
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MAX_SEND_ID_LENGTH = 200
 

@@ -20,6 +20,7 @@ class SessionLeaf(StrEnum):
     ERROR = "error"
     MESSAGE = "message"
     LAST_REPLY = "last_reply"
+    EVENT = "event"
     SEND = "send"
     COMMAND = "command"
 
