@@ -264,6 +264,8 @@ class ReplyWatcher:
         self._sent_id: str | None = None
 
     def on_message(self, msg: IncomingMessage) -> None:
+        if self.answer.done():
+            return
         event = decode_json(msg.payload)
         if isinstance(event, dict) and event.get("session") == self.session:
             self._events.append(event)
@@ -276,7 +278,10 @@ class ReplyWatcher:
     def _scan(self) -> None:
         if self._sent_id is None or self.answer.done():
             return
-        for e in self._events:
+        # once our id is known each event is looked at once (a busy session must not make
+        # every new event re-scan all earlier ones)
+        events, self._events = self._events, []
+        for e in events:
             if e.get("reply_to") == self._sent_id and e.get("type") == "agent_transcript":
                 if e.get("final"):
                     self.answer.set_result(WaitOutcome("answered", str(e.get("text", ""))))

@@ -264,6 +264,23 @@ async def test_reply_watcher_reports_interrupted_and_never_another_messages_answ
         assert other.answer.result().status == expected
 
 
+async def test_reply_watcher_keeps_no_events_once_its_id_is_known() -> None:
+    """A busy session sends thousands of events while we wait: each is looked at once, not
+    kept and scanned again with every later one."""
+    from lkbridge.cli.clients import ReplyWatcher
+    from lkbridge.mqtt.client import IncomingMessage
+
+    watcher = ReplyWatcher("demo")
+    watcher.sent("mine")
+    for i in range(5000):
+        payload = json.dumps(event(f"a{i}", "chatter", True) | {"reply_to": f"other{i}"})
+        watcher.on_message(IncomingMessage("lkb/demo/message", payload.encode(), 1, False))
+    assert watcher._events == [] and not watcher.answer.done()
+    payload = json.dumps(event("a", "Hello", True) | {"reply_to": "mine"})
+    watcher.on_message(IncomingMessage("lkb/demo/message", payload.encode(), 1, False))
+    assert watcher.answer.result().text == "Hello"
+
+
 class FakeDaemon:
     """Answers session/send and session/history like the daemon, and streams a reply."""
 
