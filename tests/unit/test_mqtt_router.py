@@ -17,6 +17,7 @@ from lkbridge.bridges.mqtt.router import (
     Command,
     Router,
     SendPayload,
+    dumps,
     history_page,
     parse_command,
     parse_send,
@@ -336,3 +337,8 @@ def test_history_pages_walk_back_with_the_cursor() -> None:
     page = history_page("s", big, 200, None)
     assert len(json.dumps(page)) <= HISTORY_PAGE_BYTES + 20_000
     assert page["messages"][-1]["id"] == "b99" and page["next"] == page["messages"][0]["id"]
+    # the budget is bytes as published: 4-byte characters must not make a page 4 times larger
+    wide = [MESSAGE | {"id": f"w{i}", "text": "\U0001f600" * 5_000} for i in range(100)]
+    page = history_page("s", wide, 200, None)
+    assert len(dumps(page)) <= HISTORY_PAGE_BYTES + 20_000
+    assert page["messages"][-1]["id"] == "w99" and page["next"] == page["messages"][0]["id"]

@@ -281,7 +281,7 @@ def history_page(
     size = 0
     keep = len(page)
     for index in range(len(page) - 1, -1, -1):  # newest first, until the byte budget is spent
-        size += len(json.dumps(page[index], ensure_ascii=False)) + 1
+        size += len(dumps(page[index])) + 1  # bytes as published (UTF-8), not characters
         if size > HISTORY_PAGE_BYTES and index < len(page) - 1:
             keep = len(page) - 1 - index
             break
