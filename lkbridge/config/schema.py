@@ -451,7 +451,7 @@ def _read_config(
     control = _parse_control(_section(root, "control"))
     templates = _parse_templates(root)
     sessions = _parse_sessions(root, True)
-    _check_wyoming_ports(sessions, problems)
+    _check_wyoming_ports(sessions, root.problems)
     reserved = bridge_subscriptions(
         mqtt.base_topic, homeassistant.discovery_prefix, homeassistant.enabled
     )
