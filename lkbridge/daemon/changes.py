@@ -184,7 +184,12 @@ class ConfigChanges:
             new_overrides = daemon.overrides.without_session(session_id, daemon.base_session_ids)
             self.write_overrides(new_overrides)
             daemon.overrides = new_overrides
-            daemon.config = new_overrides.apply(daemon.config)
+            # Gone from the effective config too (a session added at runtime is not in the
+            # base file, so applying the overrides alone would keep it): bridge/info stops
+            # listing it and the next reload does not remove it a second time.
+            daemon.config = new_overrides.apply(daemon.config).with_sessions(
+                cfg for sid, cfg in daemon.config.sessions.items() if sid != session_id
+            )
             await daemon._drop_runner(session_id, forget_history=True)
             return SessionRemoved(session_id)
 

@@ -166,6 +166,12 @@ class Daemon:
             return self._config_error(session_id)
         return self._runner(session_id).error_data()
 
+    def session_config(self, session_id: str) -> SessionConfig:
+        cfg = self.config.sessions.get(session_id)
+        if cfg is None:
+            raise UnknownSession(session_id)
+        return cfg
+
     def info(self) -> BridgeInfo:
         return BridgeInfo(
             version=__version__,
@@ -212,9 +218,16 @@ class Daemon:
         await runner.end()
         return runner.snapshot()
 
-    async def send(self, session_id: str, text: str, *, send_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any]:
         self._check_accepting()
-        return await self._runner(session_id).send(text, send_id)
+        return await self._runner(session_id).send(text, send_id, conversation_id=conversation_id)
 
     def history(self, session_id: str) -> list[MessageEvent]:
         runner = self._runner(session_id)
@@ -398,7 +411,7 @@ class Daemon:
         parts = [f"{connected}/{len(self.runners)} session(s) connected"]
         if self.broken:
             parts.append(f"{len(self.broken)} broken")
-        parts.extend(b.status() for b in bridges)
+        parts.extend(line for b in bridges if (line := b.status()))  # "" says nothing
         if not self.store.persisted:
             parts.append("history not persisted")
         if self.overrides_problem is not None:
