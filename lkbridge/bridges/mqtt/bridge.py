@@ -29,6 +29,7 @@ from lkbridge.bridges.mqtt.discovery import (
     session_node_id,
 )
 from lkbridge.bridges.mqtt.incoming import Incoming
+from lkbridge.bridges.mqtt.reports import DropReports
 from lkbridge.bridges.mqtt.router import Router, dumps
 from lkbridge.bridges.mqtt.settings import OFFLINE, ONLINE, client_settings
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
@@ -50,8 +51,6 @@ HA_BIRTH_DELAY = (0.5, 3.0)
 """Seconds (random in this range) between Home Assistant's birth message and our re-publish."""
 INFO_LIMIT = 262_144
 """Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
-REPORT_INTERVAL = 1.0
-"""Seconds between two reports of dropped events or refused requests (the first is at once)."""
 # Bridge events after which the retained bridge/info is out of date (config or state directory).
 INFO_CHANGING_EVENTS = frozenset({
     "config_reloaded", "config_reload_failed", "overrides_ignored", "overrides_moved_aside",
@@ -99,6 +98,7 @@ class MqttBridge:
         self._own_filters = topics.subscriptions(homeassistant=self._ha)
         self._service = SharedMqttService(self._client, topics.base, self._own_filters)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reports = DropReports(self._report_drops)
         self._incoming = Incoming(
             hub, topics, self._router, control,
             max_payload_bytes=config.mqtt.max_payload_bytes,
@@ -106,13 +106,9 @@ class MqttBridge:
             spawn=self._spawn,
             publish=self._pub,
             complain=self._complain,
-            count=self._count,
+            count=self._reports.count,
             info_changed=self._publish_info,
         )  # fmt: skip
-        self._counts = {"events_dropped": 0, "requests_refused": 0}  # not yet reported
-        self._totals = {"events_dropped": 0, "requests_refused": 0}
-        self._report_at = 0.0
-        self._report_handle: asyncio.TimerHandle | None = None
         self._scalars: dict[str, tuple[Any, str]] = {}  # session -> (connection, agent state)
         self._sessions: set[str] = set()  # sessions whose topics (and discovery) are out
         self._republish: asyncio.Task[None] | None = None
@@ -160,8 +156,7 @@ class MqttBridge:
         self._stopping = True
         if self._unobserve is not None:
             self._unobserve()
-        if self._report_handle is not None:
-            self._report_handle.cancel()
+        self._reports.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -212,28 +207,12 @@ class MqttBridge:
                 self._log.warning("mqtt_publish_refused", topic=topic, error=str(exc))
             return
         if not queued and priority is not Priority.REPORT:
-            self._count("events_dropped")
+            self._reports.count("events_dropped")
 
-    def _count(self, what: str) -> None:
-        """Count a dropped event or refused request; reported at once, then at most every 1 s."""
-        self._counts[what] += 1
-        self._totals[what] += 1
-        if self._report_handle is not None or self._stopping:
-            return
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, self._report_at + REPORT_INTERVAL - loop.time())
-        self._report_handle = loop.call_later(delay, self._report_counts)
-
-    def _report_counts(self) -> None:
-        self._report_handle = None
-        self._report_at = asyncio.get_running_loop().time()
-        for what, count in self._counts.items():
-            if count:
-                self._counts[what] = 0
-                total = self._totals[what]
-                self._log.warning(what, count=count, total=total)
-                payload = dumps({"event": what, "count": count, "total": total})
-                self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.REPORT)
+    def _report_drops(self, what: str, count: int, total: int) -> None:
+        self._log.warning(what, count=count, total=total)
+        payload = dumps({"event": what, "count": count, "total": total})
+        self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.REPORT)
 
     def event(self, name: str, **data: Any) -> None:
         """Publish a bridge-level event on `{base}/bridge/event` (not retained)."""
