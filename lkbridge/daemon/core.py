@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,14 @@ from typing import Any
 import structlog
 
 from lkbridge import __version__
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind, HubListener, UnknownSession
+from lkbridge.bridges.hub import (
+    HubError,
+    HubEvent,
+    HubEventKind,
+    HubListener,
+    Intent,
+    UnknownSession,
+)
 from lkbridge.config.files import (
     OVERRIDES_FILE,
     load_config,
@@ -26,6 +33,8 @@ from lkbridge.config.files import (
 from lkbridge.config.models import Config, ConfigError, Overrides, SessionConfig, diff_configs
 from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
+from lkbridge.daemon.intents import Intents
+from lkbridge.daemon.journal import Journal
 from lkbridge.daemon.runner import Backoff, SessionRunner
 from lkbridge.daemon.store import MessageStore
 from lkbridge.messages import ReceivedMessage
@@ -51,6 +60,7 @@ class Daemon:
         self.store = MessageStore.in_directory(
             self.config.state.directory, history_limit=self.config.state.history_limit
         )
+        self.intents = Intents(self, Journal(self.store))
         self.runners: dict[str, SessionRunner] = {}
         self.broken: dict[str, str] = {}  # session id -> why it could not be built
         self.services: dict[str, Any] = {}
@@ -148,6 +158,30 @@ class Daemon:
     def _check_accepting(self) -> None:
         if not self._accepting:
             raise HubError("lkbridge is shutting down")
+
+    check_accepting = _check_accepting
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def runner(self, session_id: str) -> SessionRunner:
+        """The session's runner; HubError (UnknownSession) when there is none."""
+        return self._runner(session_id)
+
+    def emit(self, event: HubEvent) -> None:
+        self._emit(event)
+
+    # -- hub: journaled intents (daemon/intents.py) ----------------------------------------
+
+    def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
+        return self.intents.add(intents)
+
+    def journaled(self, digest: bytes) -> bool:
+        return self.intents.has(digest)
+
+    async def carry_out(self, seq: int, intent: Intent) -> Awaitable[dict[str, Any]]:
+        return await self.intents.carry_out(seq, intent)
 
     async def start_session(self, session_id: str) -> dict[str, Any]:
         self._check_accepting()
@@ -289,7 +323,10 @@ class Daemon:
             self._emit(HubEvent(HubEventKind.ERROR, cfg.id, self.current_error(cfg.id)))
             return
         self.broken.pop(cfg.id, None)
-        runner = SessionRunner(cfg, session, self.store, self._emit, backoff=Backoff(*self._backoff))
+        runner = SessionRunner(
+            cfg, session, self.store, self._emit, backoff=Backoff(*self._backoff),
+            journal=self.intents.journal,
+        )  # fmt: skip
         self.runners[cfg.id] = runner
         restored = runner.restore_from_store()
         log.info("session_added", session=cfg.id, restored_messages=restored)
@@ -343,6 +380,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
+            unfinished = self.intents.pending()  # before a bridge journals anything new
             bridges: list[Any] = []
             for name, spec in self.plugins.bridges.items():
                 try:
@@ -366,6 +404,8 @@ class Daemon:
                 self._add_runner(cfg)
             for sid in list(self.runners):
                 self._launch(sid)
+            # What a previous run acknowledged but did not finish, before anything new.
+            self.intents.replay(unfinished)
             # READY once the bridges are up too (bounded: a broker outage is a status, not a
             # reason to hold back start-up).
             await asyncio.gather(*(self._wait_bridge(b) for b in bridges))

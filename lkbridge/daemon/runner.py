@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
 from lkbridge.config.models import SessionConfig
+from lkbridge.daemon.journal import Journal
 from lkbridge.daemon.store import MessageStore, StoreError
 from lkbridge.log import redact_text
-from lkbridge.messages import ReceivedMessage, utcnow
+from lkbridge.messages import ReceivedMessage, SentMessage, utcnow
 from lkbridge.session.core import Session
 from lkbridge.session.events import (
     AgentChanged,
@@ -60,10 +61,13 @@ class SessionRunner:
         *,
         backoff: Backoff | None = None,
         stable_after: float = 30.0,
+        journal: Journal | None = None,
     ) -> None:
         self.cfg = cfg
         self.session = session
         self.store = store
+        self.journal = journal or Journal(store)
+        self._admission = asyncio.Lock()  # FIFO: sends enter the session's outbox in order
         self._emit = emit
         self.backoff = backoff or Backoff()
         self.stable_after = stable_after
@@ -261,29 +265,63 @@ class SessionRunner:
         The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
         first answer is no longer remembered (e.g. after a restart) id and timestamp are None.
         """
-        await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
-        if send_id is not None:
-            if send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id):
+        return await (await self.submit(text, send_id))
+
+    async def submit(
+        self, text: str, send_id: str | None, *, seq: int | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Queue a send behind the earlier ones and return the future of its answer (send()).
+
+        Returns as soon as the text is in the session's outbox, so the next send can be queued
+        while this one is delivered (pipelined; the outbox keeps the order on the wire). `seq`
+        is its journal entry: marked carried out the moment the agent's transport has the text
+        (with the send id, in one transaction), or once the send failed.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._admission:
+            await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
+            if send_id is not None and (
+                send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id)
+            ):
+                self._finish(seq, None)
                 first = self._answers.get(send_id)
                 if first is None:
                     first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
-                return first | {"duplicate": True}
-            self._inflight_sends.add(send_id)
+                done: asyncio.Future[dict[str, Any]] = loop.create_future()
+                done.set_result(first | {"duplicate": True})
+                return done
+            if send_id is not None:
+                self._inflight_sends.add(send_id)
+            waiting = self.session.queue_text(
+                text, on_delivered=lambda _message: self._finish(seq, send_id)
+            )
+        return loop.create_task(self._answer(waiting, send_id, seq), name=f"send-{self.id}")
+
+    async def _answer(
+        self, waiting: Awaitable[SentMessage | None], send_id: str | None, seq: int | None
+    ) -> dict[str, Any]:
         try:
-            sent = await self.session.send_text(text)
+            sent = await waiting
         finally:
             if send_id is not None:
                 self._inflight_sends.discard(send_id)
         if sent is None:
+            self._finish(seq, None)  # answered with a refusal (send_failed): done with it
             error = self.error_data()
             raise HubError(error["message"] if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
         if send_id is not None:
-            try:
-                self.store.remember_send_id(self.id, send_id)
-            except StoreError as exc:
-                self._log.error("send_id_not_saved", error=str(exc))
             self._answers[send_id] = answer
             while len(self._answers) > ANSWERS_KEPT:
                 del self._answers[next(iter(self._answers))]
         return answer | {"duplicate": False}
+
+    def _finish(self, seq: int | None, send_id: str | None) -> None:
+        """Journal entry carried out (and the send id remembered with it); never raises."""
+        try:
+            if seq is not None:
+                self.journal.finish(seq, send_id=(self.id, send_id) if send_id else None)
+            elif send_id is not None:
+                self.store.remember_send_id(self.id, send_id)
+        except StoreError as exc:
+            self._log.error("send_id_not_saved", error=str(exc))

@@ -16,7 +16,7 @@ from lkbridge.messages import MessageType, ReceivedMessage
 __all__ = ["DATABASE_NAME", "MessageStore", "StoreError"]
 
 DATABASE_NAME = "lkbridge.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -37,6 +37,19 @@ CREATE TABLE IF NOT EXISTS send_ids (
     PRIMARY KEY (session_id, send_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS send_ids_by_time ON send_ids (session_id, accepted_at);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT,
+    send_id TEXT,
+    expires_at REAL,
+    digest BLOB,
+    received_at REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS journal_by_digest ON journal (digest);
+CREATE INDEX IF NOT EXISTS journal_pending ON journal (done, seq);
 """
 
 
@@ -47,8 +60,12 @@ class StoreError(Exception):
 class MessageStore:
     """Message history per session (first-arrival order, bounded) and accepted send ids.
 
-    Durability contract: a write returns only after SQLite committed it (WAL, and
-    synchronous=FULL by default, so it survives power loss too, not only a killed process).
+    Durability contract (WAL): every write returns only after SQLite committed it, so a killed
+    process (`kill -9`) never loses it. Only *durable* writes are also fsynced before they
+    return, and so survive a power cut: final messages, history replacements and journal
+    entries (see journal.py). Growing (partial) transcript updates are committed with
+    synchronous=NORMAL: no fsync; the next durable write, or a checkpoint, makes them durable
+    too. `synchronous="FULL"` makes every write durable (one fsync per commit).
     Callers must store a message *before* publishing it; then a `kill -9` at any moment never
     loses anything that was already published.
 
@@ -63,7 +80,7 @@ class MessageStore:
         history_limit: int = 1000,
         send_id_limit: int = 10_000,
         send_id_ttl: float = 7 * 24 * 3600.0,
-        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
     ) -> None:
         if history_limit < 0 or send_id_limit < 1 or send_id_ttl <= 0:
             raise ValueError("history_limit >= 0, send_id_limit >= 1 and send_id_ttl > 0")
@@ -73,6 +90,7 @@ class MessageStore:
         self.history_limit = history_limit
         self.send_id_limit = send_id_limit
         self.send_id_ttl = send_id_ttl
+        self.synchronous = synchronous
         try:
             # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE … COMMIT) below.
             self._db: sqlite3.Connection | None = sqlite3.connect(
@@ -83,7 +101,7 @@ class MessageStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
-            with self._transaction() as db:
+            with self.transaction() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise StoreError(
@@ -119,20 +137,34 @@ class MessageStore:
         return self._db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; `durable` fsyncs the WAL at COMMIT (survives a power cut).
+
+        synchronous can only change outside a transaction, so a durable commit on a NORMAL
+        connection switches to FULL around it: one fsync, and everything committed before it
+        in the WAL becomes durable with it.
+        """
         db = self._conn()
+        upgrade = durable and self.synchronous != "FULL"
         try:
-            db.execute("BEGIN IMMEDIATE")
+            if upgrade:
+                db.execute("PRAGMA synchronous=FULL")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if upgrade:
+                    db.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as exc:
             raise StoreError(f"history database {self.path}: {exc}") from exc
 
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+
+    def read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -140,7 +172,7 @@ class MessageStore:
 
     @property
     def journal_mode(self) -> str:
-        return str(self._read("PRAGMA journal_mode", ())[0][0])
+        return str(self.read("PRAGMA journal_mode", ())[0][0])
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -149,10 +181,11 @@ class MessageStore:
         self.upsert_many(session_id, (message,))
 
     def upsert_many(self, session_id: str, messages: Iterable[ReceivedMessage]) -> None:
-        """Upsert several messages in one transaction, in order."""
-        with self._transaction() as db:
+        """Upsert several messages in one transaction, in order (durable if any is final)."""
+        batch = list(messages)
+        with self.transaction(durable=any(m.final for m in batch)) as db:
             inserted = False
-            for message in messages:
+            for message in batch:
                 inserted |= _upsert(db, session_id, message)
             if inserted:
                 self._evict(db, session_id)
@@ -170,7 +203,7 @@ class MessageStore:
 
     def load(self, session_id: str) -> list[ReceivedMessage]:
         """The session's history in first-arrival order (at most history_limit, newest kept)."""
-        rows = self._read(
+        rows = self.read(
             "SELECT id, timestamp, type, text, final FROM ("
             " SELECT * FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?"
             ") ORDER BY seq",
@@ -194,7 +227,7 @@ class MessageStore:
 
     def replace(self, session_id: str, messages: Iterable[ReceivedMessage]) -> None:
         """Make the session's history exactly these messages (restore); later ids win."""
-        with self._transaction() as db:
+        with self.transaction(durable=True) as db:
             db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             for message in messages:
                 _upsert(db, session_id, message)
@@ -202,28 +235,29 @@ class MessageStore:
 
     def count(self, session_id: str) -> int:
         """How many messages are stored for the session."""
-        rows = self._read("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
+        rows = self.read("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
         return int(str(rows[0][0]))
 
     def session_ids(self) -> list[str]:
         """Sessions that have stored messages or send ids."""
-        rows = self._read(
+        rows = self.read(
             "SELECT session_id FROM messages UNION SELECT session_id FROM send_ids ORDER BY 1", ()
         )
         return [str(row[0]) for row in rows]
 
     def delete_session(self, session_id: str) -> None:
-        """Forget everything stored for a session."""
-        with self._transaction() as db:
+        """Forget everything stored for a session (its unfinished journal entries too)."""
+        with self.transaction(durable=True) as db:
             db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM send_ids WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM journal WHERE session_id = ?", (session_id,))
 
     # -- idempotent sends -------------------------------------------------------------------
 
     def seen_send_id(self, session_id: str, send_id: str, *, now: float | None = None) -> bool:
         """Whether a send with this id was already accepted (within the TTL)."""
         cutoff = (time.time() if now is None else now) - self.send_id_ttl
-        rows = self._read(
+        rows = self.read(
             "SELECT 1 FROM send_ids WHERE session_id = ? AND send_id = ? AND accepted_at > ?",
             (session_id, send_id, cutoff),
         )
@@ -234,32 +268,38 @@ class MessageStore:
 
         Keeps at most send_id_limit ids per session and none older than send_id_ttl.
         """
+        with self.transaction() as db:
+            return self.remember_send_id_in(db, session_id, send_id, now=now)
+
+    def remember_send_id_in(
+        self, db: sqlite3.Connection, session_id: str, send_id: str, *, now: float | None = None
+    ) -> bool:
+        """remember_send_id() inside a transaction the caller holds (see journal.py)."""
         at = time.time() if now is None else now
-        with self._transaction() as db:
-            db.execute(
-                "DELETE FROM send_ids WHERE session_id = ? AND accepted_at <= ?",
-                (session_id, at - self.send_id_ttl),
-            )
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO send_ids (session_id, send_id, accepted_at)"
-                " VALUES (?, ?, ?)",
-                (session_id, send_id, at),
-            )
-            if cursor.rowcount == 0:
-                return False
-            db.execute(
-                "DELETE FROM send_ids WHERE session_id = ? AND send_id IN ("
-                " SELECT send_id FROM send_ids WHERE session_id = ?"
-                " ORDER BY accepted_at DESC LIMIT -1 OFFSET ?)",
-                (session_id, session_id, self.send_id_limit),
-            )
-            return True
+        db.execute(
+            "DELETE FROM send_ids WHERE session_id = ? AND accepted_at <= ?",
+            (session_id, at - self.send_id_ttl),
+        )
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO send_ids (session_id, send_id, accepted_at)"
+            " VALUES (?, ?, ?)",
+            (session_id, send_id, at),
+        )
+        if cursor.rowcount == 0:
+            return False
+        db.execute(
+            "DELETE FROM send_ids WHERE session_id = ? AND send_id IN ("
+            " SELECT send_id FROM send_ids WHERE session_id = ?"
+            " ORDER BY accepted_at DESC LIMIT -1 OFFSET ?)",
+            (session_id, session_id, self.send_id_limit),
+        )
+        return True
 
     # -- maintenance ------------------------------------------------------------------------
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity check: an empty list when the database is sound."""
-        rows = self._read("PRAGMA integrity_check", ())
+        rows = self.read("PRAGMA integrity_check", ())
         problems = [str(row[0]) for row in rows]
         return [] if problems == ["ok"] else problems
 

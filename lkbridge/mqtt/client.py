@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -77,7 +78,7 @@ def _paho_properties(props: PublishProperties, expiry_left: int | None) -> Prope
     return out
 
 
-def _incoming(msg: paho.MQTTMessage) -> IncomingMessage:
+def _incoming(msg: paho.MQTTMessage, ack_key: int) -> IncomingMessage:
     props = getattr(msg, "properties", None)
 
     def get(name: str) -> Any:
@@ -94,7 +95,17 @@ def _incoming(msg: paho.MQTTMessage) -> IncomingMessage:
         message_expiry_interval=get("MessageExpiryInterval"),
         content_type=get("ContentType"),
         user_properties=tuple((str(k), str(v)) for k, v in get("UserProperty") or ()),
+        dup=bool(msg.dup),
+        ack_key=ack_key,
     )
+
+
+@dataclass
+class _PendingAck:
+    gen: int
+    mid: int
+    qos: int
+    done: bool = False
 
 
 class _PahoClient(paho.Client):
@@ -147,6 +158,9 @@ class MqttClient:
         self._loop_thread = 0
         self._outbox = Outbox(s.queue_limit)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
+        self._acks: dict[int, _PendingAck] = {}  # manual_ack: received, in order of receipt
+        self._ack_seq = 0
+        self.stale_acks = 0  # acknowledgements not sent: their connection was gone
         self._window = s.max_inflight
         self._subscriptions: dict[str, int] = {}
         self._sub_waiters: dict[int, tuple[list[str], asyncio.Future[list[ReasonCode]] | None]] = {}
@@ -172,6 +186,7 @@ class MqttClient:
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             reconnect_on_failure=False,
+            manual_ack=s.manual_ack,
             clean_session=None if self._v5 else not self._persistent,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
         )
@@ -191,6 +206,8 @@ class MqttClient:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = s.session_expiry if self._persistent else 0
+            if s.manual_ack:  # the broker never has more unacknowledged messages out to us
+                props.ReceiveMaximum = min(65535, s.incoming_limit)
         clean_start = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
         client.connect_async(s.host, s.port, s.keepalive, clean_start=clean_start, properties=props)
         # paho callbacks only hop onto the loop: protocol events are posted (handled after paho
@@ -201,7 +218,7 @@ class MqttClient:
         client.on_disconnect = lambda _c, _u, flags, rc, _p: self._post(
             self._handle_disconnect, self._gen, flags.is_disconnect_packet_from_server, rc
         )
-        client.on_message = lambda _c, _u, msg: self._post(self._handle_message, msg)
+        client.on_message = lambda _c, _u, msg: self._post(self._handle_message, self._gen, msg)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._post(self._handle_puback, mid, rc)
         client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._post(self._handle_suback, mid, rcs)
         client.on_socket_close = lambda _c, _u, sock: self._now(self._detach, sock.fileno())
@@ -338,6 +355,35 @@ class MqttClient:
         """Received messages in arrival order, until the client closes (meant for one reader)."""
         async for msg in self._inbox:
             yield msg
+
+    async def batches(self, limit: int = 256) -> AsyncIterator[list[IncomingMessage]]:
+        """As messages(), but everything already waiting at once (at most `limit` a batch)."""
+        async for batch in self._inbox.batches(limit):
+            yield batch
+
+    def ack(self, message: IncomingMessage) -> None:
+        """With `manual_ack`: acknowledge a received QoS>0 message (no-op for the others).
+
+        PUBACKs go out in the order the messages arrived (MQTT requires it): an early message
+        not yet acknowledged holds back the later ones. An acknowledgement for a message of an
+        earlier connection is never sent (its packet id may mean another message now); the
+        broker delivers that message again, with the DUP flag, after the reconnect.
+        """
+        pending = self._acks.get(message.ack_key)
+        if pending is None:
+            if message.ack_key:
+                self.stale_acks += 1
+            return
+        pending.done = True
+        while self._acks:
+            key, head = next(iter(self._acks.items()))
+            if not head.done:
+                break
+            del self._acks[key]
+            if head.gen == self._gen and self._connected:
+                self._paho.ack(head.mid, head.qos)
+            else:
+                self.stale_acks += 1
 
     async def aclose(self, final: Iterable[OutgoingMessage] = (), timeout: float = 5.0) -> None:
         """Publish `final`, wait (at most `timeout`) for acknowledgements, DISCONNECT cleanly."""
@@ -524,6 +570,7 @@ class MqttClient:
             fut.set_exception(MqttError(f"{self._where} refused the connection: {rc}", rc.value))
             return
         receive_max = getattr(props, "ReceiveMaximum", None) or self._settings.max_inflight
+        self._drop_pending_acks()
         self._window = min(self._settings.max_inflight, receive_max)
         if self._subscriptions:
             self._send_subscribe(list(self._subscriptions), wait=False)
@@ -555,6 +602,7 @@ class MqttClient:
             reason = "connection lost" if str(rc) == "Unspecified error" else str(rc)
         self._disconnect_reason = reason
         self._connected = False
+        self._drop_pending_acks()
         self._up.clear()
         if (fut := self._connack) is not None and not fut.done():
             fut.set_exception(MqttError(f"{self._where} closed the connection: {reason}"))
@@ -564,9 +612,17 @@ class MqttClient:
         self._sub_waiters.clear()
         self._lost.set()
 
-    def _handle_message(self, msg: paho.MQTTMessage) -> None:
-        if not self._inbox.put(_incoming(msg)):
+    def _handle_message(self, gen: int, msg: paho.MQTTMessage) -> None:
+        key = 0
+        if self._settings.manual_ack and msg.qos > 0 and gen == self._gen and self._connected:
+            self._ack_seq += 1
+            key = self._ack_seq
+        if not self._inbox.put(_incoming(msg, key)):
+            # Not acknowledged either: the broker delivers it again after the next reconnect.
             self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=self._inbox.dropped)
+            return
+        if key:
+            self._acks[key] = _PendingAck(gen, msg.mid, msg.qos)
 
     def _handle_puback(self, mid: int, rc: ReasonCode) -> None:
         topic = self._unacked.pop(mid, None)
@@ -583,6 +639,12 @@ class MqttClient:
             waiter.set_result(codes)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _drop_pending_acks(self) -> None:
+        """Forget acknowledgements owed on a connection that is gone (see ack())."""
+        if self._acks:
+            self.stale_acks += sum(1 for p in self._acks.values() if p.done)
+            self._acks.clear()
 
     def _send_subscribe(self, topics: list[str], wait: bool) -> asyncio.Future[Any] | None:
         subs = self._subscriptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -207,9 +207,28 @@ class Session(SessionState):
         Until the agent is active the text is held (see `SessionOptions.hold_until_agent`) and
         this waits for its delivery.
         """
+        return await self.queue_text(text)
+
+    def queue_text(
+        self, text: str, *, on_delivered: Callable[[SentMessage], None] | None = None
+    ) -> Coroutine[Any, Any, SentMessage | None]:
+        """send_text() in two steps: the text is queued (in order) now; await the result.
+
+        `on_delivered(message)` is called as soon as every sender has it, before the result is
+        ready and before anything else runs on the event loop.
+        """
         message = SentMessage(text=text)
+        hook = None if on_delivered is None else (lambda: on_delivered(message))
         try:
-            await self._outbox.submit(message)
+            queued = self._outbox.submit_nowait(message, hook)
+        except Exception as exc:
+            queued = asyncio.get_running_loop().create_future()
+            queued.set_exception(exc)
+        return self._sent(message, queued)
+
+    async def _sent(self, message: SentMessage, queued: asyncio.Future[None]) -> SentMessage | None:
+        try:
+            await queued
         except Exception as exc:
             self._log.warning("message_send_failed", message_id=message.id, error=str(exc))
             self._fail(SessionErrorKind.SENDER, exc)

@@ -42,6 +42,7 @@ class _Entry:
     future: asyncio.Future[None]
     deadline: float
     held: bool = field(default=False)
+    on_delivered: Callable[[], None] | None = None
 
 
 def agent_gate(
@@ -119,6 +120,16 @@ class Outbox:
 
     async def submit(self, message: SentMessage) -> None:
         """Deliver message (possibly after holding it); raises why it could not be delivered."""
+        await self.submit_nowait(message)  # a cancelled caller cancels the future: skipped
+
+    def submit_nowait(
+        self, message: SentMessage, on_delivered: Callable[[], None] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue message now, behind those already queued; the future says how it went.
+
+        `on_delivered()` is called the moment the delivery returned, before anything else runs
+        on the loop (a journal marks the message handed over there: see daemon/journal.py).
+        """
         if self._closed:
             raise SessionClosedError("the session is closed")
         if len(self) >= self._limit:
@@ -126,12 +137,15 @@ class Outbox:
                 f"send queue is full ({self._limit} messages are waiting for the agent)"
             )
         loop = asyncio.get_running_loop()
-        entry = _Entry(message, loop.create_future(), deadline=loop.time() + self.hold_time)
+        entry = _Entry(
+            message, loop.create_future(), deadline=loop.time() + self.hold_time,
+            on_delivered=on_delivered,
+        )  # fmt: skip
         self._entries.append(entry)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=self._name)
         self._changed.set()
-        await entry.future  # a cancelled caller cancels the future; the worker skips it
+        return entry.future
 
     async def aclose(self) -> None:
         """Fail whatever is still queued with SessionClosedError and stop the worker."""
@@ -186,6 +200,11 @@ class Outbox:
                             f"the message was not sent within {self.send_timeout:g} s"
                             " (a sender did not finish; it was cancelled)"
                         )
+                if error is None and entry.on_delivered is not None:
+                    try:
+                        entry.on_delivered()
+                    except Exception:
+                        log.exception("on_delivered_failed", message_id=entry.message.id)
                 if self._entries and self._entries[0] is entry:
                     self._entries.popleft()
                 self._settle(entry, error)

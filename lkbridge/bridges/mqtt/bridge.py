@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from lkbridge.bridges.hub import Hub, HubError, HubEvent, HubEventKind
+from lkbridge.bridges.hub import Expired, Hub, HubError, HubEvent, HubEventKind, Intent
 from lkbridge.bridges.mqtt.discovery import (
     agent_display_state,
     bridge_device_config,
@@ -22,10 +23,10 @@ from lkbridge.bridges.mqtt.discovery import (
     session_device_config,
     session_node_id,
 )
+from lkbridge.bridges.mqtt.intake import Intake, message_digest
 from lkbridge.bridges.mqtt.router import (
     EXPIRED,
     BadPayload,
-    Command,
     Request,
     Router,
     parse_command,
@@ -88,6 +89,7 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
         tls=tls,
         will=WillMessage(topics.bridge_state, OFFLINE, qos=1, retain=True),
         queue_limit=mqtt.queue_limit,
+        manual_ack=True,  # a send or command is acknowledged once journaled (or refused)
     )
 
 
@@ -357,15 +359,30 @@ class MqttBridge:
     # -- incoming ----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        async for message in self._client.messages():
+        async for batch in self._client.batches():
+            self._take(batch)
+
+    def _take(self, batch: list[IncomingMessage]) -> None:
+        """Handle what arrived together: sends and commands are journaled in one durable
+        commit, and only then is every message of the batch acknowledged (in order)."""
+        intake = Intake()
+        for message in batch:
             try:
-                if self._service.dispatch(message):
-                    continue
-                self._dispatch(message)
+                if not self._service.dispatch(message):
+                    self._dispatch(message, intake)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
+        if intake.intents:
+            results = self._hub.journal([intent for _, intent in intake.intents])
+            for (topic, intent), result in zip(intake.intents, results, strict=True):
+                if isinstance(result, HubError):
+                    self._failed(topic, intent, result)
+                else:
+                    self._enqueue(intent.session_id, self._intent_job(topic, result, intent))
+        for message in batch:
+            self._client.ack(message)
 
-    def _dispatch(self, message: IncomingMessage) -> None:
+    def _dispatch(self, message: IncomingMessage, intake: Intake) -> None:
         parsed = self._topics.parse(message.topic)
         if parsed is None or self._stopping:
             return
@@ -384,20 +401,33 @@ class MqttBridge:
             self._request(parsed.action, message, deadline)
             return
         session_id = parsed.session_id
+        key = message_digest(message.topic, message.payload)
+        if message.dup and self._hub.journaled(key):
+            return  # the broker's second copy of one we journaled: acknowledged, not again
+        if self._expired(message.topic, deadline):
+            return
+        expires_at = None
+        if message.message_expiry_interval:
+            expires_at = time.time() + message.message_expiry_interval - (
+                time.monotonic() - message.received_at
+            )
         try:
             if not is_valid_session_id(session_id):
                 raise BadPayload(f"{session_id!r} is not a valid session id")
             if parsed.kind is Inbound.SEND:
                 send = parse_send(message.payload, self._max_payload)
-                job = self._send_job(message.topic, session_id, send.text, send.send_id, deadline)
+                intent = Intent(session_id, "send", send.text, send.send_id, expires_at, key)
             else:
                 command = parse_command(message.payload, self._max_payload)
-                job = self._command_job(message.topic, session_id, command, deadline)
+                intent = Intent(session_id, command.value, None, None, expires_at, key)
         except BadPayload as exc:
             self.event("bad_payload", topic=message.topic, error=str(exc))
             return
-        if not self._enqueue(session_id, job):
+        queued = len(self._lanes.get(session_id, ())) + intake.count(session_id)
+        if queued >= LANE_LIMIT:
             self.event("command_dropped", topic=message.topic, error="too many commands queued")
+            return
+        intake.add(message.topic, intent)
 
     def _enqueue(self, lane: str, job: Job) -> bool:
         """Run job after the earlier jobs of the same lane (one session's commands in order)."""
@@ -428,36 +458,29 @@ class MqttBridge:
             return True
         return False
 
-    def _send_job(
-        self, topic: str, session_id: str, text: str, send_id: str | None, deadline: float | None
-    ) -> Job:
+    def _intent_job(self, topic: str, seq: int, intent: Intent) -> Job:
+        """Carry out a journaled send or command; a send's answer is awaited aside (pipelined)."""
+
         async def job() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                await self._hub.send(session_id, text, send_id=send_id)
-            except HubError as exc:
-                self.event("send_failed", topic=topic, session=session_id, error=str(exc))
+            answer = await self._hub.carry_out(seq, intent)
+            waiter = asyncio.ensure_future(answer)
+            if waiter.done():
+                self._answered(topic, intent, waiter)
+            else:
+                waiter.add_done_callback(functools.partial(self._answered, topic, intent))
 
         return job
 
-    def _command_job(
-        self, topic: str, session_id: str, command: Command, deadline: float | None
-    ) -> Job:
-        async def job() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                if command is Command.START:
-                    await self._hub.start_session(session_id)
-                elif command is Command.END:
-                    await self._hub.end_session(session_id)
-                else:
-                    self._hub.dismiss_error(session_id)
-            except HubError as exc:
-                self.event("command_failed", topic=topic, session=session_id, error=str(exc))
+    def _answered(self, topic: str, intent: Intent, answer: asyncio.Future[Any]) -> None:
+        if not answer.cancelled() and (exc := answer.exception()) is not None:
+            self._failed(topic, intent, exc)
 
-        return job
+    def _failed(self, topic: str, intent: Intent, exc: BaseException) -> None:
+        if isinstance(exc, Expired):
+            self.event("expired_ignored", topic=topic)
+            return
+        name = "send_failed" if intent.kind == "send" else "command_failed"
+        self.event(name, topic=topic, session=intent.session_id, error=str(exc))
 
     def _request(self, action: str, message: IncomingMessage, deadline: float | None) -> None:
         request = self._router.prepare(action, message.payload)
