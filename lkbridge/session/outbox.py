@@ -19,6 +19,7 @@ from lkbridge.errors import (
 )
 from lkbridge.messages import SentMessage
 from lkbridge.session.agent import Agent, AgentLifecycle
+from lkbridge.transports.base import on_handover
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +44,15 @@ class _Entry:
     deadline: float
     held: bool = field(default=False)
     on_delivered: Callable[[], None] | None = None
+
+    def handed_over(self) -> None:
+        """Call on_delivered once: when a sender says so (handed_over()), else after delivery."""
+        hook, self.on_delivered = self.on_delivered, None
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_delivered_failed", message_id=self.message.id)
 
 
 def agent_gate(
@@ -127,8 +137,9 @@ class Outbox:
     ) -> asyncio.Future[None]:
         """Queue message now, behind those already queued; the future says how it went.
 
-        `on_delivered()` is called the moment the delivery returned, before anything else runs
-        on the loop (a journal marks the message handed over there: see daemon/journal.py).
+        `on_delivered()` is called once, the moment a sender reports the message handed over
+        (transports.base.handed_over()) or else when the delivery returned, before anything
+        else runs on the loop (the daemon's journal marks the send carried out there).
         """
         if self._closed:
             raise SessionClosedError("the session is closed")
@@ -186,7 +197,8 @@ class Outbox:
                 bound = asyncio.timeout(self.send_timeout)
                 try:
                     async with bound:
-                        await self._deliver(entry.message)
+                        with on_handover(entry.handed_over):
+                            await self._deliver(entry.message)
                 except asyncio.CancelledError as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -200,11 +212,8 @@ class Outbox:
                             f"the message was not sent within {self.send_timeout:g} s"
                             " (a sender did not finish; it was cancelled)"
                         )
-                if error is None and entry.on_delivered is not None:
-                    try:
-                        entry.on_delivered()
-                    except Exception:
-                        log.exception("on_delivered_failed", message_id=entry.message.id)
+                if error is None:
+                    entry.handed_over()
                 if self._entries and self._entries[0] is entry:
                     self._entries.popleft()
                 self._settle(entry, error)
