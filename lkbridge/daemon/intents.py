@@ -135,7 +135,9 @@ class Intents:
             task.add_done_callback(self._tasks.discard)
         self._ready.set()
         if entries:
-            log.info("journal_replay", entries=len(entries), sessions=len(by_session))
+            send_ids = [e.intent.send_id for e in entries if e.intent.send_id is not None]
+            log.info("journal_replay", entries=len(entries), sessions=len(by_session),
+                     send_ids=send_ids[:100])
 
     async def _replay_session(
         self, sid: str, items: list[JournalEntry], done: asyncio.Event
