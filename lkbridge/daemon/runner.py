@@ -292,6 +292,8 @@ class SessionRunner:
                 return done
             if send_id is not None:
                 self._inflight_sends.add(send_id)
+            # Pipelined, but bounded: wait for room rather than fail with a full queue.
+            await self.session.wait_send_room()
             waiting = self.session.queue_text(
                 text, on_delivered=lambda _message: self._finish(seq, send_id)
             )

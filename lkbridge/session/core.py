@@ -209,6 +209,10 @@ class Session(SessionState):
         """
         return await self.queue_text(text)
 
+    async def wait_send_room(self) -> None:
+        """Wait until queue_text() would not fail for a full send queue (see send_queue_limit)."""
+        await self._outbox.wait_room()
+
     def queue_text(
         self, text: str, *, on_delivered: Callable[[SentMessage], None] | None = None
     ) -> Coroutine[Any, Any, SentMessage | None]:

@@ -115,6 +115,7 @@ class Outbox:
         self._name = name
         self._entries: deque[_Entry] = deque()
         self._changed = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever a queued message is settled
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -127,6 +128,12 @@ class Outbox:
 
     def notify(self) -> None:
         self._changed.set()
+
+    async def wait_room(self) -> None:
+        """Return once submit() would not fail for a full queue (or the outbox is closed)."""
+        while not self._closed and len(self) >= self._limit:
+            self._room.clear()
+            await self._room.wait()
 
     async def submit(self, message: SentMessage) -> None:
         """Deliver message (possibly after holding it); raises why it could not be delivered."""
@@ -161,6 +168,7 @@ class Outbox:
     async def aclose(self) -> None:
         """Fail whatever is still queued with SessionClosedError and stop the worker."""
         self._closed = True
+        self._room.set()
         self._fail_all(SessionClosedError("the session was closed before the message was sent"))
         if self._task is not None:
             self._task.cancel()
@@ -172,8 +180,8 @@ class Outbox:
         while self._entries:
             self._settle(self._entries.popleft(), _fresh(error))
 
-    @staticmethod
-    def _settle(entry: _Entry, error: BaseException | None) -> None:
+    def _settle(self, entry: _Entry, error: BaseException | None) -> None:
+        self._room.set()
         if entry.future.done():
             return
         if error is None:
@@ -186,6 +194,7 @@ class Outbox:
         while True:
             while self._entries and self._entries[0].future.done():
                 self._entries.popleft()
+                self._room.set()
             if not self._entries:
                 self._changed.clear()
                 await self._changed.wait()
