@@ -62,13 +62,17 @@ class FaultTally:
             lost=sum(1 for x in wanted if not counts[x]),
             duplicated=sum(n - 1 for n in counts.values() if n > 1),
         )
+        return self.add(injected, survived, outcome.lost, outcome.duplicated, note)
+
+    def add(self, injected: int, survived: int, lost: int, duplicated: int, note: str = "") -> Outcome:
+        """Add counts an observer-based check computed itself (see record())."""
         self.injected += injected
         self.survived += survived
-        self.lost += outcome.lost
-        self.duplicated += outcome.duplicated
+        self.lost += lost
+        self.duplicated += duplicated
         if note:
             self.notes.append(note)
-        return outcome
+        return Outcome(lost, duplicated)
 
 
 LEDGER: dict[str, FaultTally] = {}
