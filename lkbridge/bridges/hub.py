@@ -98,10 +98,15 @@ class Hub(Protocol):
         ...
 
     def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
-        """Store intents durably (one commit) before the bridge acknowledges their messages.
+        """Store intents (one commit, which a killed process keeps) before the bridge carries
+        them out; the bridge acknowledges their messages once `durable()` returned.
 
         Returns, per intent, its journal sequence number, or why it was refused at once.
         """
+        ...
+
+    async def durable(self) -> None:
+        """Return once everything journaled so far is on disk (fsynced); HubError if it failed."""
         ...
 
     def journaled(self, digest: bytes) -> bool:

@@ -36,7 +36,7 @@ from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.intents import Intents
 from lkbridge.daemon.journal import Journal
 from lkbridge.daemon.runner import Backoff, SessionRunner
-from lkbridge.daemon.store import MessageStore
+from lkbridge.daemon.store import MessageStore, StoreError
 from lkbridge.messages import ReceivedMessage
 from lkbridge.plugins.host import PluginHost, load_plugins
 
@@ -176,6 +176,12 @@ class Daemon:
 
     def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
         return self.intents.add(intents)
+
+    async def durable(self) -> None:
+        try:
+            await self.store.durable()
+        except StoreError as exc:
+            raise HubError(str(exc)) from exc
 
     def journaled(self, digest: bytes) -> bool:
         return self.intents.has(digest)

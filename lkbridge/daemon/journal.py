@@ -29,8 +29,9 @@ class JournalEntry:
 class Journal:
     """Durable intents on the daemon's store (the same SQLite file and connection).
 
-    `add()` commits durably (one fsync for the whole batch) before it returns: only then may the
-    bridge acknowledge the messages to the broker. `finish()` marks an entry carried out (or
+    `add()` commits (a killed process keeps it) and asks for an fsync of the whole batch; the
+    store's `durable()` says when it is on disk: only then may the bridge acknowledge the
+    messages to the broker (carrying them out may start before). `finish()` marks an entry carried out (or
     answered with a refusal) and, for a delivered send with an id, records the id in the same
     transaction, so the journal and the idempotency ids never disagree. It is not fsynced:
     a killed process keeps it; a power cut may lose the last ones, and those sends are then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from lkbridge.daemon.syncer import WalSyncer
 from lkbridge.messages import MessageType, ReceivedMessage
 
 __all__ = ["DATABASE_NAME", "MessageStore", "StoreError"]
@@ -60,12 +62,13 @@ class StoreError(Exception):
 class MessageStore:
     """Message history per session (first-arrival order, bounded) and accepted send ids.
 
-    Durability contract (WAL): every write returns only after SQLite committed it, so a killed
-    process (`kill -9`) never loses it. Only *durable* writes are also fsynced before they
-    return, and so survive a power cut: final messages, history replacements and journal
-    entries (see journal.py). Growing (partial) transcript updates are committed with
-    synchronous=NORMAL: no fsync; the next durable write, or a checkpoint, makes them durable
-    too. `synchronous="FULL"` makes every write durable (one fsync per commit).
+    Durability contract (WAL, synchronous=NORMAL): every write returns only after SQLite
+    committed it, so a killed process (`kill -9`) never loses it. A *durable* write (final
+    messages, history replacements, journal entries) also asks for an fsync of the WAL, made in
+    a worker thread (WalSyncer: one fsync for every burst of requests, never on the event
+    loop); `durable()` waits for it, after which everything committed before survives a power
+    cut too. Growing (partial) transcript updates never ask for one. `synchronous="FULL"`
+    makes SQLite fsync every commit inline instead.
     Callers must store a message *before* publishing it; then a `kill -9` at any moment never
     loses anything that was already published.
 
@@ -91,6 +94,8 @@ class MessageStore:
         self.send_id_limit = send_id_limit
         self.send_id_ttl = send_id_ttl
         self.synchronous = synchronous
+        self.syncer = WalSyncer(Path(f"{self.path}-wal"))
+        self._last_sync: asyncio.Future[None] | None = None
         try:
             # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE … COMMIT) below.
             self._db: sqlite3.Connection | None = sqlite3.connect(
@@ -138,30 +143,37 @@ class MessageStore:
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction; `durable` fsyncs the WAL at COMMIT (survives a power cut).
+        """One write transaction; `durable` asks the syncer for an fsync after COMMIT.
 
-        synchronous can only change outside a transaction, so a durable commit on a NORMAL
-        connection switches to FULL around it: one fsync, and everything committed before it
-        in the WAL becomes durable with it.
+        With an event loop running the fsync happens in the syncer's thread (`durable()` waits
+        for it); without one, inline before this returns.
         """
         db = self._conn()
-        upgrade = durable and self.synchronous != "FULL"
         try:
-            if upgrade:
-                db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            finally:
-                if upgrade:
-                    db.execute(f"PRAGMA synchronous={self.synchronous}")
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"history database {self.path}: {exc}") from exc
+        if durable and self.synchronous != "FULL":
+            synced = self.syncer.request()
+            if synced is not None:
+                synced.add_done_callback(_retrieve)
+            self._last_sync = synced
+
+    async def durable(self) -> None:
+        """Wait until every durable write made so far is on disk (raises StoreError if not)."""
+        synced = self._last_sync
+        if synced is None:
+            return
+        try:
+            await asyncio.shield(synced)
+        except OSError as exc:
+            raise StoreError(f"history database {self.path}: fsync failed: {exc}") from exc
 
 
     def read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
@@ -308,6 +320,7 @@ class MessageStore:
         db, self._db = self._db, None
         if db is None:
             return
+        self.syncer.close()
         try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -329,6 +342,12 @@ class MessageStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a sync's outcome seen (the syncer logs failures; durable() raises them)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _upsert(db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> bool:

@@ -112,6 +112,9 @@ class FakeHub:
             results.append(len(self.journaled_intents))
         return results
 
+    async def durable(self) -> None:
+        return None
+
     def journaled(self, digest: bytes) -> bool:
         return any(i.digest == digest for i in self.journaled_intents)
 

@@ -363,8 +363,13 @@ class MqttBridge:
             self._take(batch)
 
     def _take(self, batch: list[IncomingMessage]) -> None:
-        """Handle what arrived together: sends and commands are journaled in one durable
-        commit, and only then is every message of the batch acknowledged (in order)."""
+        """Handle what arrived together: sends and commands are journaled in one commit and
+        carried out at once; the batch is acknowledged once that commit is on disk.
+
+        (The client sends PUBACKs in arrival order, holding later ones back as needed.) A
+        daemon killed before the fsync still has the commit; a power cut before it may lose
+        it, but then the broker has no PUBACK and delivers the messages again.
+        """
         intake = Intake()
         for message in batch:
             try:
@@ -379,6 +384,20 @@ class MqttBridge:
                     self._failed(topic, intent, result)
                 else:
                     self._enqueue(intent.session_id, self._intent_job(topic, result, intent))
+            if any(not isinstance(r, HubError) for r in results):
+                self._spawn(self._ack_when_durable(batch), "mqtt-bridge-ack")
+                return
+        for message in batch:
+            self._client.ack(message)
+
+    async def _ack_when_durable(self, batch: list[IncomingMessage]) -> None:
+        try:
+            await self._hub.durable()
+        except HubError as exc:
+            # Not acknowledged: the broker delivers these again after the next reconnect.
+            self._log.error("journal_not_durable", error=str(exc))
+            self.event("journal_not_durable", error=str(exc))
+            return
         for message in batch:
             self._client.ack(message)
 
