@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
 from lkbridge.daemon.store import DATABASE_NAME
 from tests.faults.helpers import (
+    Publisher,
     duplicates,
     eventually,
     integrity_check,
@@ -30,6 +32,8 @@ from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe
 
 pytestmark = pytest.mark.e2e
+
+ONLINE = b'{"state":"online"}'
 
 KILLS = 20
 SEED = int(os.environ.get("LKB_FAULT_SEED", "0")) or random.randrange(1, 2**31)
@@ -190,4 +194,100 @@ async def test_a_send_held_for_the_agent_survives_a_kill(
         assert outcome.lost == 0 and outcome.duplicated == 0, texts
         assert alive
     finally:
+        probe.close()
+
+
+LOAD_KILLS = 10
+LOAD_RATE = 20.0
+"""Sends per second published while the daemon is killed again and again."""
+
+
+async def test_sigkill_under_load_loses_no_acknowledged_send(
+    tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
+    scripted_agent: Callable[..., Any], daemons: Callable[..., DaemonProcess],
+) -> None:
+    """10 SIGKILLs at random moments (half of them within 0.5 s of the daemon coming back
+    online, while the sends queued at the broker are being delivered) while a publisher sends
+    20 msg/s: every send the broker acknowledged reaches the agent; a second copy only from a
+    journal replay (the hand-over window)."""
+    rng = random.Random(SEED + 1)
+    agent = await scripted_agent(echo=False)
+    base = f"fault-load-{uuid.uuid4().hex[:6]}"
+    config = daemon_config(
+        tmp_path, mqtt_broker.port, session_toml("busy", livekit_server, agent.agent_name),
+        base_topic=base,
+    )
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/bridge/state")
+    publisher = Publisher("127.0.0.1", mqtt_broker.port)
+    sent: list[str] = []
+    stop = asyncio.Event()
+
+    async def publish() -> None:
+        next_at = time.monotonic()
+        while not stop.is_set():
+            send_id = f"L{len(sent):05d}"
+            publisher.publish(f"{base}/busy/send", json.dumps({"text": send_id, "id": send_id}))
+            sent.append(send_id)
+            next_at += 1 / LOAD_RATE
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def online(mark: int) -> bool:
+        try:
+            await probe.wait_for(f"{base}/bridge/state", lambda m: m.payload == ONLINE,
+                                 after=mark, timeout=20)  # fmt: skip
+        except AssertionError:
+            return False
+        return True
+
+    came_back = 0
+    kill_points: list[str] = []
+    try:
+        mark = probe.mark()
+        daemon = daemons(config)
+        log_start = daemon.log_path.stat().st_size if daemon.log_path.exists() else 0
+        assert await online(mark)
+        pump = asyncio.get_running_loop().create_task(publish(), name="fault-load-publisher")
+        for k in range(LOAD_KILLS):
+            early = k % 2 == 0
+            delay = rng.uniform(0.0, 0.5) if early else rng.uniform(0.5, 3.0)
+            kill_points.append(f"{delay:.2f}")
+            await asyncio.sleep(delay)
+            daemon.kill()
+            assert integrity_check(tmp_path / "state" / DATABASE_NAME) == ["ok"]
+            await asyncio.sleep(rng.uniform(0.0, 1.0))  # sends pile up at the broker
+            mark = probe.mark()
+            daemon = daemons(config)
+            came_back += await online(mark)
+        await asyncio.sleep(2.0)
+        stop.set()
+        await pump
+        await asyncio.to_thread(publisher.wait_acknowledged)  # the broker has every send
+
+        heard: list[str] = []
+
+        def collect() -> list[str]:
+            for job in agent.jobs:
+                while not job.chat.empty():
+                    heard.append(job.chat.get_nowait().text)
+            return heard
+
+        all_arrived = await eventually(lambda: set(sent) <= set(collect()), 60)
+        await asyncio.sleep(1.0)  # room for a late second copy
+        alive = daemon.proc is not None and daemon.proc.poll() is None
+        twice = duplicates(collect())
+        outcome = tally("daemon SIGKILL under load (20 msg/s)").record(
+            injected=LOAD_KILLS, survived=came_back, expected=sent, seen=collect(),
+            note=f"seed {SEED}: {len(sent)} sends; kills {', '.join(kill_points)} s after"
+            f" coming back online; sent twice (hand-over window): {len(twice)}",
+        )
+        missing = sorted(set(sent) - set(heard))
+        assert all_arrived and outcome.lost == 0, f"acknowledged sends lost: {missing[:20]}"
+        replayed = replayed_send_ids(daemon.log_path, log_start)
+        assert set(twice) <= replayed, f"sent twice outside the window: {twice} (seed {SEED})"
+        assert came_back == LOAD_KILLS and alive
+        if twice:
+            print(f"in the hand-over window (sent again after a replay): {sorted(twice)}")
+    finally:
+        stop.set()
+        publisher.close()
         probe.close()
