@@ -13,8 +13,8 @@ __all__ = ["DONE_KEPT", "Journal", "JournalEntry"]
 
 DONE_KEPT = 10_000
 """Finished entries kept (newest first) so a broker's redelivery of one is recognised."""
-DONE_TTL = 24 * 3600.0
-"""…and none older than this (seconds)."""
+PRUNE_EVERY = 64
+"""Batches between two prunings of finished entries."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Journal:
 
     def __init__(self, store: MessageStore) -> None:
         self._store = store
+        self._adds = 0
 
     def add(self, intents: Sequence[Intent], *, now: float | None = None) -> list[int]:
         """Store intents in order, durably; returns their sequence numbers."""
@@ -56,11 +57,12 @@ class Journal:
                      intent.expires_at, intent.digest, at),
                 )  # fmt: skip
                 seqs.append(int(cursor.lastrowid or 0))
-            db.execute(
-                "DELETE FROM journal WHERE done = 1 AND (received_at < ? OR seq <= ("
-                " SELECT seq FROM journal WHERE done = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?))",
-                (at - DONE_TTL, DONE_KEPT),
-            )
+            self._adds += 1
+            if self._adds % PRUNE_EVERY == 0:
+                # Finished entries older than the newest DONE_KEPT (a primary-key range: cheap).
+                db.execute(
+                    "DELETE FROM journal WHERE seq <= ? AND done = 1", (seqs[-1] - DONE_KEPT,)
+                )
         return seqs
 
     def finish(self, seq: int, *, send_id: tuple[str, str] | None = None) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from lkbridge.bridges.hub import Intent
 from lkbridge.bridges.mqtt.intake import Intake, message_digest
-from lkbridge.daemon.journal import DONE_KEPT, Journal
+from lkbridge.daemon.journal import DONE_KEPT, PRUNE_EVERY, Journal
 from lkbridge.daemon.store import MessageStore
 
 
@@ -55,11 +55,14 @@ def test_a_repeat_is_recognised_by_its_digest_also_once_finished(store: MessageS
 
 def test_finished_entries_are_pruned(store: MessageStore) -> None:
     journal = Journal(store)
-    for seq in journal.add([Intent("a", "end")] * (DONE_KEPT + 5)):
-        journal.finish(seq)
-    journal.add([Intent("a", "end")])
-    (count,) = store.read("SELECT COUNT(*) FROM journal WHERE done = 1", ())[0]
-    assert count == DONE_KEPT
+    seqs = journal.add([Intent("a", "end")] * (DONE_KEPT + 5))
+    for seq in seqs[1:]:
+        journal.finish(seq)  # the first one stays pending: never pruned
+    for _ in range(PRUNE_EVERY - 1):
+        journal.add([Intent("b", "end")])
+    (done,) = store.read("SELECT COUNT(*) FROM journal WHERE done = 1", ())[0]
+    assert done < DONE_KEPT
+    assert journal.pending()[0].seq == seqs[0]
 
 
 def test_deleting_a_session_forgets_its_journal(store: MessageStore) -> None:
