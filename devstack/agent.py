@@ -153,17 +153,22 @@ class AgentJob:
         segment_id: str | None = None,
         abort_after: int | None = None,
         speaking_state: bool = True,
+        final_at_open: bool = False,
     ) -> str:
         """Send agent speech as the framework does: one delta stream, final flag in the trailer.
 
         Returns the segment id. With abort_after, the agent disconnects from the room after that
-        many chunks, so the receiver sees the stream end abnormally.
+        many chunks, so the receiver sees the stream end abnormally. With final_at_open the
+        header already says final (what a receiver sees when rtc hands it a stream late).
         """
         chunks = split_chunks(text, chunk_size) if isinstance(text, str) else list(text)
         segment = segment_id or f"SG_{secrets.token_hex(6)}"
         writer = await self.room.local_participant.stream_text(
             topic=TRANSCRIPTION_TOPIC,
-            attributes={"lk.segment_id": segment, "lk.transcription_final": "false"},
+            attributes={
+                "lk.segment_id": segment,
+                "lk.transcription_final": "true" if final_at_open else "false",
+            },
         )
         for index, chunk in enumerate(chunks):
             if index == 0 and speaking_state:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from lkbridge.mqtt.topic import topic_matches, topic_problem
+
 log = structlog.get_logger(__name__)
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -133,25 +135,8 @@ def packet(kind: int, flags: int, body: bytes = b"") -> bytes:
     return bytes([kind << 4 | flags]) + varint(len(body)) + body
 
 
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT matching with + and #; wildcards at the first level never match `$` topics."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    levels, parts = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or (level != "+" and level != parts[i]):
-            return False
-    return len(levels) == len(parts)
-
-
 def valid_filter(topic_filter: str) -> bool:
-    levels = topic_filter.split("/")
-    return bool(topic_filter) and "\0" not in topic_filter and all(
-        ("+" not in lv or lv == "+") and ("#" not in lv or (lv == "#" and i == len(levels) - 1))
-        for i, lv in enumerate(levels)
-    )
+    return topic_problem(topic_filter, is_filter=True) is None
 
 
 @dataclass

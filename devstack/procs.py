@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -74,10 +73,6 @@ def kill_process(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     proc.wait(10)
-
-
-async def async_wait_for_tcp(host: str, port: int, timeout: float) -> None:
-    await asyncio.to_thread(wait_for_tcp, host, port, timeout)
 
 
 def cache_dir() -> Path:

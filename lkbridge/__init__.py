@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Public names and the module that defines each. They are imported on first access, so
-# `import lkbridge` stays light (no livekit, aiohttp or structlog until something needs them).
+# Public names and the module that defines each: the one list of the public API. They are
+# imported on first access, so `import lkbridge` stays light (no livekit, aiohttp or structlog
+# until something needs them).
 _EXPORTS: dict[str, str] = {
     # session
     "Session": "lkbridge.session.core",
@@ -22,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "ConnectionStateChanged": "lkbridge.session.events",
     "AgentChanged": "lkbridge.session.events",
     "MessageReceived": "lkbridge.session.events",
+    "MessageUnanswered": "lkbridge.session.events",
+    "ReplyOutcome": "lkbridge.session.replies",
+    "ReplyStatus": "lkbridge.session.replies",
     "ErrorChanged": "lkbridge.session.events",
     "HistoryRestored": "lkbridge.session.events",
     "EventStream": "lkbridge.session.events",
@@ -60,50 +64,9 @@ _EXPORTS: dict[str, str] = {
     "TransportError": "lkbridge.errors",
 }
 
-__all__ = [
-    "Agent",
-    "AgentChanged",
-    "AgentFailure",
-    "AgentLifecycle",
-    "AgentState",
-    "CachingTokenSource",
-    "ConnectionState",
-    "ConnectionStateChanged",
-    "CustomTokenSource",
-    "DevelopmentTokenSource",
-    "EndpointTokenSource",
-    "ErrorChanged",
-    "EventStream",
-    "HistoryRestored",
-    "InvalidTokenError",
-    "LiteralTokenSource",
-    "LkbridgeError",
-    "MessageReceived",
-    "MessageReceiver",
-    "MessageSender",
-    "MessageType",
-    "MintedTokenSource",
-    "ReceivedMessage",
-    "ReceiverBase",
-    "RoomBinding",
-    "RoomBound",
-    "SentMessage",
-    "Session",
-    "SessionError",
-    "SessionErrorKind",
-    "SessionEvent",
-    "SessionOptions",
-    "SessionState",
-    "TextMessageSender",
-    "TokenRequestOptions",
-    "TokenSourceConfigurable",
-    "TokenSourceError",
-    "TokenSourceFixed",
-    "TokenSourceResponse",
-    "TranscriptionStreamReceiver",
-    "TransportError",
-    "__version__",
-]
+# Derived from the table; tests/unit/test_public_api.py checks that the TYPE_CHECKING imports at
+# the end name the same things, so the table is the list to edit.
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -120,42 +83,63 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from lkbridge.errors import InvalidTokenError, LkbridgeError, TokenSourceError, TransportError
-    from lkbridge.messages import MessageType, ReceivedMessage, SentMessage
-    from lkbridge.session.agent import Agent, AgentFailure, AgentLifecycle, AgentState
-    from lkbridge.session.core import Session
-    from lkbridge.session.events import (
-        AgentChanged,
-        ConnectionState,
-        ConnectionStateChanged,
-        ErrorChanged,
-        EventStream,
-        HistoryRestored,
-        MessageReceived,
-        SessionError,
-        SessionErrorKind,
-        SessionEvent,
+    # `import X as X`: explicitly re-exported for type checkers (__all__ above is computed).
+    # isort: off
+    from lkbridge.errors import (
+        InvalidTokenError as InvalidTokenError,
+        LkbridgeError as LkbridgeError,
+        TokenSourceError as TokenSourceError,
+        TransportError as TransportError,
     )
-    from lkbridge.session.options import SessionOptions
-    from lkbridge.session.state import SessionState
+    from lkbridge.messages import (
+        MessageType as MessageType,
+        ReceivedMessage as ReceivedMessage,
+        SentMessage as SentMessage,
+    )
+    from lkbridge.session.agent import (
+        Agent as Agent,
+        AgentFailure as AgentFailure,
+        AgentLifecycle as AgentLifecycle,
+        AgentState as AgentState,
+    )
+    from lkbridge.session.core import Session as Session
+    from lkbridge.session.events import (
+        AgentChanged as AgentChanged,
+        ConnectionState as ConnectionState,
+        ConnectionStateChanged as ConnectionStateChanged,
+        ErrorChanged as ErrorChanged,
+        EventStream as EventStream,
+        HistoryRestored as HistoryRestored,
+        MessageReceived as MessageReceived,
+        MessageUnanswered as MessageUnanswered,
+        SessionError as SessionError,
+        SessionErrorKind as SessionErrorKind,
+        SessionEvent as SessionEvent,
+    )
+    from lkbridge.session.options import SessionOptions as SessionOptions
+    from lkbridge.session.replies import ReplyOutcome as ReplyOutcome, ReplyStatus as ReplyStatus
+    from lkbridge.session.state import SessionState as SessionState
     from lkbridge.tokens.sources import (
-        CachingTokenSource,
-        CustomTokenSource,
-        DevelopmentTokenSource,
-        EndpointTokenSource,
-        LiteralTokenSource,
-        MintedTokenSource,
-        TokenRequestOptions,
-        TokenSourceConfigurable,
-        TokenSourceFixed,
-        TokenSourceResponse,
+        CachingTokenSource as CachingTokenSource,
+        CustomTokenSource as CustomTokenSource,
+        DevelopmentTokenSource as DevelopmentTokenSource,
+        EndpointTokenSource as EndpointTokenSource,
+        LiteralTokenSource as LiteralTokenSource,
+        MintedTokenSource as MintedTokenSource,
+        TokenRequestOptions as TokenRequestOptions,
+        TokenSourceConfigurable as TokenSourceConfigurable,
+        TokenSourceFixed as TokenSourceFixed,
+        TokenSourceResponse as TokenSourceResponse,
     )
     from lkbridge.transports.base import (
-        MessageReceiver,
-        MessageSender,
-        ReceiverBase,
-        RoomBinding,
-        RoomBound,
+        MessageReceiver as MessageReceiver,
+        MessageSender as MessageSender,
+        ReceiverBase as ReceiverBase,
+        RoomBinding as RoomBinding,
+        RoomBound as RoomBound,
     )
-    from lkbridge.transports.chat import TextMessageSender
-    from lkbridge.transports.transcription import TranscriptionStreamReceiver
+    from lkbridge.transports.chat import TextMessageSender as TextMessageSender
+    from lkbridge.transports.transcription import (
+        TranscriptionStreamReceiver as TranscriptionStreamReceiver,
+    )
+    # isort: on

@@ -32,10 +32,6 @@ class InvalidTokenError(TokenSourceError):
     """A participant token is not usable: not a JWT, expired, or not valid yet."""
 
 
-class ConnectionFailedError(LkbridgeError):
-    """Connecting to the LiveKit server failed; the message says why in plain words."""
-
-
 class TransportError(LkbridgeError):
     """A message sender or receiver failed."""
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:
+    from lkbridge.bridges.hub import Bridge, Hub
+    from lkbridge.config.models import Config
 
 PROJECT_NAME = "lkbridge"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -42,8 +46,8 @@ TransportFactory = Callable[[TransportContext], Any]
 TokenSourceFactory = Callable[[TokenSourceContext], Any]
 """Returns a TokenSourceConfigurable or TokenSourceFixed for one session."""
 
-BridgeFactory = Callable[..., Any]
-"""Called as factory(hub, config) by the daemon; returns an async context manager."""
+BridgeFactory = Callable[["Hub", "Config"], "Bridge"]
+"""Called as factory(hub, config) by the daemon; returns a Bridge (lkbridge.bridges.hub)."""
 
 
 class RegisterTransport(Protocol):
@@ -84,6 +88,7 @@ def register_token_sources(register: RegisterTokenSource) -> None:
 def register_bridges(register: RegisterBridge) -> None:
     """Register daemon-wide bridges: ``register(name, factory)``.
 
-    The daemon calls ``factory(hub, config)`` once at start and enters the returned async
-    context manager; the bridge observes and commands sessions only through the hub API.
+    The daemon calls ``factory(hub, config)`` once at start and enters the returned Bridge (an
+    async context manager with ``wait_ready()`` and ``status()``, see lkbridge.bridges.hub); the
+    bridge observes and commands sessions only through the hub API.
     """

@@ -74,6 +74,9 @@ class ReceivedMessage:
     type: MessageType
     text: str
     final: bool = False
+    reply_to: str | None = None
+    """On agent_transcript messages: the id of the latest user_input message the session sent
+    before the reply's first chunk arrived (None when it had sent none). None on other types."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; the shape of the daemon's message events."""
@@ -83,6 +86,7 @@ class ReceivedMessage:
             "type": self.type.value,
             "text": self.text,
             "final": self.final,
+            "reply_to": self.reply_to,
         }
 
     @classmethod
@@ -104,12 +108,18 @@ class ReceivedMessage:
             raise ValueError(f"final: expected true or false, got {type(final).__name__}")
         if "timestamp" not in data:
             raise ValueError("timestamp: missing")
+        reply_to = data.get("reply_to")
+        if reply_to is not None:
+            reply_to = _require_str(data, "reply_to")
+            if not reply_to:
+                raise ValueError("reply_to: must not be empty (use null)")
         return cls(
             id=msg_id,
             timestamp=_parse_timestamp(data["timestamp"]),
             type=msg_type,
             text=_require_str(data, "text"),
             final=final,
+            reply_to=reply_to,
         )
 
 

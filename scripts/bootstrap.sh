@@ -39,12 +39,47 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# --- the dependencies' wheels, for the offline test of installing the built wheel ---
+# (tests/e2e/test_install.py runs in the test namespace, which has no route to an index)
+wheelhouse="$VENV/wheelhouse"
+if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want" ]; then
+    step "collecting lkbridge's dependencies as wheels in $wheelhouse"
+    mapfile -t deps < <("$VENV/bin/python" -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+    if "$VENV/bin/python" -m pip download -q --only-binary=:all: -d "$wheelhouse" "${deps[@]}"; then
+        echo "$want" > "$wheelhouse/.stamp"
+    else
+        warn "pip download of the dependencies failed; the wheel install test needs them"
+    fi
+fi
+
+# --- the LiveKit Agents framework, for the test agent ------------------------------
+# livekit-agents pins its own `livekit` rtc, so it gets a venv of its own; the tests start
+# devstack/framework_agent/worker.py with this venv's python.
+AGENT_VENV="${AGENT_VENV:-.venv-agent}"
+agent_req=devstack/framework_agent/requirements.txt
+agent_stamp="$AGENT_VENV/.lkbridge-installed"
+agent_want="$(sha256sum < "$agent_req" | cut -c1-16)"
+if [ ! -f "$agent_stamp" ] || [ "$(cat "$agent_stamp")" != "$agent_want" ]; then
+    step "installing the LiveKit Agents framework ($(tr '\n' ' ' < "$agent_req")) into $AGENT_VENV"
+    if { [ -x "$AGENT_VENV/bin/python" ] || "$PY" -m venv "$AGENT_VENV"; } \
+        && "$AGENT_VENV/bin/python" -m pip install -q --upgrade pip \
+        && "$AGENT_VENV/bin/python" -m pip install -q --only-binary=livekit -r "$agent_req"; then
+        echo "$agent_want" > "$agent_stamp"
+    else
+        warn "the LiveKit Agents framework could not be installed into $AGENT_VENV; e2e tests need it"
+    fi
+fi
+
 # --- system packages (Debian), only when missing and we are root ------------------
 need_pkgs=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need_pkgs+=(mosquitto-clients)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
+# The systemd test (scripts/test-systemd) boots Debian in a container made with debootstrap.
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need_pkgs+=(systemd-container)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         step "installing ${need_pkgs[*]} from Debian's packages"

@@ -1,8 +1,10 @@
-"""Session-scoped fixtures for the real parts: Mosquitto, the LiveKit server and the scripted agent."""
+"""Fixtures for the real parts: Mosquitto, the LiveKit server, the agents, and CPU load."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -10,12 +12,16 @@ from typing import Any
 
 import pytest
 
+from devstack.framework_agent import AgentUnavailable, FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer, ServerUnavailable, ensure_binary
 from devstack.mosquitto import Mosquitto, find_mosquitto
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_ADDR = os.environ.get("LKB_TEST_ADDR", "127.0.0.1")
 ROOT = Path(__file__).resolve().parent.parent
+_LOAD = os.environ.get("LKB_CPU_LOAD", "").strip().lower()
+CPU_LOAD = int(_LOAD) if _LOAD.isdigit() else (1 if _LOAD in {"true", "yes"} else 0)
+"""Busy-loop processes per core beside the tests: LKB_CPU_LOAD=1 (or true) one, N: N."""
 
 
 def _unavailable(reason: str) -> None:
@@ -114,3 +120,82 @@ async def scripted_agent(
     yield make
     for agent in agents:
         await agent.aclose()
+
+
+# --- CPU load: busy devices -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_load() -> Iterator[int]:
+    """With LKB_CPU_LOAD=1, one busy-loop process per core (normal priority) runs beside the
+    whole test session, as on a device whose CPU is busy with other work (LKB_CPU_LOAD=N: N per
+    core). Yields their count."""
+    if not CPU_LOAD:
+        yield 0
+        return
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(CPU_LOAD * (os.cpu_count() or 1))
+    ]
+    try:
+        yield len(burners)
+    finally:
+        for proc in burners:
+            proc.kill()
+        for proc in burners:
+            proc.wait(10)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if CPU_LOAD:
+        count = CPU_LOAD * (os.cpu_count() or 1)
+        return f"cpu load: {count} busy-loop processes beside the tests (LKB_CPU_LOAD)"
+    return "cpu load: none (LKB_CPU_LOAD=1 adds one busy-loop process per core)"
+
+
+# --- the agent on the real LiveKit Agents framework ------------------------------------
+
+
+def _start_framework_agent(
+    server: LiveKitServer, agent_name: str, log_dir: Path
+) -> FrameworkAgentProcess:
+    agent = FrameworkAgentProcess(
+        url=server.url,
+        api_key=server.api_key,
+        api_secret=server.api_secret,
+        agent_name=agent_name,
+        log_path=log_dir / f"framework-agent-{agent_name}.log",
+    )
+    try:
+        agent.start()
+    except AgentUnavailable as exc:
+        _unavailable(str(exc))
+    return agent
+
+
+@pytest.fixture(scope="session")
+def framework_agent(livekit_server: LiveKitServer, log_dir: Path) -> Iterator[FrameworkAgentProcess]:
+    """One worker of the real LiveKit Agents framework (devstack/framework_agent/worker.py),
+    registered for explicit dispatch under `.agent_name`, shared by the whole test session:
+    every session that dispatches it gets a fresh room and its own job. Replies are
+    `You said: <text>`, streamed in word chunks; see worker.py for the switches."""
+    agent = _start_framework_agent(livekit_server, f"fw-{uuid.uuid4().hex[:8]}", log_dir)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def framework_agent_factory(
+    livekit_server: LiveKitServer, log_dir: Path, unique_name: Callable[[str], str]
+) -> Iterator[Callable[..., FrameworkAgentProcess]]:
+    """Factory for a worker of the test's own (for tests that kill or restart it)."""
+    agents: list[FrameworkAgentProcess] = []
+
+    def make(agent_name: str | None = None) -> FrameworkAgentProcess:
+        agent = _start_framework_agent(livekit_server, agent_name or unique_name("fw"), log_dir)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import shlex
 import shutil
 import signal
@@ -10,7 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -63,7 +64,7 @@ def instructions(stack: DemoStack, target: Target, interactive: bool) -> str:
         f"  mosquitto_sub -h 127.0.0.1 -p {port} -t '{base}/#' -v",
         f"  mosquitto_pub -h 127.0.0.1 -p {port} -t {base}/{session}/send -m 'what time is it'",
         f"  (or `export LKBRIDGE_CONFIG={cfg}` and leave out -c)",
-        "Ask it the time, to count or reverse words, what 6 * 7 is, or for help.",
+        "Ask it the time, what 2 + 3 * 4 is, to count to 5 or reverse some words, or for help.",
         quit_how,
         f"ready: config={stack.config_path} mqtt=127.0.0.1:{port} base_topic={base} "
         f"session={session}",
@@ -98,7 +99,7 @@ async def watch_daemon(stack: DemoStack) -> None:
 
 
 async def _run(opts: DemoOptions, directory: Path, stop: asyncio.Event, out: TextIO,
-               stdin: TextIO) -> int:
+               stdin: TextIO, err: TextIO) -> int:
     def progress(part: str, what: str) -> None:
         print(f"  {part:<15} {what}", file=out, flush=True)
 
@@ -130,7 +131,7 @@ async def _run(opts: DemoOptions, directory: Path, stop: asyncio.Event, out: Tex
                 if failure := stack.daemon_failure():
                     raise DemoError(failure)
         except DemoError as exc:
-            print(f"lkbridge demo: {exc}", file=sys.stderr, flush=True)
+            print(f"lkbridge demo: {exc}", file=err, flush=True)
             return 1
         finally:
             print("\nstopping: daemon, agent, LiveKit server, broker…", file=out, flush=True)
@@ -149,8 +150,47 @@ def _configure_logs(opts: DemoOptions, directory: Path) -> None:
     configure_logging("info", "json", stream=stream)
 
 
+def _close_log_file() -> None:
+    """Stop logging into the directory that is about to be removed."""
+    from lkbridge.log import configure_logging
+
+    configure_logging("warning", "auto")
+
+
+class PipeSafe(io.TextIOBase):
+    """Output that may go away (`make demo | tee log` and Ctrl-C ends tee first): writes to a
+    closed pipe are dropped, so that the demo still stops everything and cleans up."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except (BrokenPipeError, ValueError):
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        return not self.broken and self.stream.isatty()
+
+
 async def run_demo(opts: DemoOptions, *, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> int:
-    """`lkbridge demo`: 0 after a clean stop (Ctrl-C, SIGTERM, end of input), 1 on failure."""
+    """`lkbridge demo`: 0 after a clean stop (Ctrl-C, SIGTERM, end of input), 1 on failure.
+
+    A temporary directory is always removed, whatever happened; --dir keeps one.
+    """
+    out = cast(TextIO, PipeSafe(out))
+    err = cast(TextIO, PipeSafe(sys.stderr))
     if opts.directory is not None:
         directory, temporary = opts.directory.resolve(), False
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,12 +203,17 @@ async def run_demo(opts: DemoOptions, *, out: TextIO = sys.stdout, stdin: TextIO
         loop.add_signal_handler(signum, stop.set)
     code = 1
     try:
-        code = await _run(opts, directory, stop, out, stdin)
+        code = await _run(opts, directory, stop, out, stdin, err)
         return code
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        if code != 0:
-            print(f"lkbridge demo: logs are in {directory / 'logs'}", file=sys.stderr, flush=True)
-        elif temporary:
+        if temporary:
+            if code != 0:
+                print("lkbridge demo: the logs went with the temporary directory; "
+                      "`--dir DIR` keeps them", file=err, flush=True)
+            if opts.log_level is None:
+                _close_log_file()
             shutil.rmtree(directory, ignore_errors=True)
+        elif code != 0:
+            print(f"lkbridge demo: logs are in {directory / 'logs'}", file=err, flush=True)

@@ -35,6 +35,15 @@ BrokerChoice = Literal["auto", "mosquitto", "embedded"]
 ProgressFn = Callable[[str, str], None]  # (part, what happened)
 
 
+def lkbridge_command(*args: str) -> list[str]:
+    """`python -P -m lkbridge ARGS` with this interpreter.
+
+    -P: the working directory is not put on sys.path, so a folder named lkbridge/ there (a
+    clone's parent directory, say) cannot shadow the installed package, editable or not.
+    """
+    return [sys.executable, "-P", "-m", "lkbridge", *args]
+
+
 class DemoError(Exception):
     """A part of the demo stack could not be started; the message says which and why."""
 
@@ -204,8 +213,9 @@ class DemoStack:
         env = {**os.environ, SECRET_ENV: api_secret}
         with self.daemon_log.open("ab") as out:
             self.daemon = subprocess.Popen(
-                [sys.executable, "-m", "lkbridge", "run", "-c", str(self.config_path)],
+                lkbridge_command("run", "-c", str(self.config_path)),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                cwd=self.settings.directory,
                 start_new_session=True,  # the terminal's Ctrl-C reaches us; we stop it in order
             )
         self._exit.push_async_callback(self._stop_daemon)

@@ -1,13 +1,15 @@
-"""The hub API: the small surface through which bridges observe and command the daemon's sessions."""
+"""The daemon/bridge seam: the hub API bridges use, and the Bridge protocol the daemon drives."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 from lkbridge.errors import LkbridgeError
+from lkbridge.messages import ReceivedMessage
 
 
 class HubError(LkbridgeError):
@@ -24,22 +26,123 @@ class UnknownSession(HubError):
         self.session_id = session_id
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A session's current error as bridges see it (its message already scrubbed of secrets)."""
+
+    kind: str
+    message: str
+    at: str | None = None  # ISO 8601; None for a session that could not be built
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "at": self.at}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """A session's state at one moment (the retained `state` payload's typed form)."""
+
+    session: str
+    connection_state: str = "disconnected"
+    is_connected: bool = False
+    agent: Mapping[str, Any] | None = None  # the agent's JSON form (Agent.to_dict())
+    error: ErrorInfo | None = None
+    room: str | None = None
+    wanted: bool = False
+    restarts: int | None = None  # None: no runner (the session could not be built)
+    timestamp: str | None = None  # ISO 8601, when taken
+    retry_in: float | None = None  # seconds until a scheduled restart
+    end_reason: str | None = None  # why the agent or room went away (until the next start)
+    last_restart: Mapping[str, Any] | None = None  # {"reason", "at"} of the last restart
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "session": self.session,
+            "connection_state": self.connection_state,
+            "is_connected": self.is_connected,
+            "agent": dict(self.agent) if self.agent is not None else None,
+            "error": self.error.to_json() if self.error is not None else None,
+            "room": self.room,
+            "wanted": self.wanted,
+        }
+        if self.restarts is not None:  # a runner's snapshot: say why it went away, if it did
+            data["end_reason"] = self.end_reason
+            data["last_restart"] = dict(self.last_restart) if self.last_restart else None
+        for key in ("restarts", "timestamp", "retry_in"):
+            if (value := getattr(self, key)) is not None:
+                data[key] = value
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A message of a session's history, new or updated."""
+
+    session: str
+    message: ReceivedMessage
+
+    def to_json(self) -> dict[str, Any]:
+        """{id, timestamp, type, text, final, session}."""
+        return self.message.to_dict() | {"session": self.session}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    """A session was added or removed; `replaced`: a new one of the same id follows at once."""
+
+    session: str
+    replaced: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session": self.session, "replaced": self.replaced}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionNotice:
+    """A session-level event about a message, e.g. `unanswered` (`{base}/<id>/event`)."""
+
+    session: str
+    event: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, **self.details, "session": self.session}
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonNotice:
+    """A daemon-level event (plugin failed, messages dropped, config reloaded, ...)."""
+
+    event: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, **self.details}
+
+
 class HubEventKind(StrEnum):
-    STATE = "state"  # data: the session's state snapshot (see SessionSnapshot)
-    MESSAGE = "message"  # data: the message event dict {id, timestamp, type, text, final, session}
-    ERROR = "error"  # data: {kind, message, at} or None when cleared
-    SESSION_ADDED = "session_added"  # data: {"session": id}
-    SESSION_REMOVED = "session_removed"  # data: {"session": id}
-    BRIDGE = "bridge"  # data: a daemon-level event {"event": name, ...} (plugin failed, overflow...)
+    STATE = "state"  # data: SessionSnapshot
+    MESSAGE = "message"  # data: MessageEvent
+    ERROR = "error"  # data: ErrorInfo, or None when cleared
+    SESSION_EVENT = "session_event"  # data: SessionNotice
+    SESSION_ADDED = "session_added"  # data: SessionChange
+    SESSION_REMOVED = "session_removed"  # data: SessionChange
+    BRIDGE = "bridge"  # data: DaemonNotice
+
+
+HubEventData = (
+    SessionSnapshot | MessageEvent | ErrorInfo | SessionChange | SessionNotice | DaemonNotice | None
+)
 
 
 @dataclass(frozen=True)
 class HubEvent:
-    """One thing that happened; session_id is "" for daemon-level events."""
+    """One thing that happened; session_id is "" for daemon-level events. The data are typed
+    values; a bridge turns them into its wire format (to_json() for JSON) at its edge."""
 
     kind: HubEventKind
     session_id: str
-    data: Mapping[str, Any] | None = field(default=None)
+    data: HubEventData = field(default=None)
 
 
 HubListener = Callable[[HubEvent], None]
@@ -70,12 +173,12 @@ class Hub(Protocol):
         """The ids of all sessions, in config order."""
         ...
 
-    def snapshot(self, session_id: str) -> dict[str, Any]:
-        """The session's current state as JSON-safe data (the retained `state` payload)."""
+    def snapshot(self, session_id: str) -> SessionSnapshot:
+        """The session's current state (the retained `state` payload is its to_json())."""
         ...
 
-    def current_error(self, session_id: str) -> dict[str, Any] | None:
-        """The session's current error {kind, message, at}, or None."""
+    def current_error(self, session_id: str) -> ErrorInfo | None:
+        """The session's current error, or None."""
         ...
 
     def info(self) -> dict[str, Any]:
@@ -86,9 +189,9 @@ class Hub(Protocol):
         """Call listener (synchronously, on the loop) for every HubEvent; returns an unsubscribe."""
         ...
 
-    async def start_session(self, session_id: str) -> dict[str, Any]: ...
+    async def start_session(self, session_id: str) -> SessionSnapshot: ...
 
-    async def end_session(self, session_id: str) -> dict[str, Any]: ...
+    async def end_session(self, session_id: str) -> SessionSnapshot: ...
 
     async def send(self, session_id: str, text: str, *, send_id: str | None = None) -> dict[str, Any]:
         """Send text to the agent; with send_id, a repeated id is acknowledged but not sent again.
@@ -107,6 +210,10 @@ class Hub(Protocol):
 
     async def durable(self) -> None:
         """Return once everything journaled so far is on disk (fsynced); HubError if it failed."""
+        ...
+
+    def drop(self, seq: int) -> None:
+        """Mark a journaled intent done without carrying it out (it was answered otherwise)."""
         ...
 
     def journaled(self, digest: bytes) -> bool:
@@ -130,7 +237,17 @@ class Hub(Protocol):
 
     def dismiss_error(self, session_id: str) -> None: ...
 
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def add_session(
+        self,
+        session_id: str,
+        template: str,
+        *,
+        agent_name: str | None = None,
+        agent_metadata: str | None = None,
+    ) -> SessionSnapshot:
+        """Add a session made from the config file's [templates.<template>]; nothing else (no
+        token source, secret, transport or address) can be chosen by the caller."""
+        ...
 
     async def remove_session(self, session_id: str) -> dict[str, Any]: ...
 
@@ -146,4 +263,30 @@ class Hub(Protocol):
 
     def report(self, event: str, **data: Any) -> None:
         """Let a bridge report a daemon-level event (it reaches every bridge as a BRIDGE event)."""
+        ...
+
+
+@runtime_checkable
+class Bridge(Protocol):
+    """What the daemon needs of a bridge (what a BridgeFactory returns).
+
+    The daemon enters it (`async with`) at start, before the sessions run, and leaves it at
+    shutdown, after they have ended; entering must not wait for a remote peer.
+    """
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most timeout seconds) until it serves; False if not yet (start-up goes on)."""
+        ...
+
+    def status(self) -> str:
+        """One short line for systemd's STATUS=, e.g. "MQTT connected"."""
         ...

@@ -13,18 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import structlog
-
 from lkbridge.bridges.mqtt.bridge import tls_settings
-from lkbridge.bridges.mqtt.topics import base_topic_problem
 from lkbridge.config.models import MqttConfig
+from lkbridge.config.where import find_config
 from lkbridge.errors import LkbridgeError
+from lkbridge.log import get_logger
 from lkbridge.mqtt.client import IncomingMessage, MqttClient, MqttError, MqttSettings
+from lkbridge.mqtt.topic import base_topic_problem, topic_matches
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
-DEFAULT_CONFIG = "/etc/lkbridge/config.toml"
-CONFIG_ENV = "LKBRIDGE_CONFIG"
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 RETAINED_GRACE = 1.0  # seconds to collect retained messages after subscribing
@@ -50,10 +48,6 @@ class Target:
         return "/".join((self.base_topic, *levels))
 
 
-def default_config_path() -> str:
-    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
-
-
 def load_target(
     config_path: str | None = None,
     *,
@@ -70,9 +64,10 @@ def load_target(
     from lkbridge.config.models import ConfigError
     from lkbridge.config.secrets import SecretError
 
-    path = config_path or default_config_path()
+    where = find_config(config_path)
+    path = where.path
     mqtt = MqttConfig()
-    if config_path is not None or Path(path).exists():
+    if where.named or Path(path).exists():
         try:
             mqtt = load_config(path).mqtt
         except ConfigError as exc:
@@ -100,17 +95,6 @@ def load_target(
     if problem := base_topic_problem(base):
         raise ClientError(f"base topic {base!r}: {problem}")
     return Target(settings, base)
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (+ and #)."""
-    levels, parts = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or level not in ("+", parts[i]):
-            return False
-    return len(levels) == len(parts)
 
 
 def decode_json(payload: bytes) -> Any:
@@ -245,20 +229,39 @@ class BridgeClient:
             await asyncio.sleep(0.02)
 
 
-class ReplyWatcher:
-    """Finds the agent's final answer to a message we sent, among the session's events.
+EXIT_INTERRUPTED = 3
+"""`send --wait`: a newer message was sent before the answer was whole (no answer printed)."""
+EXIT_UNANSWERED = 4
+"""`send --wait`: no final answer in time (the daemon's reply_timeout or --timeout)."""
+EXIT_ENDED = 5
+"""`send --wait`: the agent or its room went away before answering."""
 
-    The answer is the first agent transcript that appears after our message's loopback event
-    (same id as the sent message) and was not already under way before it; events may arrive
-    before the daemon's response tells us that id, so all of them are kept and re-scanned.
+
+@dataclass(frozen=True)
+class WaitOutcome:
+    """How `send --wait` ended: `answered` (text is the answer), `interrupted`, `unanswered`
+    or `ended`; `note` says why in words."""
+
+    status: str
+    text: str | None = None
+    note: str = ""
+
+
+class ReplyWatcher:
+    """Finds how the daemon's session answered a message we sent, among its events.
+
+    The answer is the agent transcript whose `reply_to` is our message's id, once final. The
+    daemon's `unanswered` event for our id (`{base}/<id>/event`) says it was interrupted by a
+    newer message, that the agent went away, or that no reply came in its reply_timeout.
+    Events may arrive before the daemon's response tells us our id, so all of them are kept
+    and re-scanned when it does.
     """
 
     def __init__(self, session: str) -> None:
         self.session = session
-        self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.answer: asyncio.Future[WaitOutcome] = asyncio.get_running_loop().create_future()
         self._events: list[dict[str, Any]] = []
         self._sent_id: str | None = None
-        self._mark = 0  # events seen when the daemon acknowledged our message
 
     def on_message(self, msg: IncomingMessage) -> None:
         event = decode_json(msg.payload)
@@ -267,35 +270,47 @@ class ReplyWatcher:
             self._scan()
 
     def sent(self, message_id: str) -> None:
-        self._sent_id, self._mark = message_id, len(self._events)
+        self._sent_id = message_id
         self._scan()
 
     def _scan(self) -> None:
         if self._sent_id is None or self.answer.done():
             return
-        events = self._events
-        loopback = next((i for i, e in enumerate(events)
-                         if e.get("type") == "user_input" and e.get("id") == self._sent_id), None)
-        boundary = self._mark if loopback is None else loopback + 1
-        earlier = {e.get("id") for e in events[:boundary]}
-        later = [e for e in events[boundary:] if e.get("type") == "agent_transcript"]
-        reply_id = next((e.get("id") for e in later if e.get("id") not in earlier), None)
-        for e in later:
-            if e.get("id") == reply_id and e.get("final"):
-                self.answer.set_result(str(e.get("text", "")))
+        for e in self._events:
+            if e.get("reply_to") == self._sent_id and e.get("type") == "agent_transcript":
+                if e.get("final"):
+                    self.answer.set_result(WaitOutcome("answered", str(e.get("text", ""))))
+                    return
+            elif e.get("event") == "unanswered" and e.get("id") == self._sent_id:
+                reason = e.get("reason")
+                if reason == "interrupted":
+                    note = "a newer message was sent to the session before the answer was whole"
+                    self.answer.set_result(WaitOutcome("interrupted", None, note))
+                elif reason == "ended":
+                    note = "the agent or its room went away before answering"
+                    self.answer.set_result(WaitOutcome("ended", None, note))
+                else:
+                    note = "the agent gave no final answer within the session's reply_timeout"
+                    self.answer.set_result(WaitOutcome("unanswered", None, note))
                 return
+
+
+_EXIT_CODES = {"answered": 0, "interrupted": EXIT_INTERRUPTED, "unanswered": EXIT_UNANSWERED,
+               "ended": EXIT_ENDED}
 
 
 async def send(
     target: Target, session: str, text: str, *, send_id: str | None = None, wait: bool = False,
-    timeout: float = 30.0, out: TextIO = sys.stdout,
+    timeout: float = 30.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
 ) -> int:
-    """`lkbridge send`: 0 when the daemon accepted the text (and, with wait, the agent answered)."""
+    """`lkbridge send`: 0 when the daemon accepted the text and, with wait, the agent answered
+    this very message (the answer is printed); 3 interrupted, 4 unanswered, 5 ended."""
     async with BridgeClient(target) as client:
         watcher = ReplyWatcher(session)
         if wait:
-            client.on(target.topic(session, "message"), watcher.on_message)
-            await client.subscribe(target.topic(session, "message"))
+            for leaf in ("message", "event"):
+                client.on(target.topic(session, leaf), watcher.on_message)
+                await client.subscribe(target.topic(session, leaf))
         body: dict[str, Any] = {"session": session, "text": text}
         if send_id is not None:
             body["id"] = send_id
@@ -310,12 +325,16 @@ async def send(
             return 0
         watcher.sent(str(data.get("id")))
         try:
-            text_back = await asyncio.wait_for(watcher.answer, timeout)
+            outcome = await asyncio.wait_for(watcher.answer, timeout)
         except TimeoutError:
-            why = f"sent, but the agent gave no final answer within {timeout:.0f} s"
-            raise ClientError(why) from None
-        print(text_back, file=out, flush=True)
-        return 0
+            outcome = WaitOutcome(
+                "unanswered", None, f"the agent gave no final answer within {timeout:g} s"
+            )
+        if outcome.status == "answered":
+            print(outcome.text, file=out, flush=True)
+        else:
+            print(f"lkbridge send: {outcome.status}: {outcome.note}", file=err, flush=True)
+        return _EXIT_CODES[outcome.status]
 
 
 def _agent_summary(state: dict[str, Any] | None) -> str:
@@ -358,10 +377,13 @@ async def gather_status(client: BridgeClient) -> dict[str, Any]:
 
     async def history(sid: str) -> None:
         with contextlib.suppress(ClientError):
-            answer = await client.request("session/history", {"session": sid}, timeout=5.0)
-            messages = (answer.get("data") or {}).get("messages")
+            body = {"session": sid, "limit": 1}
+            answer = await client.request("session/history", body, timeout=5.0)
+            data = answer.get("data") or {}
+            messages = data.get("messages")
             if answer.get("status") == "ok" and isinstance(messages, list):
-                sessions[sid]["messages"] = len(messages)
+                total = data.get("total")
+                sessions[sid]["messages"] = total if isinstance(total, int) else len(messages)
                 sessions[sid]["last_message"] = messages[-1] if messages else None
 
     if online:

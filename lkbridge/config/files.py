@@ -19,6 +19,7 @@ from lkbridge.config.models import (
     Config,
     ConfigDiff,
     ConfigError,
+    ControlConfig,
     DevelopmentTokenConfig,
     EndpointTokenConfig,
     FrozenMap,
@@ -32,6 +33,7 @@ from lkbridge.config.models import (
     PluginsConfig,
     PluginTokenConfig,
     Problem,
+    RuntimeSession,
     SessionConfig,
     StateConfig,
     TlsConfig,
@@ -43,6 +45,7 @@ from lkbridge.config.schema import (
     SESSION_ID_PATTERN,
     config_from_dict,
     overrides_from_dict,
+    runtime_session,
     session_from_table,
     unknown_name_problems,
 )
@@ -55,6 +58,7 @@ __all__ = [
     "Config",
     "ConfigDiff",
     "ConfigError",
+    "ControlConfig",
     "DevelopmentTokenConfig",
     "EndpointTokenConfig",
     "FrozenMap",
@@ -68,6 +72,7 @@ __all__ = [
     "PluginTokenConfig",
     "PluginsConfig",
     "Problem",
+    "RuntimeSession",
     "Secret",
     "SecretError",
     "SecretKind",
@@ -78,9 +83,11 @@ __all__ = [
     "config_from_dict",
     "diff_configs",
     "load_config",
+    "load_config_data",
     "load_effective_config",
     "load_overrides",
     "parse_config",
+    "runtime_session",
     "session_from_table",
     "session_to_table",
     "unknown_name_problems",
@@ -135,6 +142,11 @@ def _read(path: Path) -> str:
         raise ConfigError([Problem(str(path), f"cannot be read: {reason}")], str(path)) from exc
 
 
+def load_config_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's TOML as plain data (not validated); raises ConfigError."""
+    return _loads(_read(Path(path)), str(path))
+
+
 def load_config(
     path: str | os.PathLike[str],
     *,
@@ -162,29 +174,36 @@ def load_overrides(path: str | os.PathLike[str]) -> Overrides:
     return overrides_from_dict(_loads(_read(file), str(file)), str(file))
 
 
+LEGACY_BACKUP_SUFFIX: Final = ".0.1-backup"
+
+
 def write_overrides(
     path: str | os.PathLike[str],
-    sessions: Mapping[str, SessionConfig] | Iterable[SessionConfig],
+    sessions: Mapping[str, RuntimeSession] | Iterable[RuntimeSession],
     removed: Iterable[str] = (),
+    *,
+    keep_legacy: bool = False,
 ) -> None:
-    """Atomically write the overrides file; raises ConfigError if a session has an inline secret."""
+    """Atomically write the overrides file: each session is only its template, agent name and
+    metadata, so no secret, URL or address is ever written.
+
+    keep_legacy: the file being replaced holds 0.1 sessions that are ignored; it is copied once
+    to `overrides.toml.0.1-backup` (mode 0600) before they are dropped from it.
+    """
+    file = Path(path)
     items = list(sessions.values() if isinstance(sessions, Mapping) else sessions)
-    problems: list[Problem] = []
-    tables: dict[str, Any] = {}
-    for session in items:
-        try:
-            tables[session.id] = session.to_table()
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems, source=str(path))
+    tables = {session.id: session.to_table() for session in items}
     data: dict[str, Any] = {"removed": sorted(set(removed)), "sessions": tables}
     header = (
         "# Written by lkbridge: sessions added or removed at runtime over MQTT.\n"
-        "# These win over the main config file, per session id. Secrets appear only as\n"
-        "# references. Edit only while lkbridge is stopped.\n\n"
+        "# Each added session names a [templates.NAME] of the config file. Edit only while\n"
+        "# lkbridge is stopped.\n\n"
     )
-    _write_atomically(Path(path), header + tomli_w.dumps(data), mode=0o600)
+    if keep_legacy:
+        backup = file.with_name(file.name + LEGACY_BACKUP_SUFFIX)
+        if file.exists() and not backup.exists():
+            _write_atomically(backup, _read(file), mode=0o600)
+    _write_atomically(file, header + tomli_w.dumps(data), mode=0o600)
 
 
 def _write_atomically(path: Path, text: str, *, mode: int) -> None:
@@ -222,11 +241,12 @@ def load_effective_config(
 
 STARTER_HEADER = """\
 # lkbridge configuration, written by `lkbridge init`.
-# Every key is documented in config.example.toml and docs/configuration.md.
+# Every key, documented: `lkbridge init --print-example` (and docs/configuration.md).
 # Check it with: lkbridge check -c THIS_FILE
 #
-# The demo session mints tokens for a local LiveKit server (`livekit-server --dev` uses the
-# API key "devkey"); its secret is read from the LIVEKIT_API_SECRET environment variable.
+# The demo session mints tokens for a LiveKit server (`livekit-server --dev` uses the API key
+# "devkey"); its secret is read from the LIVEKIT_API_SECRET environment variable (under systemd,
+# use a credential instead: api_secret = { credential = "livekit-api-secret" }).
 # Set agent_name to the name your agent worker registers with.
 
 """
@@ -236,7 +256,7 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     """Write a valid starter config; refuses (ConfigError) to overwrite an existing file."""
     file = Path(path)
     data = {
-        "mqtt": {"host": "127.0.0.1", "port": 1883, "base_topic": "lkbridge"},
+        "mqtt": {"server": "mqtt://127.0.0.1:1883", "base_topic": "lkbridge"},
         "log": {"level": "info", "format": "auto"},
         "homeassistant": {"enabled": True, "discovery_prefix": "homeassistant"},
         "sessions": {
@@ -254,7 +274,16 @@ def write_starter_config(path: str | os.PathLike[str]) -> None:
     }
     text = STARTER_HEADER + tomli_w.dumps(data)
     try:
-        with open(file, "x", encoding="utf-8") as handle:
+        if not file.parent.exists():
+            # e.g. /etc/lkbridge on a fresh machine: 0755 whatever the umask, as the unit's
+            # ConfigurationDirectoryMode (the service's dynamic user must enter it)
+            file.parent.mkdir(parents=True)
+            os.chmod(file.parent, 0o755)
+        # 0644 whatever the umask: a service's dynamic user must read it, and it holds no
+        # secrets (those are references to env vars, files or systemd credentials).
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)
             handle.write(text)
     except FileExistsError as exc:
         message = "already exists; refusing to overwrite it (choose another path or remove it)"

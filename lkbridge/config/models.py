@@ -13,12 +13,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from lkbridge.config.secrets import Secret, SecretError
 from lkbridge.errors import redact_url
+from lkbridge.tokens.sources import DEVELOPMENT_BASE_URL
 
 __all__ = [
     "DEFAULT_DEVELOPMENT_BASE_URL",
     "Config",
     "ConfigDiff",
     "ConfigError",
+    "ControlConfig",
     "DevelopmentTokenConfig",
     "EndpointTokenConfig",
     "FrozenMap",
@@ -34,6 +36,7 @@ __all__ = [
     "PluginTokenConfig",
     "PluginsConfig",
     "Problem",
+    "RuntimeSession",
     "SessionConfig",
     "StateConfig",
     "TlsConfig",
@@ -45,7 +48,7 @@ __all__ = [
 K = TypeVar("K")
 V = TypeVar("V")
 
-DEFAULT_DEVELOPMENT_BASE_URL = "https://cloud-api.livekit.io"
+DEFAULT_DEVELOPMENT_BASE_URL = DEVELOPMENT_BASE_URL
 
 
 class FrozenMap(Mapping[K, V]):
@@ -141,10 +144,6 @@ class StateConfig:
     directory: Path = Path("/var/lib/lkbridge")
     history_limit: int = 1000
 
-    @property
-    def overrides_file(self) -> Path:
-        return self.directory / "overrides.toml"
-
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -160,9 +159,10 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class PluginsConfig:
-    """[plugins]: plugin names not to load."""
+    """[plugins]: plugin names not to load; whether the daemon may run without any bridge."""
 
     disable: tuple[str, ...] = ()
+    allow_no_bridge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +171,42 @@ class HomeAssistantConfig:
 
     enabled: bool = True
     discovery_prefix: str = "homeassistant"
+
+
+ALL_ACTIONS: tuple[str, ...] = (
+    "session/start",
+    "session/end",
+    "session/send",
+    "session/history",
+    "session/restore",
+    "session/dismiss_error",
+    "session/add",
+    "session/remove",
+    "config/reload",
+    "health_check",
+)
+"""Every request action of the MQTT API (`{base}/bridge/request/<action>`)."""
+ALWAYS_ALLOWED: tuple[str, ...] = ("health_check", "session/history")
+"""Reads that [control] actions cannot turn off."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """[control]: what a broker client may do over MQTT, and the limits on it."""
+
+    runtime_sessions: bool = True
+    """Whether session/add (from templates only) and session/remove work at all."""
+    remove_configured: bool = False
+    """Whether session/remove may remove (or replace) sessions of the config file."""
+    actions: tuple[str, ...] = ALL_ACTIONS
+    """Request actions MQTT may call (health_check and session/history always work)."""
+    max_sessions: int = 100
+    max_requests_in_flight: int = 1000
+    requests_per_second: float = 1000.0
+    request_burst: int = 2000
+
+    def allows(self, action: str) -> bool:
+        return action in ALWAYS_ALLOWED or action in self.actions
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +273,10 @@ class SessionConfig:
     agent_metadata: str | None = None
     autostart: bool = True
     agent_connect_timeout: float = 20.0
+    reply_timeout: float = 60.0
+    """Seconds a sent message waits for its final reply before an `unanswered` event; 0: off."""
+    restart_on_agent_leave: bool = True
+    """Whether the session restarts (in a new room) when its agent leaves on its own."""
     room_name: str | None = None
     participant_identity: str | None = None
     participant_name: str | None = None
@@ -264,6 +304,44 @@ class SessionConfig:
         return _secrets_in(self)
 
 
+MAX_AGENT_NAME = 128
+MAX_AGENT_METADATA = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSession:
+    """A session added over MQTT: a template of the config file with an id, agent name, metadata.
+
+    Nothing else can be chosen at runtime: token source, secrets, transports and their
+    connection settings all come from the operator's `[templates.NAME]`.
+    """
+
+    id: str
+    template: str
+    agent_name: str | None = None
+    agent_metadata: str | None = None
+
+    def to_table(self) -> dict[str, Any]:
+        """The TOML-able table of the overrides file (without the id)."""
+        table: dict[str, Any] = {"template": self.template}
+        if self.agent_name is not None:
+            table["agent_name"] = self.agent_name
+        if self.agent_metadata is not None:
+            table["agent_metadata"] = self.agent_metadata
+        return table
+
+    def instantiate(self, template: SessionConfig) -> SessionConfig:
+        """The session this makes from its template."""
+        return dataclasses.replace(
+            template,
+            id=self.id,
+            agent_name=self.agent_name if self.agent_name is not None else template.agent_name,
+            agent_metadata=(
+                self.agent_metadata if self.agent_metadata is not None else template.agent_metadata
+            ),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration."""
@@ -273,6 +351,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    templates: FrozenMap[str, SessionConfig] = field(default_factory=FrozenMap)
     sessions: FrozenMap[str, SessionConfig] = field(default_factory=FrozenMap)
     source: str = field(default="<string>", compare=False)
 
@@ -303,27 +383,43 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class Overrides:
-    """The runtime overrides file: sessions added over MQTT and ids removed from the base file."""
+    """The runtime overrides file: sessions added over MQTT and ids removed from the base file.
 
-    sessions: FrozenMap[str, SessionConfig] = field(default_factory=FrozenMap)
+    `ignored` says what of the file was not used (a 0.1 session with its own configuration),
+    one sentence each, for the log and `bridge/event`.
+    """
+
+    sessions: FrozenMap[str, RuntimeSession] = field(default_factory=FrozenMap)
     removed: frozenset[str] = field(default_factory=frozenset)
+    ignored: tuple[str, ...] = field(default=(), compare=False)
 
-    def with_session(self, session: SessionConfig) -> Overrides:
+    def with_session(self, session: RuntimeSession) -> Overrides:
         """Add or replace a session (and forget any earlier removal of its id)."""
         sessions = dict(self.sessions)
         sessions[session.id] = session
-        return Overrides(FrozenMap(sessions), self.removed - {session.id})
+        return Overrides(FrozenMap(sessions), self.removed - {session.id}, self.ignored)
 
     def without_session(self, session_id: str, base_ids: Collection[str]) -> Overrides:
         """Remove a session; ids defined in the user's file (base_ids) are remembered as removed."""
         sessions = {k: v for k, v in self.sessions.items() if k != session_id}
         removed = self.removed | {session_id} if session_id in base_ids else self.removed
-        return Overrides(FrozenMap(sessions), removed)
+        return Overrides(FrozenMap(sessions), removed, self.ignored)
+
+    def unresolved(self, base: Config) -> list[str]:
+        """Sessions whose template the config file no longer has (they are not started)."""
+        return [
+            f"sessions.{sid}: template {rs.template!r} is not in the config file; not started"
+            for sid, rs in self.sessions.items()
+            if rs.template not in base.templates
+        ]
 
     def apply(self, base: Config) -> Config:
         """The base config with overrides applied: removals, then overrides win per session id."""
         sessions = {k: v for k, v in base.sessions.items() if k not in self.removed}
-        sessions.update(self.sessions)
+        for sid, runtime in self.sessions.items():
+            template = base.templates.get(runtime.template)
+            if template is not None:
+                sessions[sid] = runtime.instantiate(template)
         return dataclasses.replace(base, sessions=FrozenMap(sessions))
 
 
@@ -348,7 +444,9 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     sections = tuple(
         f.name
         for f in dataclasses.fields(Config)
-        if f.compare and f.name != "sessions" and getattr(old, f.name) != getattr(new, f.name)
+        if f.compare
+        and f.name not in ("sessions", "templates")  # templates reach sessions through apply()
+        and getattr(old, f.name) != getattr(new, f.name)
     )
     return ConfigDiff(
         added=tuple(k for k in new_s if k not in old_s),

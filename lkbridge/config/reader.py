@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from lkbridge.config.models import FrozenMap, Problem
 from lkbridge.config.secrets import REFERENCE_KINDS, Secret, looks_secret, parse_secret
+from lkbridge.mqtt.topic import base_topic_problem
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # plugin, transport, token source names
 INLINE_REFUSED = (
@@ -67,26 +68,52 @@ def url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
     return None
 
 
-def topic_problem(value: str) -> str | None:
-    if "+" in value or "#" in value:
-        return "must not contain the MQTT wildcards + or #"
-    if "\0" in value:
-        return "must not contain NUL characters"
-    if any(level == "" for level in value.split("/")):
-        return "must not have empty topic levels (a leading, trailing or double /)"
-    if value.startswith("$"):
-        return "must not start with $ (reserved for the broker)"
-    return None
+_SESSION_PATH = re.compile(r'^(sessions|templates)\.("(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+)')
+
+
+def table_kind(path: str) -> str:
+    """The table's name as the docs write it: sessions.kitchen.token -> sessions.NAME.token."""
+    return _SESSION_PATH.sub(r"\1.NAME", path)
+
+
+class KeyHomes:
+    """Which tables each key belongs to, to say where a misplaced key should go."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, set[str]] = {}  # key -> table kinds
+
+    def learn(self, path: str, keys: Collection[str]) -> None:
+        for key in keys:
+            self.tables.setdefault(key, set()).add(table_kind(path))
+
+    def hint(self, key: str, path: str) -> str:
+        """'; did you mean [log] level?' for a key that belongs in other tables, else ''."""
+        here = table_kind(path)
+        others = sorted(t for t in self.tables.get(key, ()) if t != here and t)
+        if not others:
+            return ""
+        where = " or ".join(f"[{t}] {key}" for t in others[:3])
+        return f"; did you mean {where}?"
 
 
 class TableReader:
     """Reads one TOML table, recording every problem at its path and which keys were used."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, problems: list[Problem]) -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        problems: list[Problem],
+        *,
+        homes: KeyHomes | None = None,
+        learn: KeyHomes | None = None,
+    ) -> None:
         self.data = data
         self.path = path
         self.problems = problems
         self.seen: set[str] = set()
+        self.homes = homes  # says where a misplaced key belongs
+        self.learn = learn  # records the keys each table reads (to build KeyHomes)
 
     def at(self, key: str) -> str:
         return join_path(self.path, key)
@@ -142,12 +169,25 @@ class TableReader:
             return default
         return int(value)
 
-    def positive_number(self, key: str, default: float) -> float:
+    def positive_number(self, key: str, default: float, maximum: float | None = None) -> float:
         value = self._typed(key, lambda v: is_int(v) or isinstance(v, float), "a number")
         if value is MISSING:
             return default
         if not math.isfinite(value) or value <= 0:
             self.report(key, f"must be a number greater than 0, got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.report(key, f"must be at most {maximum:g}, got {value:g}")
+            return default
+        return float(value)
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        """A number in [low, high] (seconds, usually)."""
+        value = self._typed(key, lambda v: is_int(v) or isinstance(v, float), "a number")
+        if value is MISSING:
+            return default
+        if not math.isfinite(value) or value < low or value > high:
+            self.report(key, f"must be a number between {low:g} and {high:g}, got {value}")
             return default
         return float(value)
 
@@ -212,23 +252,32 @@ class TableReader:
 
     def topic(self, key: str, default: str) -> str:
         value = self.string(key, default)
-        problem = topic_problem(value)
+        problem = base_topic_problem(value)
         if problem:
             self.report(key, problem)
         return value
 
     def section(self, key: str) -> TableReader | None:
         value = self._typed(key, lambda v: isinstance(v, Mapping), "a table")
-        return None if value is MISSING else TableReader(value, self.at(key), self.problems)
+        if value is MISSING:
+            return None
+        return TableReader(value, self.at(key), self.problems, homes=self.homes, learn=self.learn)
 
     def finish(self) -> None:
-        """Report every key that nothing asked for."""
+        """Report every key that nothing asked for, saying where it may belong."""
+        if self.learn is not None:
+            self.learn.learn(self.path, self.seen)
         known = sorted(self.seen)
         for key in self.data:
             if key not in self.seen:
                 close = get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.report(key, f"unknown key{hint}")
+                if close:
+                    self.report(key, f"unknown key (did you mean {close[0]!r}?)")
+                    continue
+                table = f"in [{table_kind(self.path)}]" if self.path else "at the top level"
+                elsewhere = self.homes.hint(key, self.path) if self.homes is not None else ""
+                self.report(key, f"unknown key {table}{elsewhere}" if elsewhere
+                            else "unknown key")
 
 
 def secret_at(value: Any, path: str, problems: list[Problem], inline_ok: bool) -> Secret | None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, cast
 
+from lkbridge.config.address import mqtt_address
 from lkbridge.config.models import (
+    ALL_ACTIONS,
     DEFAULT_DEVELOPMENT_BASE_URL,
+    MAX_AGENT_METADATA,
+    MAX_AGENT_NAME,
     Config,
     ConfigError,
+    ControlConfig,
     DevelopmentTokenConfig,
     EndpointTokenConfig,
     FrozenMap,
@@ -28,6 +34,7 @@ from lkbridge.config.models import (
     PluginsConfig,
     PluginTokenConfig,
     Problem,
+    RuntimeSession,
     SessionConfig,
     StateConfig,
     TlsConfig,
@@ -37,6 +44,7 @@ from lkbridge.config.models import (
 from lkbridge.config.reader import (
     MISSING,
     NAME,
+    KeyHomes,
     TableReader,
     freeze,
     is_int,
@@ -44,14 +52,19 @@ from lkbridge.config.reader import (
     type_name,
 )
 from lkbridge.config.secrets import Secret
+from lkbridge.mqtt.types import filters_overlap
 
 __all__ = [
     "BUILTIN_TOKEN_SOURCES",
+    "MAX_AGENT_CONNECT_TIMEOUT",
     "SESSION_ID_PATTERN",
+    "bridge_subscriptions",
     "config_from_dict",
     "overrides_from_dict",
+    "runtime_session",
     "session_from_table",
     "unknown_name_problems",
+    "unknown_names_in_data",
 ]
 
 SESSION_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
@@ -71,6 +84,22 @@ def session_id_problem(session_id: str) -> str | None:
     if session_id in RESERVED_SESSION_IDS:
         return _RESERVED_SESSION_ID
     return None
+
+
+MAX_AGENT_CONNECT_TIMEOUT: Final = 3600.0
+"""Seconds; a larger agent_connect_timeout is refused (a send could wait that long)."""
+_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def bridge_subscriptions(base: str, discovery_prefix: str, homeassistant: bool) -> list[str]:
+    """The topic filters the MQTT bridge subscribes to (one definition, used by Topics too)."""
+    # Actions contain a slash (session/start), so requests need a multi-level wildcard.
+    filters = [f"{base}/bridge/request/#", f"{base}/+/send", f"{base}/+/command"]
+    if homeassistant:
+        filters.append(f"{discovery_prefix}/status")
+    return filters
+
+
 _LEVELS: Final = ("debug", "info", "warning", "error")
 _FORMATS: Final = ("auto", "json", "console")
 
@@ -142,7 +171,11 @@ def _parse_session(session_id: str, table: TableReader, inline_ok: bool) -> Sess
         agent_name=table.opt_string("agent_name"),
         agent_metadata=table.opt_string("agent_metadata", nonempty=False),
         autostart=table.boolean("autostart", True),
-        agent_connect_timeout=table.positive_number("agent_connect_timeout", 20.0),
+        agent_connect_timeout=table.positive_number(
+            "agent_connect_timeout", 20.0, MAX_AGENT_CONNECT_TIMEOUT
+        ),
+        reply_timeout=table.number("reply_timeout", 60.0, 0.0, 3600.0),
+        restart_on_agent_leave=table.boolean("restart_on_agent_leave", True),
         room_name=table.opt_string("room_name"),
         participant_identity=table.opt_string("participant_identity"),
         participant_name=table.opt_string("participant_name"),
@@ -172,6 +205,76 @@ def _parse_sessions(root: TableReader, inline_ok: bool) -> dict[str, SessionConf
     return sessions
 
 
+def _parse_templates(root: TableReader) -> dict[str, SessionConfig]:
+    """[templates.NAME]: sessions that session/add may instantiate (a session table each)."""
+    templates: dict[str, SessionConfig] = {}
+    table = root.section("templates") or TableReader({}, "templates", root.problems)
+    for name in table.data:
+        section = table.section(name)
+        if not SESSION_ID_PATTERN.fullmatch(name):
+            table.report(name, "template name must be 1 to 64 characters from a-z, 0-9, _ and -")
+        elif section is not None:
+            template = _parse_session(name, section, True)
+            if template is not None:
+                templates[name] = template
+    return templates
+
+
+def _parse_control(table: TableReader) -> ControlConfig:
+    actions = ALL_ACTIONS
+    raw = table.take("actions")
+    if raw is not MISSING:
+        if not isinstance(raw, list):
+            table.report("actions", f"expected an array of action names, got {type_name(raw)}")
+        else:
+            chosen: list[str] = []
+            for index, item in enumerate(raw):
+                if item not in ALL_ACTIONS:
+                    shown = repr(item) if isinstance(item, str) else type_name(item)
+                    known = ", ".join(ALL_ACTIONS)
+                    table.problems.append(
+                        Problem(f"{table.at('actions')}[{index}]",
+                                f"unknown action {shown}; known: {known}")
+                    )
+                elif item not in chosen:
+                    chosen.append(item)
+            actions = tuple(chosen)
+    control = ControlConfig(
+        runtime_sessions=table.boolean("runtime_sessions", True),
+        remove_configured=table.boolean("remove_configured", False),
+        actions=actions,
+        max_sessions=table.integer("max_sessions", 100, 1, 10_000),
+        max_requests_in_flight=table.integer("max_requests_in_flight", 1000, 1, 100_000),
+        requests_per_second=table.positive_number("requests_per_second", 1000.0, 100_000.0),
+        request_burst=table.integer("request_burst", 2000, 1, 1_000_000),
+    )
+    table.finish()
+    return control
+
+
+def _topic_problems(
+    sessions: Mapping[str, SessionConfig], where: str, reserved: list[str]
+) -> list[Problem]:
+    """The mqtt transport may not subscribe or publish to the bridge's own topics."""
+    problems: list[Problem] = []
+    for sid, session in sessions.items():
+        options = session.transports.get("mqtt")
+        if options is None:
+            continue
+        for key in ("subscribe_topic", "publish_topic"):
+            value = options.get(key)
+            if not isinstance(value, str) or not value:
+                continue
+            own = next((f for f in reserved if filters_overlap(value, f)), None)
+            if own is not None:
+                problems.append(Problem(
+                    f"{where}.{sid}.transports.mqtt.{key}",
+                    f"{value!r} overlaps the bridge's own topics ({own}); the bridge would lose"
+                    " (or answer) its own commands — choose a topic outside them",
+                ))
+    return problems
+
+
 def _parse_mqtt(table: TableReader, hostname: str | None, inline_ok: bool) -> MqttConfig:
     tls_table = table.section("tls")
     tls = None
@@ -191,9 +294,10 @@ def _parse_mqtt(table: TableReader, hostname: str | None, inline_ok: bool) -> Mq
         protocol = MqttProtocol(str(raw_protocol))
     elif raw_protocol is not MISSING:
         table.report("protocol", f'must be "5" or "3.1.1", got {raw_protocol!r}')
+    host, port, tls = mqtt_address(table, tls)
     mqtt = MqttConfig(
-        host=table.string("host", "127.0.0.1"),
-        port=table.integer("port", 8883 if tls else 1883, 1, 65535),
+        host=host,
+        port=port,
         base_topic=table.topic("base_topic", "lkbridge"),
         client_id=table.string("client_id", default_client_id(hostname)),
         username=table.opt_string("username"),
@@ -231,7 +335,31 @@ def config_from_dict(
     """Validate parsed TOML data into a Config; raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
-    root = TableReader(data, "", problems)
+    root = TableReader(data, "", problems, homes=key_homes())
+    config = _read_config(root, env, hostname, source_name)
+    if problems:
+        raise ConfigError(problems, source=source_name)
+    if resolve_secrets:
+        secret_problems = config.secret_problems(env)
+        if secret_problems:
+            raise ConfigError(secret_problems, source=source_name)
+    return config
+
+
+@functools.cache
+def key_homes() -> KeyHomes:
+    """Every table's keys, learnt by reading an empty config with each built-in token source."""
+    homes = KeyHomes()
+    for source in BUILTIN_TOKEN_SOURCES:
+        data = {"mqtt": {"tls": {}}, "state": {}, "log": {}, "plugins": {}, "homeassistant": {},
+                "control": {}, "sessions": {"name": {"token": {"source": source}}}}
+        _read_config(TableReader(data, "", [], learn=homes), {}, "host", "<schema>")
+    return homes
+
+
+def _read_config(
+    root: TableReader, env: Mapping[str, str], hostname: str | None, source_name: str
+) -> Config:
     mqtt = _parse_mqtt(_section(root, "mqtt"), hostname, True)
     state_table = _section(root, "state")
     state = StateConfig(
@@ -244,31 +372,36 @@ def config_from_dict(
         format=cast(LogFormat, log_table.choice("format", "auto", _FORMATS)),
     )
     plugins_table = _section(root, "plugins")
-    plugins = PluginsConfig(disable=plugins_table.names("disable", ()))
+    plugins = PluginsConfig(
+        disable=plugins_table.names("disable", ()),
+        allow_no_bridge=plugins_table.boolean("allow_no_bridge", False),
+    )
     ha_table = _section(root, "homeassistant")
     homeassistant = HomeAssistantConfig(
         enabled=ha_table.boolean("enabled", True),
         discovery_prefix=ha_table.topic("discovery_prefix", "homeassistant"),
     )
+    control = _parse_control(_section(root, "control"))
+    templates = _parse_templates(root)
     sessions = _parse_sessions(root, True)
+    reserved = bridge_subscriptions(
+        mqtt.base_topic, homeassistant.discovery_prefix, homeassistant.enabled
+    )
+    root.problems.extend(_topic_problems(sessions, "sessions", reserved))
+    root.problems.extend(_topic_problems(templates, "templates", reserved))
     for table in (state_table, log_table, plugins_table, ha_table, root):
         table.finish()
-    if problems:
-        raise ConfigError(problems, source=source_name)
-    config = Config(
+    return Config(
         mqtt=mqtt,
         state=state,
         log=log,
         plugins=plugins,
         homeassistant=homeassistant,
+        control=control,
+        templates=FrozenMap(templates),
         sessions=FrozenMap(sessions),
         source=source_name,
     )
-    if resolve_secrets:
-        secret_problems = config.secret_problems(env)
-        if secret_problems:
-            raise ConfigError(secret_problems, source=source_name)
-    return config
 
 
 def session_from_table(
@@ -287,22 +420,99 @@ def session_from_table(
     if not isinstance(table, Mapping):
         problems.append(Problem(path, f"expected a table, got {type_name(table)}"))
         raise ConfigError(problems)
-    session = _parse_session(session_id, TableReader(table, path, problems), allow_inline_secrets)
+    reader = TableReader(table, path, problems, homes=key_homes())
+    session = _parse_session(session_id, reader, allow_inline_secrets)
     if problems or session is None:
         raise ConfigError(problems)
     return session
 
 
-def overrides_from_dict(data: Mapping[str, Any], source_name: str = "<dict>") -> Overrides:
-    """Validate the overrides file's data: a removed list and sessions without inline secrets."""
+def runtime_session(
+    session_id: str,
+    template: object,
+    agent_name: object = None,
+    agent_metadata: object = None,
+    *,
+    path: str = "",
+) -> RuntimeSession:
+    """A session to add at runtime, checked (bounded sizes); raises ConfigError."""
     problems: list[Problem] = []
-    root = TableReader(data, "", problems)
+    where = path or join_path("sessions", session_id)
+    id_problem = session_id_problem(session_id)
+    if id_problem is not None:
+        problems.append(Problem(where, id_problem))
+    if not isinstance(template, str) or not SESSION_ID_PATTERN.fullmatch(template):
+        problems.append(Problem(f"{where}.template", "must be the name of a [templates.NAME]"))
+    if agent_name is not None and (
+        not isinstance(agent_name, str)
+        or not 0 < len(agent_name) <= MAX_AGENT_NAME
+        or not _AGENT_NAME.fullmatch(agent_name)
+    ):
+        problems.append(Problem(
+            f"{where}.agent_name",
+            f"must be 1 to {MAX_AGENT_NAME} characters from A-Z, a-z, 0-9, _ . : -"
+            " starting with a letter or digit",
+        ))
+    if agent_metadata is not None and (
+        not isinstance(agent_metadata, str) or len(agent_metadata) > MAX_AGENT_METADATA
+    ):
+        problems.append(Problem(
+            f"{where}.agent_metadata", f"must be a string of at most {MAX_AGENT_METADATA} characters"
+        ))
+    if problems:
+        raise ConfigError(problems)
+    return RuntimeSession(
+        id=session_id,
+        template=cast(str, template),
+        agent_name=cast("str | None", agent_name),
+        agent_metadata=cast("str | None", agent_metadata),
+    )
+
+
+_RUNTIME_KEYS = frozenset({"template", "agent_name", "agent_metadata"})
+_LEGACY_IGNORED = (
+    "a session with its own configuration (written by lkbridge 0.1) is ignored: sessions added"
+    " at runtime now come from a [templates.NAME] of the config file; move this session into"
+    " the config file to keep it"
+)
+
+
+def overrides_from_dict(data: Mapping[str, Any], source_name: str = "<dict>") -> Overrides:
+    """Validate the overrides file's data: a removed list and sessions made from templates.
+
+    A session table without `template` (the free-form sessions of lkbridge 0.1, which could name
+    any secret and address) is never loaded: it is listed in `Overrides.ignored` instead.
+    """
+    problems: list[Problem] = []
+    ignored: list[str] = []
+    root = TableReader(data, "", problems, homes=key_homes())
     removed = root.names("removed", ())
-    sessions = _parse_sessions(root, False)
+    table = root.section("sessions") or TableReader({}, "sessions", problems)
+    sessions: dict[str, RuntimeSession] = {}
+    for session_id, raw in table.data.items():
+        path = join_path("sessions", session_id)
+        if not isinstance(raw, Mapping):
+            problems.append(Problem(path, f"expected a table, got {type_name(raw)}"))
+            continue
+        if "template" not in raw:
+            ignored.append(f"{path}: {_LEGACY_IGNORED}")
+            continue
+        unknown = sorted(set(raw) - _RUNTIME_KEYS)
+        if unknown:
+            problems.append(Problem(join_path(path, unknown[0]), "unknown key"))
+            continue
+        try:
+            sessions[session_id] = runtime_session(
+                session_id, raw["template"], raw.get("agent_name"), raw.get("agent_metadata"),
+                path=path,
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    table.seen.update(table.data)
     root.finish()
     if problems:
         raise ConfigError(problems, source=source_name)
-    return Overrides(FrozenMap(sessions), frozenset(removed))
+    return Overrides(FrozenMap(sessions), frozenset(removed), tuple(ignored))
 
 
 def unknown_name_problems(
@@ -313,6 +523,50 @@ def unknown_name_problems(
     token_sources: Collection[str],
 ) -> list[Problem]:
     """Problems for transport and token source names no plugin provides (checked after loading)."""
+    named = [
+        (table, sid, s.senders, s.receivers, s.token.source)
+        for table, sessions in (("sessions", config.sessions), ("templates", config.templates))
+        for sid, s in sessions.items()
+    ]
+    return _name_problems(named, senders, receivers, token_sources)
+
+
+_Named = tuple[str, str, tuple[str, ...], tuple[str, ...], str | None]  # table, id, names, source
+
+
+def unknown_names_in_data(
+    data: Mapping[str, Any],
+    *,
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
+    """unknown_name_problems on raw config data, so that `check` can report them with the
+    schema's own problems in one run (what is not a name is the schema's problem)."""
+
+    def names(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(key)
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    named: list[_Named] = []
+    for kind in ("sessions", "templates"):
+        sessions = data.get(kind)
+        for sid, table in (sessions.items() if isinstance(sessions, Mapping) else ()):
+            if not isinstance(table, Mapping):
+                continue
+            token = table.get("token")
+            source = token.get("source") if isinstance(token, Mapping) else None
+            source = source if isinstance(source, str) and source else None
+            named.append((kind, sid, names(table, "senders"), names(table, "receivers"), source))
+    return _name_problems(named, senders, receivers, token_sources)
+
+
+def _name_problems(
+    named: Sequence[_Named],
+    senders: Collection[str],
+    receivers: Collection[str],
+    token_sources: Collection[str],
+) -> list[Problem]:
     problems: list[Problem] = []
     known_sources = [*BUILTIN_TOKEN_SOURCES, *token_sources]
 
@@ -323,11 +577,12 @@ def unknown_name_problems(
             listed = ", ".join(sorted(known)) or "none"
             problems.append(Problem(path, f"unknown {what} {name!r}{hint}; known: {listed}"))
 
-    for session_id, session in config.sessions.items():
-        path = join_path("sessions", session_id)
-        for index, name in enumerate(session.senders):
+    for table, session_id, session_senders, session_receivers, source in named:
+        path = join_path(table, session_id)
+        for index, name in enumerate(session_senders):
             check(f"{path}.senders[{index}]", name, senders, "sender")
-        for index, name in enumerate(session.receivers):
+        for index, name in enumerate(session_receivers):
             check(f"{path}.receivers[{index}]", name, receivers, "receiver")
-        check(f"{path}.token.source", session.token.source, known_sources, "token source")
+        if source is not None:
+            check(f"{path}.token.source", source, known_sources, "token source")
     return problems

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lkbridge import log
+from lkbridge.log import looks_secret
 
 __all__ = [
     "REFERENCE_KINDS",
@@ -20,20 +21,9 @@ __all__ = [
     "parse_secret",
 ]
 
-# Option keys of plugins (token sources, transports) whose values are treated as secrets.
-_SECRET_KEY = re.compile(
-    r"(^|[_.-])(password|passwd|secret|token|api_?key|authorization|auth|credential|cookie"
-    r"|private_?key)s?$",
-    re.IGNORECASE,
-)
 # systemd credential names: no path separators, nothing hidden.
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,254}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def looks_secret(key: str) -> bool:
-    """Whether a plugin option named `key` should be handled as a secret."""
-    return bool(_SECRET_KEY.search(key))
 
 
 class SecretKind(StrEnum):

@@ -116,6 +116,7 @@ def build_session(
     senders, receivers = build_transports(cfg, plugins, services or {})
     options = SessionOptions(
         agent_connect_timeout=cfg.agent_connect_timeout,
+        reply_timeout=cfg.reply_timeout or None,
         room_name=cfg.room_name,
         name=cfg.id,
         history_limit=history_limit,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from lkbridge.bridges.hub import Expired, HubError, HubEvent, HubEventKind, Intent
+from lkbridge.bridges.hub import Expired, HubError, Intent
 from lkbridge.daemon.journal import Journal, JournalEntry
 from lkbridge.daemon.store import StoreError
 
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def _settled(result: dict[str, Any] | BaseException) -> asyncio.Future[dict[str, Any]]:
-    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+def _settled(result: Any) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     if isinstance(result, BaseException):
         future.set_exception(result)
     else:
@@ -76,7 +76,7 @@ class Intents:
 
     async def _carry_out(self, seq: int, intent: Intent) -> Awaitable[dict[str, Any]]:
         daemon, sid = self._daemon, intent.session_id
-        result: dict[str, Any] | BaseException = {}
+        result: Any = {}
         try:
             if intent.expires_at is not None and time.time() >= intent.expires_at:
                 raise Expired("the message expired before it could be carried out")
@@ -164,6 +164,4 @@ class Intents:
         event = "send_failed" if intent.kind == "send" else "command_failed"
         if isinstance(exc, Expired):
             event = "expired_ignored"
-        self._daemon.emit(HubEvent(HubEventKind.BRIDGE, "", {
-            "event": event, "session": intent.session_id, "error": str(exc), "replayed": True,
-        }))  # fmt: skip
+        self._daemon.report(event, session=intent.session_id, error=str(exc), replayed=True)

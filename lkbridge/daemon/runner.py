@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
-import structlog
-
-from lkbridge.bridges.hub import HubError, HubEvent, HubEventKind
+from lkbridge.backoff import Backoff
+from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionNotice,
+    SessionSnapshot,
+)
 from lkbridge.config.models import SessionConfig
 from lkbridge.daemon.journal import Journal
 from lkbridge.daemon.store import MessageStore, StoreError
-from lkbridge.log import redact_text
+from lkbridge.log import get_logger, redact_text
 from lkbridge.messages import ReceivedMessage, SentMessage, utcnow
+from lkbridge.session.agent import AgentFailure
 from lkbridge.session.core import Session
 from lkbridge.session.events import (
     AgentChanged,
@@ -24,29 +33,38 @@ from lkbridge.session.events import (
     ErrorChanged,
     HistoryRestored,
     MessageReceived,
+    MessageUnanswered,
     SessionEvent,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ANSWERS_KEPT = 1000
 
+_DISCONNECT_REASONS = {
+    "SERVER_SHUTDOWN": "server_shutdown",
+    "ROOM_DELETED": "room_deleted",
+    "ROOM_CLOSED": "room_deleted",
+    "PARTICIPANT_REMOVED": "removed_from_room",
+    "DUPLICATE_IDENTITY": "removed_from_room",
+}
 
-class Backoff:
-    """Jittered exponential backoff: initial * 2^(n-1), capped, times a factor in [0.5, 1]."""
 
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next(self) -> float:
-        self.attempt += 1
-        base = min(self.maximum, self.initial * 2 ** (self.attempt - 1))
-        return float(base * random.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
+def end_reason(session: Session) -> str | None:
+    """Why the agent or the room went away, in the words of the retained state (None: it has
+    not). agent_left, agent_join_timeout, connect_failed, server_shutdown, room_deleted,
+    removed_from_room or room_disconnected."""
+    if session.connection_state == ConnectionState.DISCONNECTED:
+        reason = session.disconnect_reason
+        if reason is not None:
+            return _DISCONNECT_REASONS.get(reason, "room_disconnected")
+        return "connect_failed" if session.error is not None else "room_disconnected"
+    failure = session.agent.failure
+    if failure is AgentFailure.LEFT:
+        return "agent_left"
+    if failure is AgentFailure.TIMEOUT:
+        return "agent_join_timeout"
+    return None
 
 
 class SessionRunner:
@@ -81,6 +99,9 @@ class SessionRunner:
         self._inflight_sends: set[str] = set()
         self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
         self._state_waiters: list[asyncio.Event] = []
+        self.end_reason: str | None = None
+        """Why the agent or room went away; kept in the retained state until the next start."""
+        self.last_restart: dict[str, Any] | None = None
         self._log = log.bind(session=cfg.id)
         session.add_listener(self._on_event)
 
@@ -106,6 +127,13 @@ class SessionRunner:
             self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
         elif isinstance(event, HistoryRestored):
             self._persist(self.store.replace, event.messages)
+        elif isinstance(event, MessageUnanswered):
+            notice = SessionNotice(self.id, "unanswered", {
+                "id": event.message_id, "reason": event.reason,
+                "superseded_by": event.superseded_by,
+                "at": event.at.isoformat(timespec="milliseconds"),
+            })
+            self._emit(HubEvent(HubEventKind.SESSION_EVENT, self.id, notice))
 
     def _persist(self, write: Callable[[str, Any], None], data: Any) -> None:
         """Write to the store; a failing disk is reported once, and events still go out."""
@@ -115,41 +143,47 @@ class SessionRunner:
             if not self._store_failing:
                 self._store_failing = True
                 self._log.error("history_not_saved", error=str(exc))
-                self._emit(HubEvent(HubEventKind.BRIDGE, "", {
-                    "event": "history_not_saved", "session": self.id, "error": str(exc),
-                }))
+                notice = DaemonNotice("history_not_saved", {"session": self.id, "error": str(exc)})
+                self._emit(HubEvent(HubEventKind.BRIDGE, "", notice))
             return
         if self._store_failing:
             self._store_failing = False
             self._log.info("history_saved_again")
+            notice = DaemonNotice("history_saved_again", {"session": self.id})
+            self._emit(HubEvent(HubEventKind.BRIDGE, "", notice))
 
-    def error_data(self) -> dict[str, Any] | None:
-        """The current error for MQTT, with anything secret-looking scrubbed from its text."""
+    def error_data(self) -> ErrorInfo | None:
+        """The current error for bridges, with anything secret-looking scrubbed from its text."""
         error = self.session.error
         if error is None:
             return None
         data = error.to_dict()
-        data["message"] = redact_text(data["message"])
-        return data
+        return ErrorInfo(data["kind"], redact_text(data["message"]), data["at"])
 
-    def message_event(self, message: ReceivedMessage) -> dict[str, Any]:
-        data = message.to_dict()
-        data["session"] = self.id
-        return data
+    def message_event(self, message: ReceivedMessage) -> MessageEvent:
+        return MessageEvent(self.id, message)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SessionSnapshot:
         session = self.session
-        return {
-            "session": self.id,
-            "connection_state": session.connection_state.value,
-            "is_connected": session.is_connected,
-            "agent": session.agent.to_dict(),
-            "error": self.error_data(),
-            "room": session.room_name,
-            "wanted": self.wanted,
-            "restarts": self.restarts,
-            "timestamp": utcnow().isoformat(timespec="milliseconds"),
-        }
+        return SessionSnapshot(
+            session=self.id,
+            connection_state=session.connection_state.value,
+            # Connected means connected (not connecting or reconnecting, unlike Session's flag).
+            is_connected=self.connected,
+            agent=session.agent.to_dict(),
+            error=self.error_data(),
+            room=session.room_name,
+            wanted=self.wanted,
+            restarts=self.restarts,
+            end_reason=self.end_reason,
+            last_restart=self.last_restart,
+            timestamp=utcnow().isoformat(timespec="milliseconds"),
+        )
+
+    @property
+    def connected(self) -> bool:
+        """In the room now (Session.is_connected is also true while connecting)."""
+        return self.session.connection_state is ConnectionState.CONNECTED
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -173,6 +207,8 @@ class SessionRunner:
     async def end(self) -> None:
         """Stop wanting it: cancel supervision and leave the room."""
         self.wanted = False
+        for waiter in self._state_waiters:
+            waiter.set()  # sends waiting for a (re)connect stop waiting: it is not coming
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()
@@ -187,12 +223,7 @@ class SessionRunner:
         await self.session.aclose()
 
     def _trouble(self) -> str | None:
-        session = self.session
-        if session.connection_state == ConnectionState.DISCONNECTED:
-            return "disconnected"
-        if session.agent.failure is not None:
-            return f"agent {session.agent.failure.value}"
-        return None
+        return end_reason(self.session)
 
     async def _supervise(self) -> None:
         while self.wanted:
@@ -209,6 +240,7 @@ class SessionRunner:
         loop = asyncio.get_running_loop()
         self._wake.clear()
         started = loop.time()
+        self.end_reason = None
         await self.session.start()
         reason = self._trouble()
         while reason is None:
@@ -217,14 +249,24 @@ class SessionRunner:
             reason = self._trouble()
         if not self.wanted:
             return
+        self.end_reason = reason
+        if reason == "agent_left" and not self.cfg.restart_on_agent_leave:
+            self._log.info("session_not_restarted", reason=reason)
+            self.wanted = False
+            await self.session.end()
+            self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot()))
+            return
         if loop.time() - started > self.stable_after:
             self.backoff.reset()
         delay = self.backoff.next()
         self.restarts += 1
+        self.last_restart = {
+            "reason": reason, "at": utcnow().isoformat(timespec="milliseconds"),
+        }
         self._log.warning("session_restart_scheduled", reason=reason, delay=round(delay, 2))
         if self.session.connection_state != ConnectionState.DISCONNECTED:
             await self.session.end()  # leave the room the agent failed in; start afresh
-        self._emit(HubEvent(HubEventKind.STATE, self.id, self.snapshot() | {"retry_in": delay}))
+        self._emit(HubEvent(HubEventKind.STATE, self.id, replace(self.snapshot(), retry_in=delay)))
         await self._pause(delay)
 
     async def _pause(self, delay: float) -> None:
@@ -259,6 +301,13 @@ class SessionRunner:
                 if changed in self._state_waiters:
                     self._state_waiters.remove(changed)
 
+    def _stored(self, send_id: str) -> bool:
+        try:
+            return self.store.seen_send_id(self.id, send_id)
+        except StoreError as exc:
+            self._log.error("send_id_not_checked", error=str(exc))
+            return False
+
     async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
         """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
 
@@ -280,8 +329,11 @@ class SessionRunner:
         loop = asyncio.get_running_loop()
         async with self._admission:
             await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
+            # Memory first: the store may be failing (a full disk) and must not be the only
+            # record, or a repeated id would be carried out again.
             if send_id is not None and (
-                send_id in self._inflight_sends or self.store.seen_send_id(self.id, send_id)
+                send_id in self._inflight_sends or send_id in self._answers
+                or self._stored(send_id)
             ):
                 self._finish(seq, None)
                 first = self._answers.get(send_id)
@@ -310,7 +362,7 @@ class SessionRunner:
         if sent is None:
             self._finish(seq, None)  # answered with a refusal (send_failed): done with it
             error = self.error_data()
-            raise HubError(error["message"] if error is not None else "the message was not sent")
+            raise HubError(error.message if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
         if send_id is not None:
             self._answers[send_id] = answer

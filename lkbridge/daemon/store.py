@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +18,7 @@ from lkbridge.messages import MessageType, ReceivedMessage
 __all__ = ["DATABASE_NAME", "MessageStore", "StoreError"]
 
 DATABASE_NAME = "lkbridge.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS messages (
     type TEXT NOT NULL,
     text TEXT NOT NULL,
     final INTEGER NOT NULL,
+    reply_to TEXT,
     PRIMARY KEY (session_id, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_seq ON messages (session_id, seq);
@@ -54,9 +55,37 @@ CREATE INDEX IF NOT EXISTS journal_by_digest ON journal (digest);
 CREATE INDEX IF NOT EXISTS journal_pending ON journal (done, seq);
 """
 
+_MIGRATIONS = {
+    # version 1 -> 2: agent replies say which user_input they answer
+    2: "ALTER TABLE messages ADD COLUMN reply_to TEXT",
+    # version 2 -> 3: the command journal (its tables come with _SCHEMA, which always runs;
+    # the version keeps an older lkbridge, which would not replay it, from opening the file)
+    3: "SELECT 1",
+}
+
+
+# SQLite's primary result codes that mean the file itself is damaged (not the disk or rights).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
 
 class StoreError(Exception):
-    """The history database could not be opened, read or written."""
+    """The history database could not be opened, read or written.
+
+    `corrupt` is true when SQLite says the file is damaged or not a database at all (moving it
+    aside helps); false for a full or read-only disk, missing rights, and the like.
+    """
+
+    def __init__(self, message: str, *, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc)
 
 
 class MessageStore:
@@ -84,6 +113,7 @@ class MessageStore:
         send_id_limit: int = 10_000,
         send_id_ttl: float = 7 * 24 * 3600.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        verify: bool = False,
     ) -> None:
         if history_limit < 0 or send_id_limit < 1 or send_id_ttl <= 0:
             raise ValueError("history_limit >= 0, send_id_limit >= 1 and send_id_ttl > 0")
@@ -96,15 +126,28 @@ class MessageStore:
         self.synchronous = synchronous
         self.syncer = WalSyncer(Path(f"{self.path}-wal"))
         self._last_sync: asyncio.Future[None] | None = None
+        self.in_memory = str(path) == ":memory:"
+        self.write_error: str | None = None  # the last write's failure, until one succeeds
         try:
             # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE … COMMIT) below.
             self._db: sqlite3.Connection | None = sqlite3.connect(
                 self.path, isolation_level=None, timeout=5.0
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open history database {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot open history database {self.path}: {exc}", corrupt=_is_corrupt(exc)
+            ) from exc
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if verify:
+                # Damaged pages may only show up when read: check them all now, at start.
+                problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StoreError(
+                        f"history database {self.path} is damaged: {'; '.join(problems)}",
+                        corrupt=True,
+                    )
+            if not self.in_memory:
+                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             with self.transaction() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -113,16 +156,47 @@ class MessageStore:
                         f"history database {self.path} has schema version {version}; this"
                         f" lkbridge understands up to {SCHEMA_VERSION}"
                     )
+                columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                if columns:  # an existing database: bring it up to this version
+                    for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                        if target == 2 and "reply_to" in columns:
+                            continue
+                        db.execute(_MIGRATIONS[target])
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, StoreError) as exc:
             self._db.close()
             self._db = None
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"cannot use history database {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot use history database {self.path}: {exc}", corrupt=_is_corrupt(exc)
+            ) from exc
+
+    @classmethod
+    def in_memory_copy(cls, source: Path | None = None, *, history_limit: int = 1000) -> MessageStore:
+        """A store that lives in memory only, starting with what `source` holds if it can be read
+        (a read-only disk keeps its history readable); empty otherwise."""
+        store = cls(":memory:", history_limit=history_limit)
+        if source is not None and source.exists():
+            try:
+                # immutable: a read-only directory cannot hold the -shm file a WAL reader needs.
+                src = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True, timeout=1.0)
+                try:
+                    src.backup(store._conn())
+                finally:
+                    src.close()
+            except sqlite3.Error:
+                store.close()
+                store = cls(":memory:", history_limit=history_limit)
+        return store
+
+    @property
+    def persisted(self) -> bool:
+        """Whether what is stored now reaches the disk (not in memory, last write succeeded)."""
+        return not self.in_memory and self.write_error is None
 
     @classmethod
     def in_directory(cls, directory: str | Path, *, history_limit: int = 1000) -> MessageStore:
@@ -154,12 +228,18 @@ class MessageStore:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back by itself (disk full)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"history database {self.path}: {exc}") from exc
-        if durable and self.synchronous != "FULL":
+            if db.in_transaction:
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self.write_error = str(exc)
+            raise StoreError(f"history database {self.path}: {exc}", corrupt=_is_corrupt(exc)) from exc
+        self.write_error = None
+        if durable and self.synchronous != "FULL" and not self.in_memory:
             synced = self.syncer.request()
             if synced is not None:
                 synced.add_done_callback(_retrieve)
@@ -175,12 +255,11 @@ class MessageStore:
         except OSError as exc:
             raise StoreError(f"history database {self.path}: fsync failed: {exc}") from exc
 
-
     def read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"history database {self.path}: {exc}") from exc
+            raise StoreError(f"history database {self.path}: {exc}", corrupt=_is_corrupt(exc)) from exc
 
     @property
     def journal_mode(self) -> str:
@@ -216,13 +295,13 @@ class MessageStore:
     def load(self, session_id: str) -> list[ReceivedMessage]:
         """The session's history in first-arrival order (at most history_limit, newest kept)."""
         rows = self.read(
-            "SELECT id, timestamp, type, text, final FROM ("
+            "SELECT id, timestamp, type, text, final, reply_to FROM ("
             " SELECT * FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?"
             ") ORDER BY seq",
             (session_id, self.history_limit),
         )
         messages: list[ReceivedMessage] = []
-        for msg_id, timestamp, msg_type, text, final in rows:
+        for msg_id, timestamp, msg_type, text, final, reply_to in rows:
             try:
                 messages.append(
                     ReceivedMessage(
@@ -231,6 +310,7 @@ class MessageStore:
                         type=MessageType(str(msg_type)),
                         text=str(text),
                         final=bool(final),
+                        reply_to=str(reply_to) if reply_to is not None else None,
                     )
                 )
             except ValueError:
@@ -352,18 +432,24 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 def _upsert(db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> bool:
     """Upsert one message; True when it was new."""
-    values = (message.timestamp.isoformat(), message.type.value, message.text, int(message.final))
+    values = (
+        message.timestamp.isoformat(),
+        message.type.value,
+        message.text,
+        int(message.final),
+        message.reply_to,
+    )
     cursor = db.execute(
-        "UPDATE messages SET timestamp = ?, type = ?, text = ?, final = ?"
+        "UPDATE messages SET timestamp = ?, type = ?, text = ?, final = ?, reply_to = ?"
         " WHERE session_id = ? AND id = ?",
         (*values, session_id, message.id),
     )
     if cursor.rowcount:
         return False
     db.execute(
-        "INSERT INTO messages (session_id, id, seq, timestamp, type, text, final) VALUES"
-        " (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?),"
-        " ?, ?, ?, ?)",
+        "INSERT INTO messages (session_id, id, seq, timestamp, type, text, final, reply_to)"
+        " VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?),"
+        " ?, ?, ?, ?, ?)",
         (session_id, message.id, session_id, *values),
     )
     return True

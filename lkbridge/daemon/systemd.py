@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 
 from lkbridge.log import get_logger
@@ -17,11 +20,15 @@ __all__ = [
     "notify",
     "ready",
     "reloading",
+    "request_reload",
     "status",
     "stopping",
     "watchdog_interval",
     "watchdog_ping",
+    "write_reload_verdict",
 ]
+
+VERDICT_FILE = "reload-verdict.json"
 
 _log = get_logger(__name__)
 
@@ -66,6 +73,59 @@ def reloading() -> bool:
     return notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
 
+def _verdict_path(environ: Mapping[str, str] | None) -> Path | None:
+    env = os.environ if environ is None else environ
+    folder = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(folder) / VERDICT_FILE if folder else None
+
+
+def write_reload_verdict(ok: bool, message: str, *, environ: Mapping[str, str] | None = None) -> bool:
+    """Leave the outcome of a reload in $RUNTIME_DIRECTORY for `lkbridge reload` to read."""
+    path = _verdict_path(environ)
+    if path is None:
+        return False
+    data = {"serial": time.monotonic_ns(), "ok": ok, "message": message[:2000]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError as exc:
+        _log.warning("reload_verdict_not_written", error=str(exc))
+        return False
+    return True
+
+
+def _read_verdict(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def request_reload(
+    pid: int, *, timeout: float = 60.0, environ: Mapping[str, str] | None = None
+) -> tuple[bool, str]:
+    """SIGHUP the daemon and wait for its verdict: (ok, message). ExecReload runs this, so
+    `systemctl reload` fails when the new config is refused. Without $RUNTIME_DIRECTORY (not
+    under systemd) only the signal is sent."""
+    path = _verdict_path(environ)
+    before = _read_verdict(path) if path is not None else None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        return False, f"cannot signal process {pid}: {exc.strerror or exc}"
+    if path is None:
+        return True, "SIGHUP sent (no RUNTIME_DIRECTORY: the outcome is in the log)"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        verdict = _read_verdict(path)
+        if verdict is not None and (before is None or verdict.get("serial") != before.get("serial")):
+            return bool(verdict.get("ok")), str(verdict.get("message", ""))
+        time.sleep(0.05)
+    return False, f"no answer from process {pid} within {timeout:g} s"
+
+
 def watchdog_ping() -> bool:
     """WATCHDOG=1."""
     return notify("WATCHDOG=1")
@@ -88,7 +148,6 @@ class Watchdog:
     """Pings WATCHDOG=1 from an asyncio task, so pings stop whenever the event loop is stuck.
 
     A blocked loop cannot run the pinging task, so systemd notices and restarts the service.
-    `healthy` may veto a ping (e.g. a supervisor task died); a broker outage should not.
     """
 
     def __init__(
@@ -96,11 +155,9 @@ class Watchdog:
         interval: float | None = None,
         *,
         environ: Mapping[str, str] | None = None,
-        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._environ = environ
         self.interval = interval if interval is not None else watchdog_interval(environ)
-        self._healthy = healthy
         self._task: asyncio.Task[None] | None = None
         self.pings = 0
         self.max_lag = 0.0
@@ -129,11 +186,8 @@ class Watchdog:
     async def _run(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._healthy is None or self._healthy():
-                if notify("WATCHDOG=1", environ=self._environ):
-                    self.pings += 1
-            else:
-                _log.warning("watchdog_ping_withheld", reason="health check failed")
+            if notify("WATCHDOG=1", environ=self._environ):
+                self.pings += 1
             expected = loop.time() + interval
             await asyncio.sleep(interval)
             lag = loop.time() - expected

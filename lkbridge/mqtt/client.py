@@ -1,26 +1,28 @@
-"""The asyncio MQTT client: paho driven on the event loop, outbox, reconnects (sole paho user)."""
+"""The asyncio MQTT client: connections and reconnects, the publish queue and its acknowledgements,
+subscriptions and received messages (paho itself is driven by paho_io.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import socket
-import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-import structlog
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from lkbridge.log import get_logger
+from lkbridge.mqtt.paho_io import (
+    PahoClient,
+    PahoOnLoop,
+    configure,
+    incoming_message,
+    publish_properties,
+)
 from lkbridge.mqtt.types import (
     ConnectHook,
     ConnectInfo,
@@ -30,10 +32,11 @@ from lkbridge.mqtt.types import (
     IncomingMessage,
     MqttError,
     MqttSettings,
-    Outbox,
     OutgoingMessage,
     Payload,
+    Priority,
     PublishProperties,
+    PublishQueue,
     QueuedMessage,
     TlsSettings,
     WillMessage,
@@ -42,7 +45,6 @@ from lkbridge.mqtt.types import (
     check_qos,
     check_topic,
     os_reason,
-    tls_context,
 )
 
 __all__ = [
@@ -59,45 +61,8 @@ __all__ = [
     "WillMessage",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the reconnect backoff
-
-
-def _paho_properties(props: PublishProperties, expiry_left: int | None) -> Properties:
-    out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    if "response_topic" in props:
-        out.ResponseTopic = props["response_topic"]
-    if "correlation_data" in props:
-        out.CorrelationData = bytes(props["correlation_data"])
-    if expiry_left is not None:
-        out.MessageExpiryInterval = expiry_left  # what is left after waiting in our outbox
-    if "content_type" in props:
-        out.ContentType = props["content_type"]
-    if props.get("user_properties"):
-        out.UserProperty = list(props["user_properties"])
-    return out
-
-
-def _incoming(msg: paho.MQTTMessage, ack_key: int) -> IncomingMessage:
-    props = getattr(msg, "properties", None)
-
-    def get(name: str) -> Any:
-        return getattr(props, name, None) if props is not None else None
-
-    corr = get("CorrelationData")
-    return IncomingMessage(
-        topic=msg.topic,
-        payload=bytes(msg.payload),
-        qos=msg.qos,
-        retain=bool(msg.retain),
-        response_topic=get("ResponseTopic"),
-        correlation_data=bytes(corr) if corr else None,
-        message_expiry_interval=get("MessageExpiryInterval"),
-        content_type=get("ContentType"),
-        user_properties=tuple((str(k), str(v)) for k, v in get("UserProperty") or ()),
-        dup=bool(msg.dup),
-        ack_key=ack_key,
-    )
 
 
 @dataclass
@@ -106,30 +71,6 @@ class _PendingAck:
     mid: int
     qos: int
     done: bool = False
-
-
-class _PahoClient(paho.Client):
-    """paho's client, with a TLS handshake that closes its socket when it fails (paho leaks it)."""
-
-    tls: ssl.SSLContext | None = None  # set whenever paho is told to use TLS
-
-    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        try:
-            if self.tls is None:
-                raise MqttError("TLS was requested without a TLS context")
-            ssl_sock = self.tls.wrap_socket(
-                tcp_sock, server_hostname=self.host, do_handshake_on_connect=False
-            )
-        except BaseException:
-            tcp_sock.close()
-            raise
-        try:
-            ssl_sock.settimeout(self.connect_timeout)
-            ssl_sock.do_handshake()  # checks the chain, and the hostname unless insecure
-        except BaseException:
-            ssl_sock.close()
-            raise
-        return ssl_sock
 
 
 class MqttClient:
@@ -154,9 +95,7 @@ class MqttClient:
         self._v5 = s.protocol == "5"
         self._persistent = s.persistent_session and bool(s.client_id)
         self._where = f"{s.host}:{s.port}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._outbox = Outbox(s.queue_limit)
+        self._outbox = PublishQueue(s.queue_limit)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
         self._acks: dict[int, _PendingAck] = {}  # manual_ack: received, in order of receipt
         self._ack_seq = 0
@@ -170,7 +109,6 @@ class MqttClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._gen = 0  # bumped per connection attempt, so late callbacks of an old one are ignored
-        self._fd: int | None = None
         self._connack: asyncio.Future[bool] | None = None
         self._lost, self._up, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._idle.set()
@@ -179,10 +117,11 @@ class MqttClient:
         self._last_warn: dict[str, float] = {}
         self.last_error: MqttError | None = None
         self._paho = self._make_paho()
+        self._io = PahoOnLoop(self._paho)
 
     def _make_paho(self) -> paho.Client:
         s = self._settings
-        client = _PahoClient(
+        client = PahoClient(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             reconnect_on_failure=False,
@@ -190,43 +129,24 @@ class MqttClient:
             clean_session=None if self._v5 else not self._persistent,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
         )
-        client.enable_logger(logging.getLogger("paho.mqtt"))
-        client.connect_timeout = s.connect_timeout
-        client.max_inflight_messages_set(0)  # our window and outbox bound what paho holds
-        client.max_queued_messages_set(0)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls is not None:
-            client.tls = tls_context(s.tls)
-            client.tls_set_context(client.tls)
-            client.tls_insecure_set(s.tls.insecure)
-        if s.will is not None:
-            client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.session_expiry if self._persistent else 0
-            if s.manual_ack:  # the broker never has more unacknowledged messages out to us
-                props.ReceiveMaximum = min(65535, s.incoming_limit)
-        clean_start = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
-        client.connect_async(s.host, s.port, s.keepalive, clean_start=clean_start, properties=props)
+        configure(client, s, v5=self._v5, persistent=self._persistent)
         # paho callbacks only hop onto the loop: protocol events are posted (handled after paho
         # returns, never inside its code paths); socket changes apply at once on the loop thread.
-        client.on_connect = lambda _c, _u, flags, rc, props: self._post(
+        client.on_connect = lambda _c, _u, flags, rc, props: self._io.post(
             self._handle_connect, self._gen, flags.session_present, rc, props
         )
-        client.on_disconnect = lambda _c, _u, flags, rc, _p: self._post(
+        client.on_disconnect = lambda _c, _u, flags, rc, _p: self._io.post(
             self._handle_disconnect, self._gen, flags.is_disconnect_packet_from_server, rc
         )
-        client.on_message = lambda _c, _u, msg: self._post(self._handle_message, self._gen, msg)
-        client.on_publish = lambda _c, _u, mid, rc, _p: self._post(self._handle_puback, mid, rc)
-        client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._post(self._handle_suback, mid, rcs)
-        client.on_socket_close = lambda _c, _u, sock: self._now(self._detach, sock.fileno())
-        client.on_socket_register_write = lambda _c, _u, sock: self._now(
-            self._watch_write, sock.fileno(), True
+        client.on_message = lambda _c, _u, msg: self._io.post(self._handle_message, self._gen, msg)
+        client.on_publish = lambda _c, _u, mid, rc, _p: self._io.post(self._handle_puback, mid, rc)
+        client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._io.post(self._handle_suback, mid, rcs)
+        client.on_socket_close = lambda _c, _u, sock: self._io.now(self._io.detach, sock.fileno())
+        client.on_socket_register_write = lambda _c, _u, sock: self._io.now(
+            self._io.watch_write, sock.fileno(), True
         )
-        client.on_socket_unregister_write = lambda _c, _u, sock: self._now(
-            self._watch_write, sock.fileno(), False
+        client.on_socket_unregister_write = lambda _c, _u, sock: self._io.now(
+            self._io.watch_write, sock.fileno(), False
         )
         return client
 
@@ -242,14 +162,14 @@ class MqttClient:
         return self._outbox.dropped
 
     @property
-    def expired_count(self) -> int:
-        """Outgoing messages whose message expiry ran out while they waited in the outbox."""
-        return self._outbox.expired
-
-    @property
     def incoming_dropped_count(self) -> int:
         """Received messages dropped because nobody read them in time (inbox full)."""
         return self._inbox.dropped
+
+    @property
+    def unsent_count(self) -> int:
+        """Messages queued or sent but not acknowledged (what a close now would lose)."""
+        return len(self._outbox) + len(self._unacked)
 
     @property
     def queued_count(self) -> int:
@@ -257,10 +177,9 @@ class MqttClient:
         return len(self._outbox)
 
     async def __aenter__(self) -> MqttClient:
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self._io.bind()
         self._runner = self._spawn(self._run(), "mqtt-connection")
-        self._spawn(self._misc_loop(), "mqtt-misc")
+        self._spawn(self._io.misc_loop(), "mqtt-misc")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -292,15 +211,20 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         properties: PublishProperties | Mapping[str, Any] | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> bool:
-        """Publish, or queue in order while disconnected; False when dropped (outbox full)."""
+        """Publish, or queue in order while disconnected; False when dropped (outbox full).
+
+        A LOW publish (a request answer) is dropped once the outbox is three quarters full, so
+        that events still fit; a REPORT publish may use a little room beyond the limit.
+        """
         if self._closing:
             raise MqttError("the MQTT client is closed")
         check_topic(topic, is_filter=False)
         check_qos(qos)
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         props = check_properties(properties) if properties else None
-        if not self._outbox.put(QueuedMessage(topic, data, qos, retain, props)):
+        if not self._outbox.put(QueuedMessage(topic, data, qos, retain, props), priority):
             limit, dropped = self._outbox.limit, self._outbox.dropped
             self._warn("mqtt_queue_full", limit=limit, dropped=dropped)
             return False
@@ -385,32 +309,44 @@ class MqttClient:
             else:
                 self.stale_acks += 1
 
+    async def _drain(self, timeout: float) -> None:
+        """Wait for the outbox to empty and the acknowledgements, unless the connection goes."""
+        idle = asyncio.create_task(self._idle.wait(), name="mqtt-close-idle")
+        lost = asyncio.create_task(self._lost.wait(), name="mqtt-close-lost")
+        done, _ = await asyncio.wait({idle, lost}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (idle, lost):
+            task.cancel()
+        await asyncio.gather(idle, lost, return_exceptions=True)
+        if idle not in done and lost not in done:
+            left = len(self._outbox) + len(self._unacked)
+            log.warning("mqtt_close_unacknowledged", unacknowledged=left, waited=timeout)
+
     async def aclose(self, final: Iterable[OutgoingMessage] = (), timeout: float = 5.0) -> None:
         """Publish `final`, wait (at most `timeout`) for acknowledgements, DISCONNECT cleanly."""
         if self._closing:
             return
         for m in final:
             self.publish_nowait(m.topic, m.payload, m.qos, m.retain, m.properties)
-        if not self._idle.is_set() and self._loop is not None:
-            try:
-                await self.wait_published(timeout)
-            except MqttError as exc:
-                log.warning("mqtt_close_unacknowledged", error=str(exc))
+        if not self._idle.is_set() and self._io.loop is not None and self._connected:
+            await self._drain(timeout)
+        # Without a connection nothing can be acknowledged: no waiting (mqtt_closed counts
+        # what was left unsent).
         self._closing = True
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        if self._fd is not None:
+        if self._io.fd is not None:
             if self._connected:
                 self._paho.disconnect()  # clean DISCONNECT (reason 0): the broker drops our will
             else:
-                self._abort()
+                self._io.abort()
             try:
                 async with asyncio.timeout(2.0):
                     await self._lost.wait()
             except TimeoutError:
-                self._force_close()
+                self._io.force_close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -457,7 +393,7 @@ class MqttClient:
         self._lost.clear()
         self._disconnect_reason = ""
         if self._paho.socket() is not None:  # an aborted attempt paho never noticed
-            self._force_close()
+            self._io.force_close()
         loop = asyncio.get_running_loop()
         thread = loop.run_in_executor(None, self._paho.reconnect)
         try:
@@ -473,92 +409,17 @@ class MqttClient:
         sock = self._paho.socket()
         if rc != paho.MQTT_ERR_SUCCESS or sock is None:
             raise MqttError(f"cannot connect to {self._where}: {paho.error_string(rc)}")
-        # Small packets (PUBACKs, events) must go out at once: Nagle plus delayed ACKs would add
-        # ~40 ms to every answer and event.
-        if isinstance(sock, socket.socket):  # ssl.SSLSocket included
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._fd = sock.fileno()
-        loop.add_reader(self._fd, self._on_readable)
-        if self._paho.want_write():  # the CONNECT packet queued in the thread
-            loop.add_writer(self._fd, self._paho.loop_write)
+        self._io.attach(sock)
         self._connack = fut = loop.create_future()
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await fut
         except TimeoutError:
-            self._abort()
+            self._io.abort()
             text = f"no CONNACK from {self._where} within {self._settings.connect_timeout} s"
             raise MqttError(text) from None
         finally:
             self._connack = None
-
-    async def _misc_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if self._fd is not None:
-                self._paho.loop_misc()  # keepalive pings, ping timeouts
-
-    def _abort(self) -> None:
-        """Drop the connection without DISCONNECT: the reader sees EOF and paho cleans up."""
-        if isinstance(sock := self._paho.socket(), socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _force_close(self) -> None:
-        if self._fd is not None:
-            self._detach(self._fd)
-        if (sock := self._paho.socket()) is not None:
-            sock.close()
-
-    # -- hops and socket watching --------------------------------------------------------------
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
-
-    def _now(self, fn: Callable[..., None], *args: Any) -> None:
-        """On the loop thread, run at once (paho closes the fd right after); else post."""
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-        else:
-            self._post(fn, *args)
-
-    def _on_readable(self) -> None:
-        self._paho.loop_read()
-        self._quick_ack()
-        for _ in range(100):  # TLS may hold decrypted bytes the selector cannot see
-            sock = self._paho.socket()
-            if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
-                break
-            self._paho.loop_read()
-
-    def _quick_ack(self) -> None:
-        """ACK what we just read at once (Linux resets TCP_QUICKACK, so after every read).
-
-        A broker with Nagle on (Mosquitto's default) holds its next small packet until we ACK
-        the last one, and Linux delays that ACK by up to 40 ms: every command that follows a
-        PUBACK of one of our events would wait that long (docs/benchmarks.md).
-        """
-        sock = self._paho.socket()
-        if isinstance(sock, socket.socket) and hasattr(socket, "TCP_QUICKACK"):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-
-    def _watch_write(self, fd: int, on: bool) -> None:
-        if self._loop is None or fd != self._fd:
-            return  # the connect thread's socket: _connect_once attaches it
-        if on:
-            self._loop.add_writer(fd, self._paho.loop_write)
-        else:
-            self._loop.remove_writer(fd)
-
-    def _detach(self, fd: int) -> None:
-        if self._loop is not None and fd == self._fd:
-            self._loop.remove_reader(fd)
-            self._loop.remove_writer(fd)
-            self._fd = None
 
     # -- protocol events, posted from paho callbacks ------------------------------------------
 
@@ -617,7 +478,7 @@ class MqttClient:
         if self._settings.manual_ack and msg.qos > 0 and gen == self._gen and self._connected:
             self._ack_seq += 1
             key = self._ack_seq
-        if not self._inbox.put(_incoming(msg, key)):
+        if not self._inbox.put(incoming_message(msg, key)):
             # Not acknowledged either: the broker delivers it again after the next reconnect.
             self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=self._inbox.dropped)
             return
@@ -650,9 +511,9 @@ class MqttClient:
         subs = self._subscriptions
         items = [(t, SubscribeOptions(qos=subs[t]) if self._v5 else subs[t]) for t in topics]
         rc, mid = self._paho.subscribe(items)  # type: ignore[arg-type]
-        if rc != paho.MQTT_ERR_SUCCESS or mid is None or self._loop is None:
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None or self._io.loop is None:
             return None
-        waiter = self._loop.create_future() if wait else None
+        waiter = self._io.loop.create_future() if wait else None
         self._sub_waiters[mid] = (topics, waiter)
         return waiter
 
@@ -662,7 +523,7 @@ class MqttClient:
             if (item := self._outbox.pop()) is None:
                 break
             msg, expiry_left = item
-            props = _paho_properties(msg.properties, expiry_left) if msg.properties else None
+            props = publish_properties(msg.properties, expiry_left) if msg.properties else None
             try:
                 info = self._paho.publish(
                     msg.topic, msg.payload, msg.qos, msg.retain, props if self._v5 else None

@@ -9,17 +9,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import structlog
-
 from lkbridge.errors import TransportError
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage, SentMessage
+from lkbridge.mqtt.topic import topic_matches
 from lkbridge.transports.base import ReceiverBase
 
 if TYPE_CHECKING:
     from lkbridge.hookspecs import TransportContext
     from lkbridge.mqtt.client import MqttClient
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_BASE_TOPIC = "lkbridge"
 DEFAULT_PORT = 1883
@@ -324,23 +324,6 @@ class MqttTransport(ReceiverBase):
         own, self._own = self._own, None
         if own is not None:
             await own.aclose()
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether an MQTT topic name matches a filter with `+` and `#` wildcards."""
-    levels = topic.split("/")
-    for index, part in enumerate(topic_filter.split("/")):
-        if part == "#":
-            return not (index == 0 and topic.startswith("$"))
-        if index >= len(levels):
-            return False
-        if part == "+":
-            if index == 0 and topic.startswith("$"):
-                return False
-            continue
-        if part != levels[index]:
-            return False
-    return len(levels) == len(topic_filter.split("/"))
 
 
 class _ClientService:

@@ -1,22 +1,27 @@
-"""Paho-free parts of the MQTT client: settings, messages, errors, validation, outbox, backoff."""
+"""The MQTT client's parts that need no connection: settings, messages, errors, validation, publish queue, backoff."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import random
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
-import structlog
-
+from lkbridge.backoff import backoff_delay as jittered
 from lkbridge.errors import LkbridgeError
+from lkbridge.log import get_logger
+from lkbridge.mqtt.topic import topic_problem
 
-log = structlog.get_logger(__name__)
+# Re-exported for code written when they lived here; their home is lkbridge.mqtt.topic.
+from lkbridge.mqtt.topic import filters_overlap as filters_overlap  # isort: skip
+from lkbridge.mqtt.topic import topic_matches as topic_matches  # isort: skip
+
+log = get_logger(__name__)
 
 Payload = bytes | bytearray | str
 
@@ -165,16 +170,8 @@ class Hooks(Generic[T]):
 
 def check_topic(topic: str, *, is_filter: bool) -> None:
     """Raise MqttError unless topic is a valid MQTT topic name (or filter)."""
-    what = "topic filter" if is_filter else "topic"
-    if not topic or "\0" in topic or len(topic.encode()) > 65535:
-        raise MqttError(f"invalid MQTT {what} {topic!r}: empty, too long or contains NUL")
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if not is_filter and ("+" in level or "#" in level):
-            raise MqttError(f"invalid MQTT topic {topic!r}: wildcards are only for filters")
-        misplaced_hash = "#" in level and (level != "#" or i < len(levels) - 1)
-        if ("+" in level and level != "+") or misplaced_hash:
-            raise MqttError(f"invalid MQTT topic filter {topic!r}: misplaced wildcard")
+    if (problem := topic_problem(topic, is_filter=is_filter)) is not None:
+        raise MqttError(problem)
 
 
 def check_qos(qos: int) -> None:
@@ -231,10 +228,26 @@ class QueuedMessage:
         return max(0, math.ceil(interval - (now - self.queued_at)))
 
 
-class Outbox:
+class Priority(IntEnum):
+    """How much of a full outbox a publish may use (events win over answers)."""
+
+    LOW = 0
+    """Request answers: only the first three quarters of the outbox."""
+    NORMAL = 1
+    """State and message events: the whole outbox."""
+    REPORT = 2
+    """Reports of drops: a little room beyond the limit, so a drop is never silent."""
+
+
+REPORT_ROOM = 16
+
+
+class PublishQueue:
     """Outgoing messages waiting for the broker: first in, first out, bounded.
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
+    Low-priority messages (request answers) may fill only three quarters of it, so state and
+    message events still fit when a request flood fills the queue.
     """
 
     def __init__(self, limit: int) -> None:
@@ -247,8 +260,16 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, msg: QueuedMessage) -> bool:
-        if len(self._items) >= self.limit:
+    def room(self, priority: Priority) -> int:
+        """How many messages of this priority the outbox may hold."""
+        if priority is Priority.LOW:
+            return self.limit - self.limit // 4
+        if priority is Priority.REPORT:
+            return self.limit + REPORT_ROOM
+        return self.limit
+
+    def put(self, msg: QueuedMessage, priority: Priority = Priority.NORMAL) -> bool:
+        if len(self._items) >= self.room(priority):
             self.dropped += 1
             self.dropped_since_mark += 1
             return False
@@ -312,9 +333,8 @@ class Inbox:
 
 
 def backoff_delay(attempt: int, settings: MqttSettings) -> float:
-    """Seconds before reconnect attempt `attempt` (0-based): doubling, capped, "equal jitter"."""
-    ceiling = min(settings.reconnect_max, settings.reconnect_min * 2.0 ** min(attempt, 30))
-    return ceiling * random.uniform(0.5, 1.0)  # never zero, and clients never retry in step
+    """Seconds before reconnect attempt `attempt` (0-based), from the reconnect settings."""
+    return jittered(attempt, settings.reconnect_min, settings.reconnect_max)
 
 
 def tls_context(tls: TlsSettings) -> ssl.SSLContext:

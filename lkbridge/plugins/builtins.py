@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from lkbridge.hookspecs import TransportContext, hookimpl
+from lkbridge.hookspecs import RegisterTransport, hookimpl
 
 
 class ChatPlugin:
     """`chat`: the lk.chat sender, which also loops back what it sent as a receiver."""
 
     @hookimpl
-    def register_transports(self, register: Any) -> None:
+    def register_transports(self, register: RegisterTransport) -> None:
         from lkbridge.transports.chat import TextMessageSender
 
         register("chat", lambda ctx: TextMessageSender(), sender=True, receiver=True)
@@ -21,7 +19,7 @@ class TranscriptionPlugin:
     """`transcription`: agent and user transcripts from lk.transcription."""
 
     @hookimpl
-    def register_transports(self, register: Any) -> None:
+    def register_transports(self, register: RegisterTransport) -> None:
         from lkbridge.transports.transcription import TranscriptionStreamReceiver
 
         register("transcription", lambda ctx: TranscriptionStreamReceiver(), receiver=True)
@@ -31,7 +29,7 @@ class MqttTransportPlugin:
     """`mqtt`: sent messages published to an MQTT topic, message events received from one."""
 
     @hookimpl
-    def register_transports(self, register: Any) -> None:
+    def register_transports(self, register: RegisterTransport) -> None:
         from lkbridge.mqtt.transport import MqttTransport
 
         register("mqtt", MqttTransport.from_context, sender=True, receiver=True)
@@ -40,4 +38,3 @@ class MqttTransportPlugin:
 chat = ChatPlugin()
 transcription = TranscriptionPlugin()
 mqtt_transport = MqttTransportPlugin()
-_unused: TransportContext | None = None

@@ -6,19 +6,21 @@ import importlib.metadata as md
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pluggy
-import structlog
 
 from lkbridge import hookspecs
 from lkbridge.hookspecs import BridgeFactory, TokenSourceFactory, TransportFactory
+from lkbridge.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DISABLE_ENV = "LKBRIDGE_DISABLE_PLUGINS"
 BUILTIN_DISTRIBUTION = "lkbridge"
+MQTT_BRIDGE_PLUGIN = "mqtt-bridge"
+"""The built-in bridge's entry-point name: disabling it is allowed, but never silently."""
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,13 @@ class TransportSpec:
     plugin: str
 
 
+F = TypeVar("F")
+
+
 @dataclass(frozen=True)
-class NamedFactory:
+class NamedFactory(Generic[F]):
     name: str
-    factory: Any
+    factory: F
     plugin: str
 
 
@@ -84,8 +89,8 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self.conflicts: list[str] = []
         self.transports: dict[str, TransportSpec] = {}
-        self.token_sources: dict[str, NamedFactory] = {}
-        self.bridges: dict[str, NamedFactory] = {}
+        self.token_sources: dict[str, NamedFactory[TokenSourceFactory]] = {}
+        self.bridges: dict[str, NamedFactory[BridgeFactory]] = {}
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -214,7 +219,7 @@ class PluginHost:
         return register
 
     def _named_registrar(
-        self, plugin: str, info: PluginInfo, registry: dict[str, NamedFactory], kind: str
+        self, plugin: str, info: PluginInfo, registry: dict[str, NamedFactory[Any]], kind: str
     ) -> Callable[..., None]:
         def register(name: str, factory: TokenSourceFactory | BridgeFactory) -> None:
             if not isinstance(name, str) or not name:

@@ -11,7 +11,7 @@ from typing import Any
 from livekit import rtc
 from livekit.rtc.room import EventTypes
 
-from lkbridge.messages import SentMessage
+from lkbridge.messages import MessageType, ReceivedMessage, SentMessage
 from lkbridge.session.agent import (
     PUBLISH_ON_BEHALF_ATTRIBUTE,
     Agent,
@@ -21,11 +21,13 @@ from lkbridge.session.agent import (
 )
 from lkbridge.session.events import (
     ConnectionState,
+    MessageUnanswered,
     SessionError,
     SessionErrorKind,
 )
 from lkbridge.session.options import SessionOptions, describe_connect_error, describe_failure
 from lkbridge.session.outbox import GateDecision, Outbox, agent_gate
+from lkbridge.session.replies import ReplyOutcome, ReplyStatus, ReplyTracker
 from lkbridge.session.state import SessionState
 from lkbridge.session.transport_set import TransportSet
 from lkbridge.tokens.sources import (
@@ -37,6 +39,7 @@ from lkbridge.tokens.sources import (
     check_token_usable,
     with_room_name,
 )
+from lkbridge.transports.agent_session import ignore_agent_session_streams
 from lkbridge.transports.base import MessageReceiver, MessageSender
 
 _AGENT_EVENTS: tuple[EventTypes, ...] = (
@@ -95,8 +98,10 @@ class Session(SessionState):
             on_message=self._store,
             on_error=self._report_transport_error,
         )
+        self._replies = ReplyTracker(on_settled=self._reply_settled)
+        self._reply_timers: dict[str, asyncio.TimerHandle] = {}
         self._outbox = Outbox(
-            self._transports.send,
+            self._deliver,
             self._gate,
             limit=self._options.send_queue_limit,
             hold_time=self._options.agent_connect_timeout,
@@ -109,6 +114,7 @@ class Session(SessionState):
         self._agent_timer: asyncio.Task[None] | None = None
         self._leave_timer: asyncio.Task[None] | None = None
         self._timed_out_identity: str | None = None
+        self._disconnect_reason: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending = False
         self._closed = False
@@ -179,6 +185,11 @@ class Session(SessionState):
 
     def _state_changed(self) -> None:
         self._outbox.notify()
+        if (
+            self._connection_state is ConnectionState.DISCONNECTED
+            or self._agent.lifecycle is AgentLifecycle.FAILED
+        ):
+            self._replies.end()  # this room's agent will answer nothing more
 
     @property
     def room(self) -> rtc.Room | None:
@@ -194,6 +205,12 @@ class Session(SessionState):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def disconnect_reason(self) -> str | None:
+        """Why the room dropped the session unexpectedly since the last start: the name of
+        rtc's DisconnectReason (e.g. `SERVER_SHUTDOWN`, `ROOM_DELETED`), else None."""
+        return self._disconnect_reason
 
     def __repr__(self) -> str:
         return (
@@ -238,6 +255,60 @@ class Session(SessionState):
             self._fail(SessionErrorKind.SENDER, exc)
             return None
         return message
+
+    async def _deliver(self, message: SentMessage) -> None:
+        await self._transports.send(message)
+        self._replies.sent(message.id)
+        timeout = self._options.reply_timeout
+        if timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._reply_timers[message.id] = loop.call_later(
+                timeout, self._reply_overdue, message.id
+            )
+
+    async def wait_for_reply(self, message_id: str, timeout: float | None = 30.0) -> ReplyOutcome:
+        """How the message with this id (from `send_text`) was answered, waiting up to timeout
+        seconds: `answered` with the final reply tied to it (`reply_to`), `interrupted` when a
+        newer message was sent before that reply was final, `ended` when the room or agent went
+        away first, `timed_out` when none of that happened in time. Never raises."""
+        known = self._replies.outcome(message_id)
+        if known is not None:
+            return known
+        if not self._replies.is_pending(message_id):
+            for message in reversed(self._history.snapshot()):  # e.g. a restored history
+                if message.reply_to == message_id and message.final:
+                    return ReplyOutcome(ReplyStatus.ANSWERED, message_id, message)
+            if not self.is_connected or self._closed:
+                return ReplyOutcome(ReplyStatus.ENDED, message_id)
+        return await self._replies.wait(message_id, timeout)
+
+    def _reply_settled(self, outcome: ReplyOutcome) -> None:
+        timer = self._reply_timers.pop(outcome.message_id, None)
+        if timer is not None:
+            timer.cancel()
+        if outcome.status is not ReplyStatus.ANSWERED:
+            self._log.info(
+                "message_unanswered", message_id=outcome.message_id, reason=outcome.status.value
+            )
+            self._emit(
+                MessageUnanswered(
+                    message_id=outcome.message_id,
+                    reason=outcome.status.value,
+                    superseded_by=outcome.superseded_by,
+                )
+            )
+
+    def _reply_overdue(self, message_id: str) -> None:
+        self._reply_timers.pop(message_id, None)
+        if self._replies.is_pending(message_id):
+            self._log.info("message_unanswered", message_id=message_id, reason="timed_out")
+            self._emit(MessageUnanswered(message_id=message_id, reason="timed_out"))
+
+    def _store(self, message: ReceivedMessage) -> None:
+        if message.type is MessageType.AGENT_TRANSCRIPT:
+            message = self._replies.tag(message, self._history.get(message.id))
+        super()._store(message)
+        self._replies.observe(message)
 
     def _gate(self, held: bool) -> GateDecision:
         return agent_gate(
@@ -312,6 +383,7 @@ class Session(SessionState):
         self._cancel_agent_timer()
         await self._release_room()
         self._timed_out_identity = None
+        self._disconnect_reason = None
         self._response = None
         self._set_connection_state(ConnectionState.CONNECTING)
         self._set_agent(Agent.connecting(buffering=False))
@@ -322,6 +394,7 @@ class Session(SessionState):
             check_token_usable(response.participant_token)
             room = rtc.Room()
             self._room = room
+            ignore_agent_session_streams(room)
             self._observe(room)
             await self._transports.bind(room)
             room_options = self._options.room_options() if self._options.room_options else None
@@ -391,6 +464,10 @@ class Session(SessionState):
         await self.end()
         self._closed = True
         await self._outbox.aclose()
+        self._replies.close()
+        for timer in self._reply_timers.values():
+            timer.cancel()
+        self._reply_timers.clear()
         await self._transports.aclose()
         tasks = list(self._tasks)
         for task in tasks:
@@ -447,10 +524,14 @@ class Session(SessionState):
             return
         intentional = self._ending or reason == rtc.DisconnectReason.CLIENT_INITIATED
         self._cancel_agent_timer()
+        if not intentional:
+            self._disconnect_reason = (
+                rtc.DisconnectReason.Name(reason) if reason else "UNKNOWN_REASON"
+            )
         self._set_connection_state(ConnectionState.DISCONNECTED)
         self._set_agent(Agent.disconnected())
         if not intentional:
-            reason_name = rtc.DisconnectReason.Name(reason) if reason else "UNKNOWN_REASON"
+            reason_name = self._disconnect_reason
             self._log.warning("session_disconnected_unexpectedly", reason=reason_name)
             self._invalidate_token()
             self._spawn(self._release_room(room), "release_room")
@@ -513,6 +594,8 @@ class Session(SessionState):
 
 __all__ = [
     "ConnectionState",
+    "ReplyOutcome",
+    "ReplyStatus",
     "Session",
     "SessionError",
     "SessionErrorKind",

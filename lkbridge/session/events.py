@@ -12,12 +12,11 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-import structlog
-
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.session.agent import Agent
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class ConnectionState(StrEnum):
@@ -97,6 +96,30 @@ class ErrorChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageUnanswered:
+    """A message this session sent will get no (whole) answer, or none came in time.
+
+    `reason` is `interrupted` (a newer message was sent before its reply was final; see
+    `superseded_by`), `ended` (the room or the agent went away first) or `timed_out` (no final
+    reply within `SessionOptions.reply_timeout`; a reply that still comes is stored as usual).
+    """
+
+    message_id: str
+    reason: str
+    superseded_by: str | None = None
+    at: datetime = field(default_factory=utcnow, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "unanswered",
+            "id": self.message_id,
+            "reason": self.reason,
+            "superseded_by": self.superseded_by,
+            "at": self.at.isoformat(timespec="milliseconds"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryRestored:
     """restore_message_history() replaced the whole history."""
 
@@ -104,7 +127,12 @@ class HistoryRestored:
 
 
 SessionEvent = (
-    ConnectionStateChanged | AgentChanged | MessageReceived | ErrorChanged | HistoryRestored
+    ConnectionStateChanged
+    | AgentChanged
+    | MessageReceived
+    | ErrorChanged
+    | HistoryRestored
+    | MessageUnanswered
 )
 Listener = Callable[[SessionEvent], object]
 
@@ -193,10 +221,6 @@ class EventHub:
     def remove_listener(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
-
-    @property
-    def has_listeners(self) -> bool:
-        return bool(self._listeners) or bool(self._streams)
 
     def stream(self, maxsize: int = 10_000) -> EventStream:
         stream = EventStream(self, maxsize)

@@ -38,6 +38,9 @@ class SessionOptions:
     """A label bound to this session's log lines (e.g. the daemon's session id)."""
     history_limit: int | None = None
     """Keep at most this many messages in `messages` (oldest first out); None keeps all."""
+    reply_timeout: float | None = None
+    """Seconds a sent message may wait for its final reply before a `MessageUnanswered` event
+    with reason `timed_out` is emitted; None: never (interrupted/ended are always emitted)."""
 
     def __post_init__(self) -> None:
         if not self.agent_connect_timeout > 0:
@@ -48,6 +51,8 @@ class SessionOptions:
             raise ValueError("send_timeout: must be positive")
         if self.history_limit is not None and self.history_limit < 0:
             raise ValueError("history_limit: must not be negative")
+        if self.reply_timeout is not None and not self.reply_timeout > 0:
+            raise ValueError("reply_timeout: must be positive")
         if self.send_queue_limit < 1:
             raise ValueError("send_queue_limit: must be at least 1")
 

@@ -9,19 +9,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-import structlog
-
 from lkbridge.errors import (
     AgentUnavailableError,
     SendQueueFullError,
     SessionClosedError,
     TransportError,
 )
+from lkbridge.log import get_logger
 from lkbridge.messages import SentMessage
 from lkbridge.session.agent import Agent, AgentLifecycle
 from lkbridge.transports.base import on_handover
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Gate(Enum):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import structlog
-
+from lkbridge.log import get_logger, note_livekit_room
 from lkbridge.messages import ReceivedMessage
 from lkbridge.session.agent import Agent
 from lkbridge.session.events import (
@@ -42,7 +41,7 @@ class SessionState:
     @property
     def _log(self) -> Any:
         # Bound per use, so a logging configuration made after construction still applies.
-        logger = structlog.get_logger("lkbridge.session.core")
+        logger = get_logger("lkbridge.session.core")
         return logger.bind(session=self._name) if self._name else logger
 
     def _state_changed(self) -> None:
@@ -95,6 +94,8 @@ class SessionState:
         if state is previous:
             return
         self._connection_state = state
+        if self._name:
+            note_livekit_room(self._name, state is not ConnectionState.DISCONNECTED)
         self._log.info(
             "session_connection_state_changed", state=state.value, previous=previous.value
         )

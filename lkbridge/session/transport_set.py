@@ -7,15 +7,15 @@ import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import structlog
 from livekit import rtc
 
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage, SentMessage
 from lkbridge.transports.base import MessageReceiver, MessageSender, RoomBinding, RoomBound
 from lkbridge.transports.chat import TextMessageSender
 from lkbridge.transports.transcription import TranscriptionStreamReceiver
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 

@@ -13,9 +13,8 @@ from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-import structlog
-
 from lkbridge.errors import LkbridgeError, TokenSourceError, excerpt, redact_url
+from lkbridge.log import get_logger
 from lkbridge.tokens.claims import (
     DEFAULT_TOLERANCE,
     check_token_usable,
@@ -24,7 +23,7 @@ from lkbridge.tokens.claims import (
     token_is_valid,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -241,33 +240,57 @@ class EndpointTokenSource:
                 http.request(self.method, self.url, json=body, headers=self._headers) as resp,
             ):
                 status, reason = resp.status, resp.reason or ""
-                raw = await resp.read()
+                if not 200 <= status < 300:
+                    # The body is never read: an error says which server and what status, never
+                    # what it answered (an outsider must not read other servers through us).
+                    raise TokenSourceError(
+                        f"{where} answered HTTP {status} {reason}".rstrip(), status=status
+                    )
+                raw = await read_capped(resp.content, MAX_RESPONSE_BYTES, resp.content_length)
         except TimeoutError as exc:
             raise TokenSourceError(f"{where} did not answer within {self.timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:
             detail = exc.os_error.strerror or str(exc.os_error)
             raise TokenSourceError(f"{where} is unreachable: {detail}") from exc
         except aiohttp.ClientError as exc:
-            raise TokenSourceError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-        text = raw.decode("utf-8", errors="replace")
-        if not 200 <= status < 300:
-            short = excerpt(text)
+            raise TokenSourceError(f"{where} failed: {type(exc).__name__}") from exc
+        if raw is None:
             raise TokenSourceError(
-                f"{where} answered HTTP {status} {reason}".rstrip()
-                + (f": {short}" if short else ""),
+                f"{where} answered with more than {MAX_RESPONSE_BYTES} bytes; refused",
                 status=status,
-                body_excerpt=short,
             )
         try:
-            data = json.loads(text)
-        except ValueError as exc:
-            short = excerpt(text)
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
             raise TokenSourceError(
-                f"{where} returned a body that is not JSON: {short or '(empty)'}",
+                f"{where} returned a body that is not JSON (HTTP {status}, {len(raw)} bytes)",
                 status=status,
-                body_excerpt=short,
             ) from exc
         return TokenSourceResponse.from_dict(data, origin=where)
+
+
+MAX_RESPONSE_BYTES = 65_536
+"""The largest token-endpoint answer read; a token response is well under 4 KB."""
+
+
+class _Readable(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read_capped(stream: _Readable, limit: int, length: int | None = None) -> bytes | None:
+    """Read a body of at most limit bytes as a stream; None as soon as it is larger."""
+    if length is not None and length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(min(16_384, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
 
 
 def sanitize_sandbox_id(sandbox_id: str) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import structlog
 from livekit import rtc
 
 from lkbridge.errors import NotConnectedError, TransportError
+from lkbridge.log import get_logger
 from lkbridge.messages import SentMessage
 from lkbridge.transports.base import ReceiverBase, handed_over
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CHAT_TOPIC = "lk.chat"
 

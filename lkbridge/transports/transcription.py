@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-import structlog
 from livekit import rtc
 
 from lkbridge.errors import TransportError
+from lkbridge.log import get_logger
 from lkbridge.messages import MessageType, ReceivedMessage, utcnow
 from lkbridge.transports.base import ReceiverBase, RoomBinding
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 TRANSCRIPTION_TOPIC = "lk.transcription"
 SEGMENT_ID_ATTRIBUTE = "lk.segment_id"
@@ -66,13 +66,21 @@ class _Partial:
 
 
 class TranscriptMerger:
-    """The merge rules of spec §4.4, with no LiveKit dependency.
+    """The merge rules (spec §4.4, with lkbridge's finality rule), with no LiveKit dependency.
 
-    Partials are keyed by (segment id, sender). Within one stream chunks are appended; a chunk
+    Partials are keyed by (segment id, sender). Within one stream chunks always append; a chunk
     from another stream of the same segment replaces the text. A message keeps the header
     timestamp of the first stream of its segment. Starting a new segment drops the sender's
-    other partials. A final chunk removes the partial. When a stream ends and the last message
-    it produced was not final, a final copy is produced (Swift's stream-close finalisation).
+    other partials.
+
+    Finality is decided only when a stream ends: a stream that ends normally with
+    `lk.transcription_final` true (in its header or its trailer) makes its text final and
+    removes the partial. Chunks are never final, whatever the attributes say while they are
+    read: rtc may hand over a stream so late that its attributes already hold the trailer's
+    final flag, and a chunk taken for final would replace the text instead of appending. A
+    stream that ends without the flag leaves its text not final (a later stream of the same
+    segment continues it); an aborted stream drops its partial and leaves its text not final;
+    the end of a stream whose segment a later stream has taken over changes nothing.
     """
 
     def __init__(self) -> None:
@@ -80,7 +88,7 @@ class TranscriptMerger:
         self._last: dict[tuple[str, str], ReceivedMessage] = {}
 
     def chunk(self, header: StreamHeader, text: str, *, is_local: bool) -> ReceivedMessage | None:
-        """Apply one chunk; returns the message to store, or None for an empty chunk."""
+        """Apply one chunk; returns the (not final) message to store, or None for an empty one."""
         if not text:
             return None
         key = (header.segment_id, header.sender)
@@ -95,28 +103,31 @@ class TranscriptMerger:
         else:
             partial.text = text
             partial.stream_id = header.stream_id
-        final = header.final
         message = ReceivedMessage(
             id=header.segment_id,
             timestamp=partial.timestamp,
             type=MessageType.USER_TRANSCRIPT if is_local else MessageType.AGENT_TRANSCRIPT,
             text=partial.text,
-            final=final,
+            final=False,
         )
-        if final:
-            del self._partials[key]
         self._last[(header.stream_id, header.sender)] = message
         return message
 
-    def end(self, header: StreamHeader) -> ReceivedMessage | None:
-        """A stream ended (normally or not); `header.attributes` include the trailer's."""
+    def end(self, header: StreamHeader, *, aborted: bool = False) -> ReceivedMessage | None:
+        """A stream ended; `header.attributes` include the trailer's. Returns the final message
+        to store when the stream ended normally with the final flag, else None."""
         last = self._last.pop((header.stream_id, header.sender), None)
-        if header.final:
-            key = (header.segment_id, header.sender)
-            partial = self._partials.get(key)
-            if partial is not None and partial.stream_id == header.stream_id:
+        key = (header.segment_id, header.sender)
+        partial = self._partials.get(key)
+        owns_partial = partial is not None and partial.stream_id == header.stream_id
+        if aborted:
+            if owns_partial:
                 del self._partials[key]
-        if last is None or last.final:
+            return None
+        if not header.final or not owns_partial:
+            return None  # no flag, or a later stream of the segment has taken over its text
+        del self._partials[key]
+        if last is None:
             return None
         return replace(last, final=True)
 
@@ -218,12 +229,12 @@ class TranscriptionStreamReceiver(ReceiverBase):
                     if message is not None:
                         self._emit(message)
             except rtc.StreamError as exc:
-                self._finish(reader, sender)
+                self._finish(reader, sender, aborted=True)
                 room_gone = binding is None or not binding.room.isconnected()
                 if exc.description == ROOM_DISCONNECT_ERROR or room_gone:
                     return
                 log.warning("transcription_stream_aborted", sender=sender, reason=exc.description)
-                # The kept text (now final) reaches the history before the error is shown.
+                # The text kept so far (not final) reaches the history before the error shows.
                 await self.flush()
                 if binding is not None:
                     binding.report_error(
@@ -235,12 +246,12 @@ class TranscriptionStreamReceiver(ReceiverBase):
                 return
             self._finish(reader, sender)
         except asyncio.CancelledError:
-            self._finish(reader, sender)
+            self._finish(reader, sender, aborted=True)
             raise
         finally:
             reader.close()
 
-    def _finish(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        message = self.merger.end(_header(reader.info, sender))
+    def _finish(self, reader: rtc.TextStreamReader, sender: str, *, aborted: bool = False) -> None:
+        message = self.merger.end(_header(reader.info, sender), aborted=aborted)
         if message is not None:
             self._emit(message)

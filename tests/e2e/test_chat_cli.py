@@ -105,7 +105,7 @@ def test_chat_stops_on_ctrl_c(demo: Ready) -> None:
     try:
         term.read_until("chatting with demo")
         term.type("reverse hello world\n")
-        term.read_until("dlrow olleh")
+        term.read_until("world hello")
         term.proc.send_signal(signal.SIGINT)
         assert term.proc.wait(15) == 0
     finally:
@@ -131,7 +131,12 @@ def test_clients_say_when_no_broker_answers(tmp_path: Path) -> None:
         result = lkbridge(*command, "--host", "127.0.0.1", "--port", "9", "-c", "/nonexistent.toml")
         assert result.returncode == 1
         assert "does not exist" in result.stderr
+        # a file named by $LKBRIDGE_CONFIG must exist as well (no silent defaults)
         result = lkbridge(*command, "--host", "127.0.0.1", "--port", "9",
                           env={"LKBRIDGE_CONFIG": str(tmp_path / "absent.toml")})
+        assert result.returncode == 1
+        assert "absent.toml: file does not exist" in result.stderr, result.stderr
+        result = lkbridge(*command, "--host", "127.0.0.1", "--port", "9",
+                          env={"LKBRIDGE_CONFIG": ""})
         assert result.returncode == 1
         assert "cannot reach the MQTT broker at 127.0.0.1:9" in result.stderr, result.stderr

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devstack.framework_agent import FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
@@ -88,14 +89,16 @@ async def request(
     return dict(reply.json())
 
 
+@pytest.mark.conversation
 async def test_home_assistant_entities_act_on_the_real_session(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess],
+    framework_agent: FrameworkAgentProcess, daemons: Callable[[Path], DaemonProcess],
     names: tuple[str, str],
 ) -> None:  # fmt: skip
-    """Discovery payloads are pressed like HA does: buttons start/end, notify and text send."""
+    """Discovery payloads are pressed like HA does: buttons start/end, notify and text send;
+    the agent is the real LiveKit Agents framework."""
     base, prefix = names
-    agent = await scripted_agent()
+    agent = framework_agent
     config = make_config(
         tmp_path, mqtt_broker, livekit_server, names, {"porch": agent.agent_name}, autostart=False
     )
@@ -112,21 +115,27 @@ async def test_home_assistant_entities_act_on_the_real_session(
         # "Start" button: HA publishes payload_press on the command topic.
         start = cmps["start"]
         probe.publish(start["command_topic"], start["payload_press"])
-        await probe.wait_for(f"{base}/porch/state", state_is("connected", "listening"), timeout=20)
-        job = agent.jobs[0]
+        await probe.wait_for(f"{base}/porch/state", state_is("connected", "listening"), timeout=30)
 
         # notify.send_message publishes the raw text on the notify entity's command topic.
         probe.publish(cmps["send"]["command_topic"], "hello from a notify action")
-        chat = await asyncio.wait_for(job.chat.get(), 15)
-        assert chat.text == "hello from a notify action"
+        await probe.wait_for(
+            f"{base}/porch/message",
+            lambda m: m.json()["final"]
+            and m.json()["text"] == "You said: hello from a notify action", timeout=20,
+        )
         probe.publish(cmps["text"]["command_topic"], "typed into the text box")
-        chat = await asyncio.wait_for(job.chat.get(), 15)
-        assert chat.text == "typed into the text box"
         event = await probe.wait_for(
             f"{base}/porch/message",
             lambda m: m.json()["final"] and m.json()["text"] == "You said: typed into the text box",
+            timeout=20,
         )
         assert event.json()["type"] in cmps["message"]["event_types"]
+        asked = [m.json() for m in probe.seen(f"{base}/porch/message")
+                 if m.json()["type"] == "user_input"]
+        assert [a["text"] for a in asked] == ["hello from a notify action",
+                                              "typed into the text box"]
+        assert event.json()["reply_to"] == asked[1]["id"]
 
         # The enum sensor's state topic only ever carried one of its options.
         options = set(cmps["agent_state"]["options"])
@@ -160,7 +169,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
     config = make_config(
         tmp_path, mqtt_broker, livekit_server, names, {"lab": None}, autostart=False
     )
-    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"replies-{base}/#")
+    probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     probe.publish(f"{base}/lab/command", "start", retain=True)  # a stale retained command
     try:
         daemons(config)
@@ -172,7 +181,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
         assert not probe.seen(f"{base}/lab/state", state_is("connecting"))
         assert probe.seen(f"{base}/lab/connection_state")[-1].text == "disconnected"
 
-        reply_topic = f"replies-{base}/health"
+        reply_topic = f"{base}/replies/health"  # response topics must lie under {base}/
         mark = probe.mark()
         probe.publish(f"{base}/bridge/request/health_check", b"{}", response_topic=reply_topic,
                       correlation=b"corr-1")  # fmt: skip
@@ -205,18 +214,11 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
     )
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"{prefix}/#")
     try:
+        template = session_toml("shed", livekit_server, None, autostart=False)
+        config.write_text(config.read_text() + template.replace("[sessions.", "[templates."))
         daemon = daemons(config)
         await probe.wait_for(f"{base}/bridge/state", is_json(ONLINE))
-        table = {
-            "autostart": False,
-            "token": {
-                "source": "minted",
-                "url": livekit_server.url,
-                "api_key": livekit_server.api_key,
-                "api_secret": {"env": "LKB_TEST_API_SECRET"},
-            },
-        }
-        added = await request(probe, base, "session/add", {"session": "shed", "config": table})
+        added = await request(probe, base, "session/add", {"session": "shed", "template": "shed"})
         assert added["status"] == "ok", added
         await probe.wait_for(f"{prefix}/device/{base}_shed/config", lambda m: bool(m.payload))
         await probe.wait_for(f"{base}/shed/availability", lambda m: m.text == "online")
@@ -224,6 +226,8 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
                                                               "session": "shed"}))  # fmt: skip
         await probe.wait_for(f"{base}/bridge/info", lambda m: "shed" in m.json()["sessions"])
 
+        refused = await request(probe, base, "session/remove", {"session": "lab"})
+        assert "defined in the config file" in refused["error"]  # the operator's stays
         mark = probe.mark()
         removed = await request(probe, base, "session/remove", {"session": "shed"})
         assert removed["status"] == "ok", removed

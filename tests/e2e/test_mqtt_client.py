@@ -271,7 +271,7 @@ async def test_manual_acks_go_out_in_order_and_unacked_messages_come_again(
     sub.ack(first[0])
     sub.ack(first[2])  # held back: m1 is not acknowledged yet
     await asyncio.sleep(0.3)
-    sub._abort()  # the connection drops (no DISCONNECT); the client reconnects
+    sub._io.abort()  # the connection drops (no DISCONNECT); the client reconnects
     again = await receive(messages, 2)
     assert [(m.payload, m.dup) for m in again] == [(b"m1", True), (b"m2", True)]
     stale = sub.stale_acks
@@ -280,7 +280,7 @@ async def test_manual_acks_go_out_in_order_and_unacked_messages_come_again(
     for m in again:
         sub.ack(m)
     await asyncio.sleep(0.3)
-    sub._abort()
+    sub._io.abort()
     await sub.wait_connected(5)
     with pytest.raises(TimeoutError):
         await receive(messages, 1)  # everything acknowledged: nothing comes again

@@ -152,11 +152,12 @@ async def test_token_endpoint_500_and_garbage_then_a_working_endpoint_with_an_ag
     )
     async with session:
         token_endpoint["mode"] = "500"
-        await _assert_connection_error(
-            session, "answered HTTP 500", "token service is down for maintenance"
-        )
+        message = await _assert_connection_error(session, "answered HTTP 500")
+        # The server's body is never echoed (it may be anything an internal service returns).
+        assert "maintenance" not in message, message
         token_endpoint["mode"] = "garbage"
-        await _assert_connection_error(session, "returned a body that is not JSON: {not json")
+        message = await _assert_connection_error(session, "returned a body that is not JSON")
+        assert "{not json" not in message, message
         token_endpoint["mode"] = "ok"
         await session.start()
         assert session.error is None and session.connection_state is ConnectionState.CONNECTED

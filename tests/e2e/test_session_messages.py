@@ -192,20 +192,20 @@ async def test_agent_speech_grows_in_place_and_user_speech_is_replaced_in_place(
             ("It is noon.", True),  # the trailer's lk.transcription_final
         ]
         assert len({m.timestamp for m in agent_updates}) == 1
-        # Each interim user stream closes without the final flag: Swift's stream-close rule
-        # marks it final, the next stream replaces the text; the last stream says final.
+        # Each interim user stream closes without the final flag and stays not final (unlike
+        # Swift's stream-close rule); the next stream replaces the text; the last stream's
+        # header says final, which takes effect when that stream ends.
         user_updates = recorder.updates(user_segment)
         assert [(m.text, m.final) for m in user_updates] == [
             ("what", False),
-            ("what", True),
             ("what is", False),
-            ("what is", True),
+            ("what is the time", False),
             ("what is the time", True),
         ]
         assert len({m.timestamp for m in user_updates}) == 1
 
 
-async def test_a_stream_aborted_midway_keeps_its_text_and_sets_a_receiver_error(
+async def test_a_stream_aborted_midway_keeps_its_text_not_final_and_sets_a_receiver_error(
     livekit_server: LiveKitServer, scripted_agent: Callable[..., Any]
 ) -> None:
     session, _, job = await _connected(livekit_server, scripted_agent)
@@ -217,7 +217,27 @@ async def test_a_stream_aborted_midway_keeps_its_text_and_sets_a_receiver_error(
             f"Message receiver failed: transcription stream from {job.identity} ended abnormally"
         )
         message = next(m for m in session.messages if m.id == segment)
-        assert (message.text, message.final) == ("abcdefgh", True)
+        assert (message.text, message.final) == ("abcdefgh", False)  # cut: never finished
+
+
+async def test_a_stream_whose_attributes_say_final_from_the_start_still_appends(
+    livekit_server: LiveKitServer, scripted_agent: Callable[..., Any]
+) -> None:
+    """Issue 10: rtc can hand a stream over so late that its attributes already hold the
+    trailer's final flag. The wire form of that: the flag in the header. Every chunk must
+    still append, and the id must be final once, with the whole text."""
+    session, _, job = await _connected(livekit_server, scripted_agent)
+    recorder = Recorder(session)
+    async with session:
+        chunks = ["echo", ":", " fc-4", " two", " three"]
+        segment = await job.say(chunks, chunk_delay=0.05, final_at_open=True, speaking_state=False)
+        await wait_until(
+            lambda: any(m.id == segment and m.final for m in session.messages), 10, "final"
+        )
+        message = next(m for m in session.messages if m.id == segment)
+        assert (message.text, message.final) == ("echo: fc-4 two three", True)
+        finals = [m.text for m in recorder.updates(segment) if m.final]
+        assert finals == ["echo: fc-4 two three"]
 
 
 async def test_restored_history_is_sorted_and_later_updates_land_in_place(

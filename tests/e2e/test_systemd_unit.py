@@ -55,8 +55,10 @@ def test_verify_is_clean_for_the_unit_as_installed(tmp_path: Path) -> None:
 
 def test_unit_has_the_operational_settings_users_rely_on() -> None:
     text = UNIT.read_text()
-    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=",
-                 "StateDirectory=lkbridge", "ConfigurationDirectory=lkbridge", "LoadCredential=",
+    for line in ("Type=notify", "ExecReload=/opt/lkbridge/bin/lkbridge reload --pid $MAINPID",
+                 "WatchdogSec=", "StateDirectory=lkbridge", "ConfigurationDirectory=lkbridge",
+                 "ConfigurationDirectoryMode=0755", "RuntimeDirectory=lkbridge",
+                 "RestartPreventExitStatus=2", "LoadCredential=",
                  "MemoryDenyWriteExecute=yes", "NoNewPrivileges=yes"):
         assert line in text, line
 

@@ -25,10 +25,11 @@ def daemons(
     procs: list[DaemonProcess] = []
 
     def start(
-        config: Path, *, server: LiveKitServer | None = None, env: dict[str, str] | None = None
+        config: Path, *, server: LiveKitServer | None = None, env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
     ) -> DaemonProcess:
         log_path = log_dir / f"daemon-{tmp_path.name}.log"
-        proc = DaemonProcess(config, server or livekit_server, log_path, env=env)
+        proc = DaemonProcess(config, server or livekit_server, log_path, env=env, prefix=prefix)
         proc.start()
         procs.append(proc)
         return proc

@@ -219,7 +219,28 @@ async def request(
     probe: MqttProbe, base: str, action: str, body: dict[str, Any] | None = None,
     *, timeout: float = 15.0,
 ) -> dict[str, Any]:
-    """One request/response round trip, matched by a fresh transaction."""
+    """One request/response round trip, matched by a fresh transaction.
+
+    `session/history` without `before` is the whole history: its pages, walked back and joined.
+    """
+    if action == "session/history" and "before" not in (body or {}):
+        first = await _request_once(probe, base, action, {"limit": 200, **(body or {})}, timeout)
+        while first.get("status") == "ok" and first["data"].get("next") is not None:
+            page = await _request_once(
+                probe, base, action, {**(body or {}), "limit": 200, "before": first["data"]["next"]},
+                timeout,
+            )
+            if page.get("status") != "ok":
+                return page
+            first["data"]["messages"] = page["data"]["messages"] + first["data"]["messages"]
+            first["data"]["next"] = page["data"]["next"]
+        return first
+    return await _request_once(probe, base, action, body, timeout)
+
+
+async def _request_once(
+    probe: MqttProbe, base: str, action: str, body: dict[str, Any] | None, timeout: float
+) -> dict[str, Any]:
     txn = uuid.uuid4().hex[:10]
     mark = probe.mark()
     probe.publish(f"{base}/bridge/request/{action}", {**(body or {}), "transaction": txn})

@@ -306,6 +306,10 @@ def junk(
     config = daemon_config(
         tmp, broker.port, session_toml(SESSION, livekit_server, None, autostart=False) + relay,
         base_topic=BASE,
+        # This property is "every request is answered": the rate and in-flight bounds (tested in
+        # test_control_plane) would refuse part of the fuzzer's bursts by design.
+        extra="[control]\nrequests_per_second = 100000\nrequest_burst = 1000000\n"
+        "max_requests_in_flight = 10000\n",
     )
     daemon = DaemonProcess(config, livekit_server, log_dir / "daemon-junk.log")
     daemon.start()

@@ -1,4 +1,6 @@
-"""The LiveKit server is killed and comes back: sessions restart in fresh rooms, history intact."""
+"""The LiveKit server is killed and comes back: sessions restart in fresh rooms, history intact.
+
+The agent is the real LiveKit Agents framework (devstack/framework_agent)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.agent import ScriptedAgent
+from devstack.framework_agent import FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
 from tests.faults.helpers import (
@@ -45,9 +47,12 @@ async def converse(probe: MqttProbe, base: str, session: str, text: str) -> None
     )
 
 
-async def start_agent(server: LiveKitServer, agent_name: str) -> ScriptedAgent:
-    agent = ScriptedAgent(server.url, server.api_key, server.api_secret, agent_name, chunk_size=4)
-    await agent.start()
+async def start_agent(server: LiveKitServer, agent_name: str, log_dir: Path) -> FrameworkAgentProcess:
+    agent = FrameworkAgentProcess(
+        url=server.url, api_key=server.api_key, api_secret=server.api_secret,
+        agent_name=agent_name, log_path=log_dir / f"framework-agent-{agent_name}.log",
+    )
+    await asyncio.to_thread(agent.start)
     return agent
 
 
@@ -63,7 +68,7 @@ async def test_livekit_server_killed_and_restarted(
     server.start()
     base = f"fault-lk-{uuid.uuid4().hex[:6]}"
     agent_name = f"agent-{uuid.uuid4().hex[:8]}"
-    agents = [await start_agent(server, agent_name)]
+    agents = [await start_agent(server, agent_name, log_dir)]
     tables = "".join(session_toml(sid, server, agent_name) for sid in SESSIONS)
     config = daemon_config(tmp_path, mqtt_broker.port, tables, base_topic=base)
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
@@ -94,7 +99,8 @@ async def test_livekit_server_killed_and_restarted(
         down_for = time.monotonic() - killed_at
         await asyncio.to_thread(server.start)
         # The old worker's connection died with the server: a fresh worker registers again.
-        agents.append(await start_agent(server, agent_name))
+        agents[0].kill()
+        agents.append(await start_agent(server, agent_name, log_dir))
 
         for sid in SESSIONS:
             up = await probe.wait_for(
@@ -110,6 +116,12 @@ async def test_livekit_server_killed_and_restarted(
             states = [m.json() for m in probe.messages[mark:]
                       if m.topic == f"{base}/{sid}/state" and m.payload]
             assert any("retry_in" in s for s in states), "the pending restart is on the state topic"
+            reasons = [s["end_reason"] for s in states if "retry_in" in s]
+            # the room went first; a restart before the new worker registered may then time out
+            assert reasons[0] in {"room_disconnected", "server_shutdown"}, reasons
+            assert set(reasons[1:]) <= {"agent_join_timeout", "room_disconnected"}, reasons
+            assert up.json()["end_reason"] is None
+            assert up.json()["last_restart"]["reason"] in reasons
 
             history = (await request(probe, base, "session/history", {"session": sid}))["data"]
             ids = [m["id"] for m in history["messages"]]
@@ -133,5 +145,5 @@ async def test_livekit_server_killed_and_restarted(
     finally:
         probe.close()
         for agent in agents:
-            await agent.aclose()
+            agent.stop()
         server.stop()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devstack.framework_agent import FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
 from lkbridge.daemon.store import DATABASE_NAME
@@ -67,11 +68,11 @@ def replayed_send_ids(log_path: Path, start: int) -> set[str]:
 
 async def test_sigkill_at_random_points_loses_nothing(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[..., DaemonProcess],
+    framework_agent: FrameworkAgentProcess, daemons: Callable[..., DaemonProcess],
 ) -> None:
     rng = random.Random(SEED)
     print(f"sigkill fault test seed {SEED} (LKB_FAULT_SEED={SEED} repeats this run)")
-    agent = await scripted_agent(chunk_size=3, chunk_delay=0.02)
+    agent = framework_agent  # the real framework: word-sized chunks, 20 ms apart
     base = f"fault-kill-{uuid.uuid4().hex[:6]}"
     config = daemon_config(
         tmp_path, mqtt_broker.port, session_toml("talk", livekit_server, agent.agent_name),

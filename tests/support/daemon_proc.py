@@ -61,8 +61,12 @@ def daemon_config(
 class DaemonProcess:
     """`python -m lkbridge run -c FILE`, logs to a file; start, stop (SIGTERM), kill (SIGKILL)."""
 
-    def __init__(self, config: Path, server: LiveKitServer, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, server: LiveKitServer, log_path: Path,
+        env: dict[str, str] | None = None, prefix: list[str] | None = None,
+    ) -> None:
         self.config = config
+        self.prefix = prefix or []  # e.g. a private mount namespace (tests of a bad disk)
         self.log_path = log_path
         self.env = {**os.environ, "LKB_TEST_API_SECRET": server.api_secret, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -70,7 +74,7 @@ class DaemonProcess:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lkbridge", "run", "-c", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "lkbridge", "run", "-c", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
         )
         log.close()

@@ -7,13 +7,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
     HubError,
     HubEvent,
     HubEventKind,
     HubListener,
     Intent,
+    MessageEvent,
+    SessionChange,
+    SessionSnapshot,
     UnknownSession,
 )
+from lkbridge.messages import ReceivedMessage
 
 MESSAGE = {
     "id": "m1",
@@ -21,6 +27,7 @@ MESSAGE = {
     "type": "agent_transcript",
     "text": "hello",
     "final": True,
+    "reply_to": None,
 }
 
 
@@ -39,6 +46,7 @@ class FakeHub:
         self.fail_with: Exception | None = None
         self.services: dict[str, Any] = {}
         self.journaled_intents: list[Intent] = []
+        self.dropped: list[int] = []
 
     def _get(self, session_id: str) -> dict[str, Any]:
         if self.fail_with is not None:
@@ -50,17 +58,16 @@ class FakeHub:
     def change(self, session_id: str, **changes: Any) -> None:
         """Update a session's state and emit its STATE event, as the daemon does."""
         self.sessions[session_id].update(changes)
-        self.emit(HubEvent(HubEventKind.STATE, session_id, dict(self.sessions[session_id])))
+        self.emit(HubEvent(HubEventKind.STATE, session_id, self.snapshot(session_id)))
 
     def session_ids(self) -> list[str]:
         return list(self.sessions)
 
-    def snapshot(self, session_id: str) -> dict[str, Any]:
-        return dict(self._get(session_id))
+    def snapshot(self, session_id: str) -> SessionSnapshot:
+        return snapshot_of(self._get(session_id))
 
-    def current_error(self, session_id: str) -> dict[str, Any] | None:
-        error: dict[str, Any] | None = self._get(session_id)["error"]
-        return error
+    def current_error(self, session_id: str) -> ErrorInfo | None:
+        return error_of(self._get(session_id).get("error"))
 
     def info(self) -> dict[str, Any]:
         return {"version": "test", "sessions": self.session_ids()}
@@ -73,19 +80,19 @@ class FakeHub:
         for listener in list(self.listeners):
             listener(event)
 
-    async def start_session(self, session_id: str) -> dict[str, Any]:
+    async def start_session(self, session_id: str) -> SessionSnapshot:
         state = self._get(session_id)
         self.calls.append(("start", session_id))
         state["connection_state"] = "connecting"
         self.change(session_id)
-        return dict(state)
+        return self.snapshot(session_id)
 
-    async def end_session(self, session_id: str) -> dict[str, Any]:
+    async def end_session(self, session_id: str) -> SessionSnapshot:
         state = self._get(session_id)
         self.calls.append(("end", session_id))
         state["connection_state"] = "disconnected"
         self.change(session_id)
-        return dict(state)
+        return self.snapshot(session_id)
 
     async def send(
         self, session_id: str, text: str, *, send_id: str | None = None
@@ -96,8 +103,9 @@ class FakeHub:
             self.sent_ids.add(send_id)
         if not duplicate:
             self.calls.append(("send", session_id, text, send_id))
-            message = {**MESSAGE, "id": send_id or "generated", "type": "user_input"}
-            self.emit(HubEvent(HubEventKind.MESSAGE, session_id, message | {"text": text}))
+            message = {**MESSAGE, "id": send_id or "generated", "type": "user_input", "text": text}
+            event = MessageEvent(session_id, ReceivedMessage.from_dict(message))
+            self.emit(HubEvent(HubEventKind.MESSAGE, session_id, event))
         return {"id": send_id or "generated", "text": text, "duplicate": duplicate}
 
     def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
@@ -114,6 +122,9 @@ class FakeHub:
 
     async def durable(self) -> None:
         return None
+
+    def drop(self, seq: int) -> None:
+        self.dropped.append(seq)
 
     def journaled(self, digest: bytes) -> bool:
         return any(i.digest == digest for i in self.journaled_intents)
@@ -152,22 +163,30 @@ class FakeHub:
         self.calls.append(("dismiss_error", session_id))
         self.emit(HubEvent(HubEventKind.ERROR, session_id, None))
 
-    async def add_session(self, session_id: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    async def add_session(
+        self,
+        session_id: str,
+        template: str,
+        *,
+        agent_name: str | None = None,
+        agent_metadata: str | None = None,
+    ) -> SessionSnapshot:
         if session_id in self.sessions:
             raise HubError(f"session {session_id!r} already exists (remove it first)")
-        if "token" not in table:
-            raise HubError(f"sessions.{session_id}.token: missing")
+        if template != "assistant":
+            raise HubError(f"template: unknown template {template!r}; known: assistant")
         self.sessions[session_id] = {"session": session_id, "error": None}
         self.histories[session_id] = []
-        self.calls.append(("add", session_id, dict(table)))
-        self.emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, {"session": session_id}))
-        return dict(self.sessions[session_id])
+        table = {"template": template, "agent_name": agent_name, "agent_metadata": agent_metadata}
+        self.calls.append(("add", session_id, table))
+        self.emit(HubEvent(HubEventKind.SESSION_ADDED, session_id, SessionChange(session_id)))
+        return self.snapshot(session_id)
 
     async def remove_session(self, session_id: str) -> dict[str, Any]:
         self._get(session_id)
         del self.sessions[session_id]
         self.calls.append(("remove", session_id))
-        self.emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, {"session": session_id}))
+        self.emit(HubEvent(HubEventKind.SESSION_REMOVED, session_id, SessionChange(session_id)))
         return {"session": session_id, "removed": True}
 
     async def reload(self) -> dict[str, Any]:
@@ -181,4 +200,22 @@ class FakeHub:
         self.services[name] = service
 
     def report(self, event: str, **data: Any) -> None:
-        self.emit(HubEvent(HubEventKind.BRIDGE, "", {"event": event, **data}))
+        self.emit(HubEvent(HubEventKind.BRIDGE, "", DaemonNotice(event, data)))
+
+
+def error_of(data: Mapping[str, Any] | None) -> ErrorInfo | None:
+    """A test's error dict {kind, message, at} as the hub's typed value."""
+    if data is None:
+        return None
+    return ErrorInfo(data["kind"], data["message"], data.get("at"))
+
+
+def snapshot_of(state: Mapping[str, Any]) -> SessionSnapshot:
+    """A test's loose state dict as the hub's typed snapshot."""
+    return SessionSnapshot(
+        session=state["session"],
+        connection_state=state.get("connection_state", "disconnected"),
+        is_connected=state.get("connection_state") == "connected",
+        agent=state.get("agent"),
+        error=error_of(state.get("error")),
+    )

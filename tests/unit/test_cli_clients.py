@@ -146,12 +146,18 @@ def test_load_target_reads_mqtt_settings_and_flags_override(
 def test_load_target_without_a_config_uses_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LKBRIDGE_CONFIG", str(tmp_path / "missing.toml"))
+    monkeypatch.delenv("LKBRIDGE_CONFIG", raising=False)
+    if Path("/etc/lkbridge/config.toml").exists():
+        pytest.skip("this machine has /etc/lkbridge/config.toml")
     target = load_target(None)
     assert (target.settings.host, target.settings.port, target.base_topic) == (
         "127.0.0.1", 1883, "lkbridge")
     with pytest.raises(ClientError, match="file does not exist"):
         load_target(str(tmp_path / "missing.toml"))
+    # a file named by $LKBRIDGE_CONFIG must exist too (no silent defaults)
+    monkeypatch.setenv("LKBRIDGE_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ClientError, match="file does not exist"):
+        load_target(None)
 
 
 def test_render_status_table() -> None:
@@ -181,8 +187,8 @@ def test_demo_replies() -> None:
     assert demo_reply("What time is it?", lambda: noon) == "It is 12:34:56 here."
     assert demo_reply("what day is it", lambda: noon) == "Today is Friday, 02 January 2026."
     assert demo_reply("help") == HELP
-    assert demo_reply("count one two three") == "That is 3 words and 13 characters."
-    assert demo_reply("reverse hello world") == "dlrow olleh"
+    assert demo_reply("count one two three") == "That is 3 words."
+    assert demo_reply("reverse hello world") == "world hello"
     assert demo_reply("repeat after me: lights on") == "lights on"
     assert demo_reply("what is 6 * 7") == "6 * 7 = 42"
     assert demo_reply("7 / 0") == "I cannot divide by zero."
@@ -210,9 +216,11 @@ async def test_reply_watcher_finds_the_answer_whichever_arrives_first() -> None:
     def msg(e: dict[str, Any]) -> IncomingMessage:
         return IncomingMessage("lkb/demo/message", json.dumps(e).encode(), 1, False)
 
-    events = [event("old", "still going"), event("m1", "hi", True, "user_input"),
-              event("old", "still going, done", True), event("a1", "Hel"),
-              event("a1", "Hello", True)]
+    events = [event("old", "still going") | {"reply_to": "m0"},
+              event("m1", "hi", True, "user_input"),
+              event("old", "still going, done", True) | {"reply_to": "m0"},
+              event("a1", "Hel") | {"reply_to": "m1"},
+              event("a1", "Hello", True) | {"reply_to": "m1"}]
     # The daemon's acknowledgement (with our message id) before the events, and after them.
     early = ReplyWatcher("demo")
     early.sent("m1")
@@ -222,12 +230,38 @@ async def test_reply_watcher_finds_the_answer_whichever_arrives_first() -> None:
     for e in events:
         late.on_message(msg(e))
     late.sent("m1")
-    assert early.answer.result() == late.answer.result() == "Hello"
+    assert early.answer.result() == late.answer.result()
+    assert (early.answer.result().status, early.answer.result().text) == ("answered", "Hello")
     other = ReplyWatcher("kitchen")
     for e in events:
         other.on_message(msg(e))
     other.sent("m1")
     assert not other.answer.done(), "another session's events are ignored"
+
+
+async def test_reply_watcher_reports_interrupted_and_never_another_messages_answer() -> None:
+    from lkbridge.cli.clients import ReplyWatcher
+    from lkbridge.mqtt.client import IncomingMessage
+
+    def msg(e: dict[str, Any]) -> IncomingMessage:
+        return IncomingMessage("lkb/demo/message", json.dumps(e).encode(), 1, False)
+
+    watcher = ReplyWatcher("demo")
+    watcher.sent("mine")
+    for e in [event("mine", "question", True, "user_input"),
+              event("theirs", "another client's", True, "user_input"),
+              event("a2", "You said: another client's", True) | {"reply_to": "theirs"}]:
+        watcher.on_message(msg(e))
+    assert not watcher.answer.done(), "the answer to another message is not ours"
+    watcher.on_message(msg({"event": "unanswered", "id": "mine", "reason": "interrupted",
+                            "superseded_by": "theirs", "session": "demo"}))
+    assert watcher.answer.result().status == "interrupted"
+    for reason, expected in [("ended", "ended"), ("timed_out", "unanswered")]:
+        other = ReplyWatcher("demo")
+        other.sent("x")
+        other.on_message(msg({"event": "unanswered", "id": "x", "reason": reason,
+                              "session": "demo"}))
+        assert other.answer.result().status == expected
 
 
 class FakeDaemon:
@@ -265,12 +299,18 @@ class FakeDaemon:
 
     async def _reply(self, text: str) -> None:
         topic = f"{self.base}/demo/message"
-        await self.client.publish(topic, json.dumps(event("old", "an older answer, still going")))
+        older = {"reply_to": "m0"}
+        ours = {"reply_to": "m1"}
+        await self.client.publish(topic, json.dumps(event("old", "an older answer, going") | older))
         await self.client.publish(topic, json.dumps(event("m1", text, True, "user_input")))
         for part in ("You", "You said: ", f"You said: {text}"):
-            await self.client.publish(topic, json.dumps(event("a1", part)))
-        await self.client.publish(topic, json.dumps(event("old", "an older answer, done", True)))
-        await self.client.publish(topic, json.dumps(event("a1", f"You said: {text}", True)))
+            await self.client.publish(topic, json.dumps(event("a1", part) | ours))
+        await self.client.publish(topic, json.dumps(event("old", "an older answer", True) | older))
+        if text.startswith("[cut]"):
+            await self.client.publish(f"{self.base}/demo/event", json.dumps({
+                "event": "unanswered", "id": "m1", "reason": "interrupted", "session": "demo"}))
+            return
+        await self.client.publish(topic, json.dumps(event("a1", f"You said: {text}", True) | ours))
 
 
 @pytest.fixture
@@ -300,6 +340,10 @@ async def test_send_prints_the_acknowledgement_or_waits_for_the_answer(daemon_ta
     assert "not sent again" in out.getvalue()
     with pytest.raises(ClientError, match="unknown session 'nope'"):
         await send(daemon_target, "nope", "hi")
+    out, err = io.StringIO(), io.StringIO()
+    assert await send(daemon_target, "demo", "[cut] hi", wait=True, out=out, err=err) == 3
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith("lkbridge send: interrupted: a newer message")
 
 
 async def test_status_collects_retained_state_and_the_last_message(daemon_target: Target) -> None:

@@ -22,6 +22,7 @@ from lkbridge.config.files import (
     OVERRIDES_FILE,
     Config,
     ConfigError,
+    ControlConfig,
     DevelopmentTokenConfig,
     EndpointTokenConfig,
     FrozenMap,
@@ -41,6 +42,7 @@ from lkbridge.config.files import (
     load_effective_config,
     load_overrides,
     parse_config,
+    runtime_session,
     session_from_table,
     session_to_table,
     unknown_name_problems,
@@ -111,7 +113,7 @@ def test_empty_config_has_documented_defaults() -> None:
     assert config.mqtt.tls is None and config.mqtt.password is None
     assert config.state == StateConfig(Path("/var/lib/lkbridge"), 1000)
     assert config.log == LogConfig("info", "auto")
-    assert config.plugins == PluginsConfig(())
+    assert config.plugins == PluginsConfig((), allow_no_bridge=False)
     assert config.homeassistant == HomeAssistantConfig(True, "homeassistant")
     assert config.sessions == {}
     assert config.source == "test.toml"
@@ -998,18 +1000,16 @@ def test_session_to_table_refuses_inline_secrets() -> None:
 # -- overrides ------------------------------------------------------------------------------------
 
 
-def test_overrides_round_trip_atomically_without_plain_secrets(tmp_path: Path) -> None:
+def test_overrides_round_trip_atomically_with_templates_only(tmp_path: Path) -> None:
     path = tmp_path / "state" / OVERRIDES_FILE
-    porch = session_from_table("porch", minted(agent_name="porch-agent"))
-    hall = session_from_table(
-        "hall",
-        {"token": {"source": "endpoint", "url": "https://t", "headers": {"A": {"env": "HDR"}}}},
-    )
+    porch = runtime_session("porch", "assistant", "porch-agent", '{"room": "porch"}')
+    hall = runtime_session("hall", "assistant")
     write_overrides(path, {"porch": porch, "hall": hall}, removed=["old", "old"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == [OVERRIDES_FILE]  # no temp file left
     text = path.read_text()
     assert text.startswith("# Written by lkbridge")
+    assert "token" not in text and "://" not in text  # no source, secret or address, ever
     overrides = load_overrides(path)
     assert overrides == Overrides(FrozenMap({"porch": porch, "hall": hall}), frozenset({"old"}))
     write_overrides(path, [hall])  # an iterable of sessions works too
@@ -1020,32 +1020,48 @@ def test_missing_overrides_file_means_no_overrides(tmp_path: Path) -> None:
     assert load_overrides(tmp_path / OVERRIDES_FILE) == Overrides()
 
 
-def test_write_overrides_refuses_inline_secrets_and_keeps_the_old_file(tmp_path: Path) -> None:
+def test_a_0_1_overrides_file_with_free_form_sessions_is_reported_and_ignored(
+    tmp_path: Path,
+) -> None:
+    """0.1 let session/add store any session: endpoint URLs and header secrets of the caller's
+    choosing. Such sessions are never loaded again; they are listed, and backed up once."""
     path = tmp_path / OVERRIDES_FILE
-    write_overrides(path, [session_from_table("porch", minted())])
-    before = path.read_bytes()
-    inline = session_from_table(
-        "bad",
-        minted() | {"token": minted()["token"] | {"api_secret": "plain-text-secret"}},
-        allow_inline_secrets=True,
+    legacy = (
+        'removed = []\n[sessions.evil.token]\nsource = "endpoint"\nurl = "http://10.0.0.9/x?k=v"\n'
+        '[sessions.evil.token.headers]\nAuthorization = { env = "HOME_SECRET" }\n'
+        '[sessions.mine]\ntemplate = "assistant"\n'
     )
-    with pytest.raises(ConfigError, match=r"sessions\.bad\.token\.api_secret: an inline secret"):
-        write_overrides(path, [inline])
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [OVERRIDES_FILE]
+    path.write_text(legacy)
+    overrides = load_overrides(path)
+    assert list(overrides.sessions) == ["mine"]
+    assert len(overrides.ignored) == 1 and overrides.ignored[0].startswith("sessions.evil: ")
+    write_overrides(path, overrides.sessions, keep_legacy=True)
+    assert "evil" not in path.read_text()
+    backup = tmp_path / (OVERRIDES_FILE + ".0.1-backup")
+    assert backup.read_text() == legacy and stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+
+def test_runtime_sessions_are_bounded() -> None:
+    with pytest.raises(ConfigError) as info:
+        runtime_session("bad.id", "no such/template", "x" * 129, "m" * 4097)
+    lines = str(info.value).splitlines()
+    where = 'sessions."bad.id"'
+    assert lines[0].startswith(f"{where}: session id must be")
+    assert lines[1] == f"{where}.template: must be the name of a [templates.NAME]"
+    assert lines[2].startswith(f"{where}.agent_name: must be 1 to 128 characters")
+    assert lines[3] == f"{where}.agent_metadata: must be a string of at most 4096 characters"
 
 
 def test_overrides_file_with_problems_is_refused(tmp_path: Path) -> None:
     path = tmp_path / OVERRIDES_FILE
     path.write_text(
-        "removed = [1]\nsurprise = true\n[sessions.a.token]\nsource = 'minted'\nurl = 'ws://x'\n"
-        "api_key = 'k'\napi_secret = 'inline'\n"
+        "removed = [1]\nsurprise = true\n[sessions.a]\ntemplate = 'x'\ntoken = 'inline'\n"
     )
     with pytest.raises(ConfigError) as info:
         load_overrides(path)
     lines = str(info.value).splitlines()
     assert lines[0] == "removed[0]: must be a name like chat, got an integer"
-    assert lines[1].startswith("sessions.a.token.api_secret: an inline secret cannot be stored")
+    assert lines[1] == "sessions.a.token: unknown key"
     assert lines[2] == "surprise: unknown key"
     assert info.value.source == str(path)
     path.write_text("[sessions\n")
@@ -1056,16 +1072,18 @@ def test_overrides_file_with_problems_is_refused(tmp_path: Path) -> None:
 def test_overrides_win_per_session_and_user_file_is_untouched(tmp_path: Path) -> None:
     state = tmp_path / "state"
     user_file = tmp_path / "config.toml"
+    template = MINTED.replace("[sessions.kitchen", "[templates.assistant")
     user_file.write_text(
         f'[state]\ndirectory = "{state}"\n'
         + MINTED
         + MINTED.replace("kitchen", "hall")
         + MINTED.replace("kitchen", "garage")
+        + template
     )
     before = (user_file.read_bytes(), user_file.stat().st_mtime_ns)
     base = load_config(user_file, environ={})
-    kitchen2 = session_from_table("kitchen", minted(agent_name="replacement"))
-    porch = session_from_table("porch", minted())
+    kitchen2 = runtime_session("kitchen", "assistant", "replacement")
+    porch = runtime_session("porch", "assistant")
     overrides = (
         Overrides()
         .with_session(kitchen2)
@@ -1074,15 +1092,23 @@ def test_overrides_win_per_session_and_user_file_is_untouched(tmp_path: Path) ->
         .without_session("never-existed", base_ids=base.sessions)
     )
     assert overrides.removed == {"garage"}
-    write_overrides(base.state.overrides_file, overrides.sessions, overrides.removed)
+    write_overrides(base.state.directory / OVERRIDES_FILE, overrides.sessions, overrides.removed)
     effective = load_effective_config(user_file, environ={})
     assert list(effective.sessions) == ["kitchen", "hall", "porch"]
-    assert effective.sessions["kitchen"] == kitchen2
+    assert effective.sessions["kitchen"].agent_name == "replacement"
+    assert effective.sessions["kitchen"].token == base.templates["assistant"].token
+    assert effective.sessions["porch"].agent_name == base.templates["assistant"].agent_name
     assert (user_file.read_bytes(), user_file.stat().st_mtime_ns) == before
     # Adding a removed id again clears its removal; removing an added one drops it.
-    again = overrides.with_session(session_from_table("garage", minted()))
+    again = overrides.with_session(runtime_session("garage", "assistant"))
     assert again.removed == frozenset()
     assert "porch" not in overrides.without_session("porch", base_ids=base.sessions).sessions
+    # A session whose template is gone is not started, and said so.
+    gone = Overrides().with_session(runtime_session("attic", "vanished"))
+    assert "attic" not in gone.apply(base).sessions
+    assert gone.unresolved(base) == [
+        "sessions.attic: template 'vanished' is not in the config file; not started"
+    ]
 
 
 # -- starter config -------------------------------------------------------------------------------
@@ -1106,7 +1132,15 @@ def test_starter_config_is_valid_and_never_overwrites(tmp_path: Path) -> None:
     )
     assert path.read_text() == "# mine\n"
     with pytest.raises(ConfigError, match="cannot be written"):
-        write_starter_config(tmp_path / "no" / "such" / "dir.toml")
+        write_starter_config(path / "under-a-file.toml")
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, None)
+
+
+def test_starter_config_creates_its_directory(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "lkbridge" / "config.toml"  # a fresh machine has no /etc/lkbridge
+    write_starter_config(path)
+    assert load_config(path, environ={}).sessions
+    assert path.parent.stat().st_mode & 0o777 == 0o755
 
 
 # -- diffs and plugin names -----------------------------------------------------------------------
@@ -1205,3 +1239,78 @@ def test_redacted_config_drops_credentials_carried_in_urls() -> None:
     url = redacted["sessions"]["kitchen"]["token"]["url"]
     assert url == "https://tokens.example.com/issue"
     assert "hunter2" not in str(redacted) and "sk-live-123" not in str(redacted)
+
+
+# -- control plane (issue 11) ---------------------------------------------------------------------
+
+
+def test_control_defaults_and_keys() -> None:
+    assert parse("").control == ControlConfig()
+    control = parse(
+        '[control]\nruntime_sessions = false\nremove_configured = true\n'
+        'actions = ["session/send", "session/start"]\nmax_sessions = 5\n'
+        "max_requests_in_flight = 8\nrequests_per_second = 2.5\nrequest_burst = 10\n"
+    ).control
+    assert control == ControlConfig(False, True, ("session/send", "session/start"), 5, 8, 2.5, 10)
+    assert control.allows("health_check") and control.allows("session/history")  # always
+    assert not control.allows("session/add")
+
+
+def test_control_refuses_unknown_actions_and_bad_limits() -> None:
+    problems = problems_of(
+        '[control]\nactions = ["session/explode", 3]\nmax_sessions = 0\n'
+        "requests_per_second = 1e308\n"
+    )
+    assert problems[0].startswith("control.actions[0]: unknown action 'session/explode'")
+    assert problems[1].startswith("control.actions[1]: unknown action an integer")
+    assert "control.max_sessions: must be between 1 and 10000, got 0" in problems
+    assert any(p.startswith("control.requests_per_second: must be at most") for p in problems)
+
+
+def test_templates_are_sessions_of_their_own_namespace() -> None:
+    config = parse(MINTED.replace("[sessions.kitchen", "[templates.assistant"))
+    assert list(config.templates) == ["assistant"] and not config.sessions
+    assert config.templates["assistant"].token.source == "minted"
+    assert problems_of(MINTED.replace("[sessions.kitchen", "[templates.Bad")) == [
+        "templates.Bad: template name must be 1 to 64 characters from a-z, 0-9, _ and -"
+    ]
+
+
+def test_agent_connect_timeout_has_an_upper_bound() -> None:
+    assert problems_of(MINTED + "[sessions.kitchen]\nagent_connect_timeout = 1e308\n") == [
+        "sessions.kitchen.agent_connect_timeout: must be at most 3600, got 1e+308"
+    ]
+    ok = parse(MINTED + "[sessions.kitchen]\nagent_connect_timeout = 3600\n")
+    assert ok.sessions["kitchen"].agent_connect_timeout == 3600
+
+
+@pytest.mark.parametrize(
+    ("key", "topic"),
+    [
+        ("subscribe_topic", "lkbridge/bridge/request/#"),
+        ("subscribe_topic", "#"),
+        ("subscribe_topic", "lkbridge/+/+"),
+        ("subscribe_topic", "homeassistant/status"),
+        ("publish_topic", "lkbridge/kitchen/send"),
+    ],
+)
+def test_mqtt_transport_topics_may_not_overlap_the_bridges_own(key: str, topic: str) -> None:
+    text = MINTED + f'[sessions.kitchen.transports.mqtt]\n{key} = "{topic}"\n'
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"sessions.kitchen.transports.mqtt.{key}: '{topic}' overlaps the")
+    template = text.replace("[sessions.kitchen", "[templates.t")
+    (problem,) = problems_of(template)
+    assert problem.startswith(f"templates.t.transports.mqtt.{key}:")
+    fine = MINTED + '[sessions.kitchen.transports.mqtt]\nsubscribe_topic = "lkbridge/kitchen/in"\n'
+    assert parse(fine).sessions["kitchen"].transports["mqtt"]["subscribe_topic"]
+
+
+def test_unknown_names_in_templates_are_reported() -> None:
+    config = parse(
+        MINTED.replace("[sessions.kitchen", "[templates.assistant")
+        + '[templates.assistant]\nreceivers = ["chatt"]\n'
+    )
+    problems = unknown_name_problems(config, senders=["chat"], receivers=["chat"], token_sources=[])
+    assert [str(p) for p in problems] == [
+        "templates.assistant.receivers[0]: unknown receiver 'chatt' (did you mean 'chat'?); known: chat"
+    ]

@@ -55,9 +55,9 @@ def session_config() -> dict[str, Any]:
 
 def test_device_and_origin(session_config: dict[str, Any]) -> None:
     device = session_config["device"]
-    assert device["identifiers"] == ["home_lkbridge_kitchen"]
+    assert device["identifiers"] == ["home_lkbridge_aa9416_kitchen"]
     assert device["name"] == "lkbridge kitchen"
-    assert device["via_device"] == bridge_node_id(TOPICS) == "home_lkbridge_bridge"
+    assert device["via_device"] == bridge_node_id(TOPICS) == "home_lkbridge_aa9416_bridge"
     assert bridge_device_config(TOPICS)["device"]["identifiers"] == [device["via_device"]]
     for config in (session_config, bridge_device_config(TOPICS)):
         origin = config["origin"]
@@ -80,7 +80,7 @@ def test_every_component_has_the_required_keys(session_config: dict[str, Any]) -
             assert component["name"], key
             assert component["qos"] == 1, key
             unique_ids.append(component["unique_id"])
-            assert component["unique_id"].startswith("home_lkbridge_"), key
+            assert component["unique_id"].startswith("home_lkbridge_aa9416_"), key
             if component["platform"] in ("sensor", "binary_sensor", "event"):
                 assert "state_topic" in component, key
             if component["platform"] in ("notify", "text", "button"):
@@ -187,12 +187,12 @@ def test_agent_display_state_from_real_agents(agent: Agent, expected: str) -> No
 def test_discovery_messages_and_removal() -> None:
     messages = discovery_messages(TOPICS, ["kitchen", "office"])
     assert [topic for topic, _ in messages] == [
-        "homeassistant/device/home_lkbridge_bridge/config",
-        "homeassistant/device/home_lkbridge_kitchen/config",
-        "homeassistant/device/home_lkbridge_office/config",
+        "homeassistant/device/home_lkbridge_aa9416_bridge/config",
+        "homeassistant/device/home_lkbridge_aa9416_kitchen/config",
+        "homeassistant/device/home_lkbridge_aa9416_office/config",
     ]
     assert removal_topic(TOPICS, "kitchen") == messages[1][0]
-    assert session_node_id(TOPICS, "kitchen") == "home_lkbridge_kitchen"
+    assert session_node_id(TOPICS, "kitchen") == "home_lkbridge_aa9416_kitchen"
 
 
 def test_two_base_topics_never_collide() -> None:
@@ -277,3 +277,12 @@ def test_bridge_availability_template() -> None:
     template = config["components"]["connectivity"]["value_template"]
     assert render(template, '{"state":"online"}') == "online"
     assert render(template, '{"state":"offline"}') == "offline"
+
+
+def test_bases_differing_only_in_unsafe_characters_get_distinct_node_ids() -> None:
+    """docs/mqtt.md promises that two daemons with different base topics never collide."""
+    bases = ["home/lkb", "home_lkb", "home.lkb", "home lkb", "lkbridge"]
+    ids = {bridge_node_id(Topics(base, "homeassistant")) for base in bases}
+    assert len(ids) == len(bases)
+    assert bridge_node_id(Topics("lkbridge", "homeassistant")) == "lkbridge_bridge"  # unchanged
+    assert bridge_node_id(Topics("home_lkb", "homeassistant")) == "home_lkb_bridge"

@@ -85,11 +85,14 @@ async def test_durable_waits_for_the_fsync_made_off_the_loop(store: MessageStore
     assert store.syncer.syncs <= before + 3
 
 
-def test_intake_counts_per_session() -> None:
+def test_intake_counts_per_session_and_in_all() -> None:
     intake = Intake()
-    intake.add("t", Intent("a", "start"))
-    intake.add("t", Intent("a", "end"))
-    assert intake.count("a") == 2 and intake.count("b") == 0
+    queued: list[int] = []
+    intake.add("t", Intent("a", "start"), queued.append)
+    intake.add("t", Intent("b", "end"), queued.append)
+    assert intake.count("a") == 1 and intake.count("c") == 0 and intake.count() == 2
+    intake.intents[1].enqueue(7)
+    assert queued == [7]
 
 
 def test_an_unknown_kind_is_refused() -> None:

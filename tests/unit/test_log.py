@@ -79,6 +79,14 @@ def test_stdlib_loggers_go_through_the_same_formatter() -> None:
     assert paho["logger"] == "paho.mqtt.client" and paho["event"] == "Sending CONNECT"
 
 
+def test_auth_and_private_key_fields_are_redacted_like_the_config_treats_them() -> None:
+    stream = configure()
+    log.get_logger("t").info("e", auth="user:pw-7", private_key="pk-8", ssh_private_keys="pk-9")
+    (line,) = lines(stream)
+    assert line["auth"] == line["private_key"] == line["ssh_private_keys"] == "***"
+    assert log.looks_secret("broker_auth") and not log.looks_secret("author")
+
+
 def test_secret_keys_are_redacted_at_any_depth() -> None:
     stream = configure()
     log.get_logger("t").info(
@@ -208,10 +216,10 @@ async def test_tasks_keep_their_own_session() -> None:
 
 def test_console_format_is_readable_and_redacted() -> None:
     stream = configure(fmt="console")
-    log.get_logger("t").info("session_started", password="hunter2", room="r1")
+    log.get_logger("t").info("session_started", password="hunter2", room="r1", identity="me")
     text = stream.getvalue()
-    assert "session_started" in text and "room=r1" in text
-    assert "hunter2" not in text and "***" in text
+    assert "joined room r1 as me" in text
+    assert "hunter2" not in text and "password=***" in text
     with pytest.raises(json.JSONDecodeError):
         json.loads(text)
 
@@ -234,7 +242,7 @@ def test_auto_format_is_console_on_a_real_terminal() -> None:
         logging.getLogger().handlers[-1].close()
         os.close(primary)
         os.close(secondary)
-    assert "hello_terminal" in output
+    assert "hello terminal  key=value" in output
     assert not output.lstrip().startswith("{")
 
 

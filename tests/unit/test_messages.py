@@ -31,8 +31,22 @@ def test_received_message_round_trips_through_json() -> None:
         "type": "agent_transcript",
         "text": "Hello there",
         "final": True,
+        "reply_to": None,
     }
     assert ReceivedMessage.from_dict(data) == message
+
+
+def test_reply_to_round_trips_and_is_optional_and_checked() -> None:
+    message = _message(reply_to="3f0c-sent-id")
+    data = message.to_dict()
+    assert data["reply_to"] == "3f0c-sent-id"
+    assert ReceivedMessage.from_dict(data) == message
+    del data["reply_to"]  # events of older versions have no such field
+    assert ReceivedMessage.from_dict(data).reply_to is None
+    with pytest.raises(ValueError, match="reply_to"):
+        ReceivedMessage.from_dict({**data, "reply_to": 7})
+    with pytest.raises(ValueError, match="reply_to"):
+        ReceivedMessage.from_dict({**data, "reply_to": ""})
 
 
 @pytest.mark.parametrize("kind", list(MessageType))

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from lkbridge.bridges.hub import HubEvent, HubEventKind
+from lkbridge.bridges.hub import HubEvent, HubEventKind, MessageEvent, SessionChange
 from lkbridge.bridges.mqtt.bridge import MqttBridge, client_settings
 from lkbridge.bridges.mqtt.topics import Topics
 from lkbridge.config.models import Config, HomeAssistantConfig, MqttConfig
 from lkbridge.config.secrets import Secret
+from lkbridge.messages import ReceivedMessage
 from lkbridge.mqtt.client import (
     ConnectHook,
     ConnectInfo,
@@ -23,7 +24,8 @@ from lkbridge.mqtt.client import (
     MqttError,
     OutgoingMessage,
 )
-from tests.support.fake_hub import MESSAGE, FakeHub
+from lkbridge.mqtt.types import Priority, PublishQueue, QueuedMessage
+from tests.support.fake_hub import MESSAGE, FakeHub, error_of
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class FakeClient:
         self.incoming: asyncio.Queue[IncomingMessage | None] = asyncio.Queue()
         self.final: list[OutgoingMessage] | None = None
         self.acked: list[IncomingMessage] = []
+        self.outbox: PublishQueue | None = None
 
     async def __aenter__(self) -> FakeClient:
         return self
@@ -61,10 +64,14 @@ class FakeClient:
 
     def publish_nowait(
         self, topic: str, payload: bytes = b"", qos: int = 1, retain: bool = False,
-        properties: Any = None,
+        properties: Any = None, priority: Priority = Priority.NORMAL,
     ) -> bool:  # fmt: skip
         if self.final is not None:
             raise MqttError("the MQTT client is closed")
+        if self.outbox is not None:  # a real bounded outbox, never drained (broker away)
+            queued = QueuedMessage(topic, bytes(payload), qos, retain, properties)
+            if not self.outbox.put(queued, priority):
+                return False
         self.published.append(Pub(topic, bytes(payload), qos, retain, properties))
         return True
 
@@ -238,7 +245,8 @@ async def test_message_events_are_published_as_is_not_retained(
 ) -> None:
     await client.connect()
     data = MESSAGE | {"session": "kitchen", "text": "grüße"}
-    hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", data))
+    message = ReceivedMessage.from_dict(data)
+    hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", MessageEvent("kitchen", message)))
     [pub] = client.on("lkb/kitchen/message")
     assert pub.json() == data and not pub.retain and pub.qos == 1
     assert "grüße".encode() in pub.payload
@@ -248,7 +256,7 @@ async def test_events_before_connect_are_published_too(client: FakeClient) -> No
     hub = FakeHub()
     async with MqttBridge(hub, config(), client=client):  # type: ignore[arg-type]
         hub.sessions["late"] = {"session": "late", "connection_state": "connecting", "error": None}
-        hub.emit(HubEvent(HubEventKind.STATE, "late", hub.sessions["late"]))
+        hub.emit(HubEvent(HubEventKind.STATE, "late", hub.snapshot("late")))
         assert client.on("lkb/late/availability")[0].payload == b"online"
         assert client.on("homeassistant/device/lkb_late/config")
 
@@ -257,7 +265,7 @@ async def test_error_events(bridge: MqttBridge, client: FakeClient, hub: FakeHub
     await client.connect()
     client.clear()
     error = {"kind": "connection", "message": "Connection failed: refused", "at": "t"}
-    hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", error))
+    hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", error_of(error)))
     hub.emit(HubEvent(HubEventKind.ERROR, "kitchen", None))
     pubs = client.on("lkb/kitchen/error")
     assert [p.payload for p in pubs] == [json.dumps(error, separators=(",", ":")).encode(), b""]
@@ -269,7 +277,7 @@ async def test_session_added_and_removed(
 ) -> None:
     await client.connect()
     client.clear()
-    await hub.add_session("garage", {"token": {}})
+    await hub.add_session("garage", "assistant")
     assert client.on("lkb/garage/availability")[0].payload == b"online"
     assert client.on("homeassistant/device/lkb_garage/config")[0].retain
     assert {"event": "session_added", "session": "garage"} in events(client)
@@ -288,7 +296,7 @@ async def test_a_replaced_session_keeps_its_device(
 ) -> None:
     await client.connect()
     client.clear()
-    replaced = {"session": "kitchen", "replaced": True}
+    replaced = SessionChange("kitchen", replaced=True)
     hub.emit(HubEvent(HubEventKind.SESSION_REMOVED, "kitchen", replaced))
     assert client.published == []
     hub.change("kitchen", connection_state="connecting")
@@ -423,14 +431,14 @@ async def test_requests_are_answered_on_the_response_topic_and_v5_response_topic
     client.deliver(
         "lkb/bridge/request/session/start",
         '{"session": "kitchen", "transaction": "t1"}',
-        response_topic="me/replies",
+        response_topic="lkb/replies/me",
         correlation_data=b"\x01\x02",
     )
     client.deliver("lkb/bridge/request/health_check", "")
     await settle()
     [response] = client.on("lkb/bridge/response/session/start")
     assert response.json()["status"] == "ok" and response.json()["transaction"] == "t1"
-    [direct] = client.on("me/replies")
+    [direct] = client.on("lkb/replies/me")
     assert direct.payload == response.payload
     assert direct.properties == {"correlation_data": b"\x01\x02"}
     assert client.on("lkb/bridge/response/health_check")[0].json() == {

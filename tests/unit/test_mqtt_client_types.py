@@ -16,7 +16,7 @@ from lkbridge.mqtt.client import (
 from lkbridge.mqtt.types import (
     Hooks,
     Inbox,
-    Outbox,
+    PublishQueue,
     QueuedMessage,
     backoff_delay,
     check_properties,
@@ -30,7 +30,7 @@ def queued(n: int, expiry: int | None = None, at: float = 100.0) -> QueuedMessag
 
 
 def test_outbox_is_fifo_bounded_and_counts_what_it_drops() -> None:
-    box = Outbox(limit=3)
+    box = PublishQueue(limit=3)
     assert [box.put(queued(i)) for i in range(5)] == [True, True, True, False, False]
     assert (len(box), box.dropped, box.dropped_since_mark) == (3, 2, 2)
     assert box.take_dropped_since_mark() == 2
@@ -42,7 +42,7 @@ def test_outbox_is_fifo_bounded_and_counts_what_it_drops() -> None:
 
 
 def test_outbox_counts_down_message_expiry_and_discards_expired() -> None:
-    box = Outbox(limit=10)
+    box = PublishQueue(limit=10)
     box.put(queued(0, expiry=1, at=100.0))
     box.put(queued(1, expiry=60, at=100.0))
     box.put(queued(2, expiry=None, at=100.0))

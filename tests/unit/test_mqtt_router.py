@@ -12,10 +12,12 @@ from lkbridge.bridges.hub import HubError
 from lkbridge.bridges.mqtt.router import (
     ACTIONS,
     EXPIRED,
+    HISTORY_PAGE_BYTES,
     BadPayload,
     Command,
     Router,
     SendPayload,
+    history_page,
     parse_command,
     parse_send,
 )
@@ -26,14 +28,23 @@ def body(data: Any) -> bytes:
     return json.dumps(data).encode()
 
 
+class RouterUnderTest(Router):
+    """The router with a one-call helper for the tests: prepare() then run(), as the bridge does."""
+
+    async def handle(
+        self, action: str, payload: bytes, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        return await self.run(self.prepare(action, payload), deadline=deadline)
+
+
 @pytest.fixture
 def hub() -> FakeHub:
     return FakeHub("kitchen", "office")
 
 
 @pytest.fixture
-def router(hub: FakeHub) -> Router:
-    return Router(hub, max_payload_bytes=1024)
+def router(hub: FakeHub) -> RouterUnderTest:
+    return RouterUnderTest(hub, max_payload_bytes=1024)
 
 
 # -- good requests ----------------------------------------------------------------------------
@@ -53,8 +64,11 @@ async def test_start_and_end(router: Router, hub: FakeHub) -> None:
         "data": {
             "session": "kitchen",
             "connection_state": "connecting",
+            "is_connected": False,
             "agent": None,
             "error": None,
+            "room": None,
+            "wanted": False,
         },
     }
     response = await router.handle("session/end", body({"session": "kitchen", "transaction": 7}))
@@ -92,7 +106,10 @@ async def test_history_and_restore(router: Router, hub: FakeHub) -> None:
     )
     assert restored == {"status": "ok", "data": {"session": "office", "kept": 1}}
     history = await router.handle("session/history", body({"session": "office"}))
-    assert history["data"] == {"session": "office", "messages": [MESSAGE | {"session": "office"}]}
+    assert history["data"] == {
+        "session": "office", "messages": [MESSAGE | {"session": "office"}], "next": None,
+        "total": 1,
+    }
 
 
 async def test_restore_normalises_timestamps(router: Router, hub: FakeHub) -> None:
@@ -106,9 +123,10 @@ async def test_dismiss_add_remove_reload(router: Router, hub: FakeHub) -> None:
     dismissed = await router.handle("session/dismiss_error", body({"session": "kitchen"}))
     assert dismissed["data"] == {"session": "kitchen"}
     assert hub.sessions["kitchen"]["error"] is None
-    table = {"agent_name": "a", "token": {"source": "literal"}}
-    added = await router.handle("session/add", body({"session": "garage", "config": table}))
+    request = {"session": "garage", "template": "assistant", "agent_name": "a"}
+    added = await router.handle("session/add", body(request))
     assert added["status"] == "ok"
+    table = {"template": "assistant", "agent_name": "a", "agent_metadata": None}
     assert ("add", "garage", table) in hub.calls
     removed = await router.handle("session/remove", body({"session": "garage"}))
     assert removed["data"] == {"session": "garage", "removed": True}
@@ -132,8 +150,8 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("session/start", b"{}", "session: missing (session/start takes session, transaction)"),
     ("session/start", b"", "session: missing"),
     ("session/start", body({"session": 5}), "session: expected a string, got number"),
-    ("session/start", body({"session": "Kitchen!"}), "session: must match [a-z0-9_-]{1,64}"),
-    ("session/start", body({"session": "bridge"}), "session: 'bridge' is reserved"),
+    ("session/start", body({"session": "Kitchen!"}), "session: session id must be 1 to 64 characters"),
+    ("session/start", body({"session": "bridge"}), "session: session id 'bridge' is reserved"),
     ("session/start", body({"session": "nope"}), "unknown session 'nope'"),
     ("session/start", body({"session": "kitchen", "x": 1}), "unknown field 'x'; session/start"),
     ("session/send", body({"session": "kitchen"}), "text: missing"),
@@ -152,10 +170,14 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "timestamp": "soon"}]}), "messages[0]: timestamp: not an ISO 8601 date-time"),
     ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "final": "yes"}]}), "messages[0]: final: expected true or false, got string"),
     ("session/restore", body({"session": "kitchen", "messages": [{**MESSAGE, "extra": 1}]}), "messages[0]: unknown field 'extra'"),
-    ("session/add", body({"session": "garage"}), "config: missing"),
-    ("session/add", body({"session": "garage", "config": "x"}), "config: expected an object, got string"),
-    ("session/add", body({"session": "garage", "config": {}}), "sessions.garage.token: missing"),
-    ("session/add", body({"session": "kitchen", "config": {"token": {}}}), "already exists"),
+    ("session/add", body({"session": "garage"}), "template: missing"),
+    ("session/add", body({"session": "garage", "template": 5}), "template: expected a string, got number"),
+    ("session/add", body({"session": "garage", "template": "nope"}), "unknown template 'nope'"),
+    ("session/add", body({"session": "kitchen", "template": "assistant"}), "already exists"),
+    # 0.1's free-form session table (token source, secrets, transports) is refused outright.
+    ("session/add", body({"session": "garage", "config": {"token": {}}}), "config: session/add no longer takes"),
+    ("session/history", body({"session": "office", "limit": 0}), "limit: must be 1 to 200, got 0"),
+    ("session/history", body({"session": "office", "before": "nope"}), "before: no message 'nope'"),
     ("session/remove", body({"session": "nope"}), "unknown session 'nope'"),
     ("health_check", body({"verbose": True}), "unknown field 'verbose'; health_check takes transaction"),
     ("session/explode", body({"session": "kitchen"}), "unknown action 'session/explode'; known actions: session/start,"),
@@ -176,7 +198,7 @@ async def test_bad_requests_get_a_clear_error(
 
 
 async def test_deeply_nested_json_is_refused_not_crashing(hub: FakeHub) -> None:
-    router = Router(hub, max_payload_bytes=1_000_000)
+    router = RouterUnderTest(hub, max_payload_bytes=1_000_000)
     response = await router.handle("session/start", b"[" * 100_000 + b"]" * 100_000)
     assert response["status"] == "error"
     assert "not valid JSON" in response["error"] or "must be a JSON object" in response["error"]
@@ -292,3 +314,22 @@ def test_parse_command_errors(payload: bytes, error: str) -> None:
     with pytest.raises(BadPayload) as info:
         parse_command(payload, 1024)
     assert error in str(info.value)
+
+
+def test_history_pages_walk_back_with_the_cursor() -> None:
+    """0.1 answered session/history with one payload of any size (60 MB seen)."""
+    messages = [MESSAGE | {"id": f"m{i}", "text": "x" * 1000} for i in range(500)]
+    first = history_page("s", messages, None, None)
+    assert [m["id"] for m in first["messages"]] == [f"m{i}" for i in range(450, 500)]
+    assert first["next"] == "m450" and first["total"] == 500
+    seen = list(first["messages"])
+    cursor = first["next"]
+    while cursor is not None:
+        page = history_page("s", messages, 200, cursor)
+        seen = page["messages"] + seen
+        cursor = page["next"]
+    assert seen == messages
+    big = [MESSAGE | {"id": f"b{i}", "text": "y" * 20_000} for i in range(100)]
+    page = history_page("s", big, 200, None)
+    assert len(json.dumps(page)) <= HISTORY_PAGE_BYTES + 20_000
+    assert page["messages"][-1]["id"] == "b99" and page["next"] == page["messages"][0]["id"]

@@ -90,11 +90,11 @@ def test_valid_session_ids(session_id: str) -> None:
 @pytest.mark.parametrize(
     ("session_id", "problem"),
     [
-        ("", "must match [a-z0-9_-]{1,64}, got ''"),
-        ("x" * 65, "must match"),
-        ("Kitchen", "must match"),
-        ("a/b", "must match"),
-        ("a+", "must match"),
+        ("", "session id must be 1 to 64 characters from a-z, 0-9, _ and -"),
+        ("x" * 65, "1 to 64 characters"),
+        ("Kitchen", "1 to 64 characters"),
+        ("a/b", "1 to 64 characters"),
+        ("a+", "1 to 64 characters"),
         ("bridge", "reserved"),
         (7, "expected a string, got number"),
         (None, "expected a string, got null"),

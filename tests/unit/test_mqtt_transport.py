@@ -88,6 +88,7 @@ def test_sent_message_is_published_as_a_user_input_event_with_the_session() -> N
         "type": "user_input",
         "text": "turn on the lights ✓",
         "final": True,
+        "reply_to": None,
         "session": "kitchen",
     }
     # and it is itself a valid message event for a receiver on the other side

@@ -21,7 +21,9 @@ from lkbridge import (
     LiteralTokenSource,
     MessageReceived,
     MessageType,
+    MessageUnanswered,
     ReceivedMessage,
+    ReplyStatus,
     SentMessage,
     Session,
     SessionOptions,
@@ -566,3 +568,44 @@ async def test_outbox_does_not_report_a_failed_delivery_and_wait_room_waits() ->
     assert isinstance(results[0], RuntimeError) and results[1] is None
     assert handed == ["ok"]
     await outbox.aclose()
+
+
+async def test_replies_are_tied_to_the_latest_delivered_text_and_outcomes_reported() -> None:
+    receiver = MemoryReceiver()
+    session = Session.from_fixed_token_source(
+        LiteralTokenSource("ws://x", "t"),
+        options=SessionOptions(reply_timeout=0.05),
+        senders=[MemorySender()],
+        receivers=[receiver],
+    )
+    async with session, session.events() as events:
+        receiver.push(msg("SG_hello", text="Hi, I'm here"))  # before anything was sent
+        first = await session.send_text("first")
+        assert first is not None
+        receiver.push(msg("SG_1", text="You"))
+        receiver.push(msg("SG_1", text="You said: first", final=True))
+        outcome = await session.wait_for_reply(first.id, timeout=5)
+        assert outcome.status is ReplyStatus.ANSWERED and outcome.text == "You said: first"
+        by_id = {m.id: m for m in session.messages}
+        assert by_id["SG_hello"].reply_to is None and by_id["SG_1"].reply_to == first.id
+
+        second = await session.send_text("second")
+        third = await session.send_text("third")
+        assert second is not None and third is not None
+        interrupted = await session.wait_for_reply(second.id, timeout=1)
+        assert interrupted.status is ReplyStatus.INTERRUPTED
+        assert interrupted.superseded_by == third.id
+        timed_out = await session.wait_for_reply(third.id, timeout=0.01)
+        assert timed_out.status is ReplyStatus.TIMED_OUT
+        unanswered: list[MessageUnanswered] = []
+        while len(unanswered) < 2:
+            event = await asyncio.wait_for(anext(events), 5)
+            if isinstance(event, MessageUnanswered):
+                unanswered.append(event)
+        assert [(e.message_id, e.reason) for e in unanswered] == [
+            (second.id, "interrupted"),
+            (third.id, "timed_out"),  # SessionOptions.reply_timeout
+        ]
+        assert unanswered[0].to_dict()["event"] == "unanswered"
+    ended = await session.wait_for_reply(third.id, timeout=1)
+    assert ended.status is ReplyStatus.ENDED  # closed before it was answered

@@ -301,6 +301,40 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         MessageStore(path)
 
 
+def test_reply_to_is_kept(store: MessageStore) -> None:
+    reply = ReceivedMessage("SG_r", T0, MessageType.AGENT_TRANSCRIPT, "yes", True, reply_to="m1")
+    store.upsert("s", reply)
+    assert store.load("s") == [reply]
+    store.upsert("s", ReceivedMessage("SG_r", T0, MessageType.AGENT_TRANSCRIPT, "yes!", True))
+    assert store.load("s")[0].reply_to is None  # an update writes the whole message
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / DATABASE_NAME
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE messages (session_id TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " timestamp TEXT NOT NULL, type TEXT NOT NULL, text TEXT NOT NULL, final INTEGER NOT NULL,"
+        " PRIMARY KEY (session_id, id)) WITHOUT ROWID;"
+        "INSERT INTO messages VALUES ('s', 'old', 1, '2026-01-02T03:04:05+00:00',"
+        " 'agent_transcript', 'from version 1', 1);"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    with MessageStore(path) as store:
+        [old] = store.load("s")
+        assert (old.text, old.final, old.reply_to) == ("from version 1", True, None)
+        store.upsert("s", msg("new", final=True))
+        assert ids(store.load("s")) == ["old", "new"]
+    with MessageStore(path) as store:  # reopening a migrated database changes nothing
+        assert ids(store.load("s")) == ["old", "new"]
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 3  # reply_to, then the journal
+    tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "journal" in tables
+    check.close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / DATABASE_NAME
     db = sqlite3.connect(path)
@@ -316,7 +350,7 @@ def test_unreadable_rows_are_skipped(store: MessageStore) -> None:
     other = sqlite3.connect(store.path)
     other.execute(
         "INSERT INTO messages VALUES ('s', 'future', 99, '2026-01-01T00:00:00+00:00',"
-        " 'hologram', 't', 0)"
+        " 'hologram', 't', 0, NULL)"
     )
     other.commit()
     other.close()

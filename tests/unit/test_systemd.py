@@ -185,26 +185,6 @@ async def test_watchdog_pings_stop_while_the_loop_is_blocked(listener: NotifyLis
     assert dog.max_lag >= 0.5
 
 
-async def test_watchdog_withholds_pings_when_unhealthy(listener: NotifyListener) -> None:
-    healthy = True
-
-    def check() -> bool:
-        return healthy
-
-    async with systemd.Watchdog(
-        0.02, environ={"NOTIFY_SOCKET": listener.address}, healthy=check
-    ) as watchdog:
-        await asyncio.sleep(0.15)
-        healthy = False
-        await asyncio.sleep(0.02)
-        count = watchdog.pings
-        await asyncio.sleep(0.15)
-        assert watchdog.pings == count
-        healthy = True
-        await asyncio.sleep(0.1)
-        assert watchdog.pings > count
-
-
 async def test_watchdog_task_is_named_and_cancelled_on_exit(listener: NotifyListener) -> None:
     async with systemd.Watchdog(1.0, environ={"NOTIFY_SOCKET": listener.address}):
         names = {task.get_name() for task in asyncio.all_tasks()}

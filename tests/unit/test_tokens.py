@@ -243,33 +243,60 @@ async def test_endpoint_accepts_camel_case(endpoint: Callable[[Handler], Awaitab
     assert (response.server_url, response.participant_token) == ("wss://lk", "tok")
 
 
-async def test_endpoint_http_500_gives_status_and_a_short_excerpt(
+async def test_endpoint_http_error_says_server_and_status_never_the_body(
     endpoint: Callable[[Handler], Awaitable[str]],
 ) -> None:
+    """An internal server's answer must not be readable through our errors (SSRF read-back)."""
+
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(status=500, text="database exploded\n" + "trace line\n" * 200)
+        return web.Response(status=404, text="internal-only page: db_password=hunter2\n" * 20)
 
     base = await endpoint(handler)
     with pytest.raises(TokenSourceError) as info:
         await EndpointTokenSource(base + "/token?key=hidden").fetch()
     err = info.value
-    assert err.status == 500
-    assert str(err).startswith(
-        f"token endpoint {base}/token answered HTTP 500 Internal Server Error: database exploded"
-    )
-    assert "hidden" not in str(err)
-    assert err.body_excerpt is not None and len(err.body_excerpt) <= 160
-    assert len(str(err)) < 300
+    assert err.status == 404
+    assert str(err) == f"token endpoint {base}/token answered HTTP 404 Not Found"
+    assert err.body_excerpt is None
 
 
-async def test_endpoint_garbage_json_is_a_clear_error(
+async def test_endpoint_non_json_body_is_not_echoed(
     endpoint: Callable[[Handler], Awaitable[str]],
 ) -> None:
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(status=200, text="<html>surprise</html>")
+        return web.Response(status=200, text="<html>internal router admin</html>")
 
-    with pytest.raises(TokenSourceError, match="returned a body that is not JSON: <html>surprise"):
+    with pytest.raises(TokenSourceError) as info:
         await EndpointTokenSource(await endpoint(handler)).fetch()
+    assert "returned a body that is not JSON (HTTP 200, 34 bytes)" in str(info.value)
+    assert "router" not in str(info.value)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_endpoint_body_is_capped_while_streaming(
+    endpoint: Callable[[Handler], Awaitable[str]], chunked: bool
+) -> None:
+    """A huge answer is refused after 64 KiB, without reading (or holding) the rest."""
+    sent = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse()
+        if not chunked:
+            response.content_length = 100 * 1024 * 1024
+        await response.prepare(request)
+        block = b"x" * 65_536
+        try:
+            for _ in range(1600):  # 100 MiB if the client kept reading
+                await response.write(block)
+                sent += len(block)
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
+
+    with pytest.raises(TokenSourceError, match="answered with more than 65536 bytes; refused"):
+        await EndpointTokenSource(await endpoint(handler), timeout=20).fetch()
+    assert sent < 20 * 1024 * 1024
 
 
 async def test_endpoint_json_without_credentials_is_a_clear_error(

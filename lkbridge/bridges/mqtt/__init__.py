@@ -1,4 +1,4 @@
-"""The MQTT bridge: an asyncio MQTT client, topics, request router and Home Assistant discovery."""
+"""The MQTT bridge: topics, request router and Home Assistant discovery over lkbridge.mqtt's client."""
 
 from __future__ import annotations
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import random
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
-import structlog
-
-from lkbridge.bridges.hub import Expired, Hub, HubError, HubEvent, HubEventKind, Intent
+from lkbridge.bridges.hub import (
+    DaemonNotice,
+    ErrorInfo,
+    Hub,
+    HubError,
+    HubEvent,
+    HubEventKind,
+    MessageEvent,
+    SessionChange,
+    SessionNotice,
+    SessionSnapshot,
+)
 from lkbridge.bridges.mqtt.discovery import (
     agent_display_state,
     bridge_device_config,
@@ -23,17 +28,12 @@ from lkbridge.bridges.mqtt.discovery import (
     session_device_config,
     session_node_id,
 )
-from lkbridge.bridges.mqtt.intake import Intake, message_digest
-from lkbridge.bridges.mqtt.router import (
-    EXPIRED,
-    BadPayload,
-    Request,
-    Router,
-    parse_command,
-    parse_send,
-)
+from lkbridge.bridges.mqtt.incoming import Incoming
+from lkbridge.bridges.mqtt.intake import Intake
+from lkbridge.bridges.mqtt.router import Router, dumps
 from lkbridge.bridges.mqtt.topics import Inbound, SessionLeaf, Topics, is_valid_session_id
 from lkbridge.config.models import Config, MqttConfig
+from lkbridge.log import get_logger, redact_payload
 from lkbridge.mqtt.client import (
     ConnectInfo,
     IncomingMessage,
@@ -45,22 +45,23 @@ from lkbridge.mqtt.client import (
     WillMessage,
 )
 from lkbridge.mqtt.service import SharedMqttService
+from lkbridge.mqtt.types import Priority
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
 HA_BIRTH_DELAY = (0.5, 3.0)
 """Seconds (random in this range) between Home Assistant's birth message and our re-publish."""
-LANE_LIMIT = 1000
-"""Commands waiting per session; more are refused (and reported) rather than queued forever."""
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-
-
-def dumps(data: Any) -> bytes:
-    """Compact UTF-8 JSON (values JSON cannot hold are written as their str())."""
-    return _encode(data).encode()
+INFO_LIMIT = 262_144
+"""Bytes of the retained bridge/info; beyond, its `config` is left out (`truncated: true`)."""
+REPORT_INTERVAL = 1.0
+"""Seconds between two reports of dropped events or refused requests (the first is at once)."""
+# Bridge events after which the retained bridge/info is out of date (config or state directory).
+INFO_CHANGING_EVENTS = frozenset({
+    "config_reloaded", "config_reload_failed", "overrides_ignored", "overrides_moved_aside",
+    "history_not_saved", "history_saved_again",
+})
 
 
 def tls_settings(mqtt: MqttConfig) -> TlsSettings | None:
@@ -93,9 +94,6 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
     )
 
 
-Job = Callable[[], Awaitable[None]]
-
-
 class MqttBridge:
     """Maps the hub's sessions onto MQTT topics; `async with MqttBridge(hub, config):`.
 
@@ -117,13 +115,29 @@ class MqttBridge:
             config.mqtt.base_topic, config.homeassistant.discovery_prefix
         )
         self._ha = config.homeassistant.enabled
-        self._max_payload = config.mqtt.max_payload_bytes
-        self._router = Router(hub, max_payload_bytes=config.mqtt.max_payload_bytes)
+        control = config.control
+        self._router = Router(
+            hub, max_payload_bytes=config.mqtt.max_payload_bytes, control=control
+        )
         self._client = client or MqttClient(client_settings(config.mqtt, topics))
         self._ha_birth_delay = ha_birth_delay
-        self._service = SharedMqttService(self._client, topics.base)
+        self._own_filters = topics.subscriptions(homeassistant=self._ha)
+        self._service = SharedMqttService(self._client, topics.base, self._own_filters)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lanes: dict[str, deque[Job]] = {}
+        self._incoming = Incoming(
+            hub, topics, self._router, control,
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            own_filters=self._own_filters,
+            spawn=self._spawn,
+            publish=self._pub,
+            complain=self._complain,
+            count=self._count,
+            info_changed=self._publish_info,
+        )  # fmt: skip
+        self._counts = {"events_dropped": 0, "requests_refused": 0}  # not yet reported
+        self._totals = {"events_dropped": 0, "requests_refused": 0}
+        self._report_at = 0.0
+        self._report_handle: asyncio.TimerHandle | None = None
         self._scalars: dict[str, tuple[Any, str]] = {}  # session -> (connection, agent state)
         self._sessions: set[str] = set()  # sessions whose topics (and discovery) are out
         self._republish: asyncio.Task[None] | None = None
@@ -171,6 +185,8 @@ class MqttBridge:
         self._stopping = True
         if self._unobserve is not None:
             self._unobserve()
+        if self._report_handle is not None:
+            self._report_handle.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,18 +215,60 @@ class MqttBridge:
         return self._topics.session(session_id, leaf)
 
     def _pub(
-        self, topic: str, payload: bytes, *, retain: bool, properties: dict[str, Any] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        properties: dict[str, Any] | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> None:
-        """Queue one QoS 1 publish; never waits and never raises (the hot path)."""
+        """Queue one QoS 1 publish; never waits and never raises (the hot path).
+
+        Every publish of the bridge passes here, so here is where payloads are scrubbed of
+        secrets, and where a publish the outbox refuses is counted and reported at once.
+        """
         try:
-            self._client.publish_nowait(topic, payload, 1, retain, properties)
+            queued = self._client.publish_nowait(
+                topic, redact_payload(payload), 1, retain, properties, priority
+            )
         except MqttError as exc:
             if not self._stopping:
                 self._log.warning("mqtt_publish_refused", topic=topic, error=str(exc))
+            return
+        if not queued and priority is not Priority.REPORT:
+            self._count("events_dropped")
+
+    def _count(self, what: str) -> None:
+        """Count a dropped event or refused request; reported at once, then at most every 1 s."""
+        self._counts[what] += 1
+        self._totals[what] += 1
+        if self._report_handle is not None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._report_at + REPORT_INTERVAL - loop.time())
+        self._report_handle = loop.call_later(delay, self._report_counts)
+
+    def _report_counts(self) -> None:
+        self._report_handle = None
+        self._report_at = asyncio.get_running_loop().time()
+        for what, count in self._counts.items():
+            if count:
+                self._counts[what] = 0
+                total = self._totals[what]
+                self._log.warning(what, count=count, total=total)
+                payload = dumps({"event": what, "count": count, "total": total})
+                self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.REPORT)
 
     def event(self, name: str, **data: Any) -> None:
         """Publish a bridge-level event on `{base}/bridge/event` (not retained)."""
         self._pub(self._topics.bridge_event, dumps({"event": name, **data}), retain=False)
+
+    def _complain(self, name: str, **data: Any) -> None:
+        """An event about what a broker client sent (bad payload, refused command): these yield
+        to state and message events when the outgoing queue is full."""
+        payload = dumps({"event": name, **data})
+        self._pub(self._topics.bridge_event, payload, retain=False, priority=Priority.LOW)
 
     def _publish_info(self) -> None:
         try:
@@ -218,14 +276,22 @@ class MqttBridge:
         except Exception:
             self._log.exception("bridge_info_failed")
             return
-        self._pub(self._topics.bridge_info, dumps(info), retain=True)
+        payload = dumps(info)
+        if len(payload) > INFO_LIMIT:
+            sessions = list(info.get("sessions") or [])
+            info = {**info, "config": None, "truncated": True, "session_count": len(sessions)}
+            payload = dumps(info)
+            while len(payload) > INFO_LIMIT and info["sessions"]:
+                info["sessions"] = info["sessions"][: len(info["sessions"]) // 2]
+                payload = dumps(info)
+        self._pub(self._topics.bridge_info, payload, retain=True)
 
-    def _publish_state(self, session_id: str, state: Any, *, force: bool = False) -> None:
-        if not isinstance(state, dict):
+    def _publish_state(self, session_id: str, state: object, *, force: bool = False) -> None:
+        if not isinstance(state, SessionSnapshot):
             return
-        self._pub(self._topic(session_id, SessionLeaf.STATE), dumps(state), retain=True)
-        connection = state.get("connection_state") or "disconnected"
-        agent = agent_display_state(state.get("agent"))
+        self._pub(self._topic(session_id, SessionLeaf.STATE), dumps(state.to_json()), retain=True)
+        connection = state.connection_state or "disconnected"
+        agent = agent_display_state(state.agent)
         last = self._scalars.get(session_id)
         if force or last is None or last[0] != connection:
             topic = self._topic(session_id, SessionLeaf.CONNECTION_STATE)
@@ -234,8 +300,8 @@ class MqttBridge:
             self._pub(self._topic(session_id, SessionLeaf.AGENT_STATE), agent.encode(), retain=True)
         self._scalars[session_id] = (connection, agent)
 
-    def _publish_error(self, session_id: str, error: Any) -> None:
-        payload = dumps(error) if error else b""
+    def _publish_error(self, session_id: str, error: object) -> None:
+        payload = dumps(error.to_json()) if isinstance(error, ErrorInfo) else b""
         self._pub(self._topic(session_id, SessionLeaf.ERROR), payload, retain=True)
 
     def _publish_session(self, session_id: str) -> None:
@@ -291,11 +357,14 @@ class MqttBridge:
     def _on_hub_event(self, event: HubEvent) -> None:
         kind, session_id, data = event.kind, event.session_id, event.data
         if kind is HubEventKind.MESSAGE:
+            if not isinstance(data, MessageEvent):
+                return
+            payload = dumps(data.to_json())
             if session_id in self._sessions:
-                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), dumps(data), retain=False)
+                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), payload, retain=False)
             elif self._bridgeable(session_id):
                 self._publish_session(session_id)
-                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), dumps(data), retain=False)
+                self._pub(self._topic(session_id, SessionLeaf.MESSAGE), payload, retain=False)
         elif kind is HubEventKind.STATE:
             if session_id in self._sessions:
                 self._publish_state(session_id, data)
@@ -304,22 +373,26 @@ class MqttBridge:
         elif kind is HubEventKind.ERROR:
             if session_id in self._sessions:
                 self._publish_error(session_id, data)
+        elif kind is HubEventKind.SESSION_EVENT and isinstance(data, SessionNotice):
+            if session_id in self._sessions:
+                payload = dumps(data.to_json())
+                self._pub(self._topic(session_id, SessionLeaf.EVENT), payload, retain=False)
         elif kind is HubEventKind.SESSION_ADDED:
             if self._bridgeable(session_id):
                 self._publish_session(session_id)
             self.event("session_added", session=session_id)
             self._publish_info()
         elif kind is HubEventKind.SESSION_REMOVED:
-            if data and data.get("replaced"):
+            if isinstance(data, SessionChange) and data.replaced:
                 # Re-created with a changed config: keep its topics and HA device (no churn).
                 self._scalars.pop(session_id, None)
                 return
             self._remove_session(session_id)
             self.event("session_removed", session=session_id)
             self._publish_info()
-        elif kind is HubEventKind.BRIDGE:
-            self._pub(self._topics.bridge_event, dumps(dict(data or {})), retain=False)
-            if data and data.get("event") == "config_reloaded":
+        elif kind is HubEventKind.BRIDGE and isinstance(data, DaemonNotice):
+            self._pub(self._topics.bridge_event, dumps(data.to_json()), retain=False)
+            if data.event in INFO_CHANGING_EVENTS:
                 self._publish_info()
 
     # -- connection --------------------------------------------------------------------------
@@ -331,6 +404,11 @@ class MqttBridge:
         except Exception:
             return False
         return True
+
+    @property
+    def unsent(self) -> int:
+        """Messages not (yet) acknowledged by the broker; after aclose(), those never sent."""
+        return self._client.unsent_count
 
     def status(self) -> str:
         """One short line for systemd's STATUS=."""
@@ -372,21 +450,19 @@ class MqttBridge:
         """
         intake = Intake()
         for message in batch:
+            # The bridge's own handling comes first and is never skipped: a transport
+            # subscription cannot take the bridge's topics away (and may not overlap them).
             try:
-                if not self._service.dispatch(message):
-                    self._dispatch(message, intake)
+                self._dispatch(message, intake)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
-        if intake.intents:
-            results = self._hub.journal([intent for _, intent in intake.intents])
-            for (topic, intent), result in zip(intake.intents, results, strict=True):
-                if isinstance(result, HubError):
-                    self._failed(topic, intent, result)
-                else:
-                    self._enqueue(intent.session_id, self._intent_job(topic, result, intent))
-            if any(not isinstance(r, HubError) for r in results):
-                self._spawn(self._ack_when_durable(batch), "mqtt-bridge-ack")
-                return
+            try:
+                self._service.dispatch(message)
+            except Exception:
+                self._log.exception("mqtt_message_failed", topic=message.topic)
+        if intake.intents and self._incoming.journal(intake):
+            self._spawn(self._ack_when_durable(batch), "mqtt-bridge-ack")
+            return
         for message in batch:
             self._client.ack(message)
 
@@ -410,121 +486,4 @@ class MqttBridge:
             if not message.retain and message.payload.strip() == b"online":
                 self._schedule_republish()
             return
-        if message.retain:
-            self.event("retained_ignored", topic=message.topic)
-            return
-        deadline = None
-        if message.message_expiry_interval:  # seconds left when it reached us
-            deadline = message.received_at + message.message_expiry_interval
-        if parsed.kind is Inbound.REQUEST:
-            self._request(parsed.action, message, deadline)
-            return
-        session_id = parsed.session_id
-        key = message_digest(message.topic, message.payload)
-        if message.dup and self._hub.journaled(key):
-            return  # the broker's second copy of one we journaled: acknowledged, not again
-        if self._expired(message.topic, deadline):
-            return
-        expires_at = None
-        if message.message_expiry_interval:
-            expires_at = time.time() + message.message_expiry_interval - (
-                time.monotonic() - message.received_at
-            )
-        try:
-            if not is_valid_session_id(session_id):
-                raise BadPayload(f"{session_id!r} is not a valid session id")
-            if parsed.kind is Inbound.SEND:
-                send = parse_send(message.payload, self._max_payload)
-                intent = Intent(session_id, "send", send.text, send.send_id, expires_at, key)
-            else:
-                command = parse_command(message.payload, self._max_payload)
-                intent = Intent(session_id, command.value, None, None, expires_at, key)
-        except BadPayload as exc:
-            self.event("bad_payload", topic=message.topic, error=str(exc))
-            return
-        queued = len(self._lanes.get(session_id, ())) + intake.count(session_id)
-        if queued >= LANE_LIMIT:
-            self.event("command_dropped", topic=message.topic, error="too many commands queued")
-            return
-        intake.add(message.topic, intent)
-
-    def _enqueue(self, lane: str, job: Job) -> bool:
-        """Run job after the earlier jobs of the same lane (one session's commands in order)."""
-        queue = self._lanes.get(lane)
-        if queue is None:
-            queue = self._lanes[lane] = deque()
-            self._spawn(self._drain(lane, queue), f"mqtt-bridge-lane-{lane}")
-        elif len(queue) >= LANE_LIMIT:
-            return False
-        queue.append(job)
-        return True
-
-    async def _drain(self, lane: str, queue: deque[Job]) -> None:
-        try:
-            while queue:
-                job = queue.popleft()
-                try:
-                    await job()
-                except Exception:
-                    self._log.exception("mqtt_command_failed", session=lane)
-        finally:
-            if self._lanes.get(lane) is queue:
-                del self._lanes[lane]
-
-    def _expired(self, topic: str, deadline: float | None) -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            self.event("expired_ignored", topic=topic)
-            return True
-        return False
-
-    def _intent_job(self, topic: str, seq: int, intent: Intent) -> Job:
-        """Carry out a journaled send or command; a send's answer is awaited aside (pipelined)."""
-
-        async def job() -> None:
-            answer = await self._hub.carry_out(seq, intent)
-            waiter = asyncio.ensure_future(answer)
-            if waiter.done():
-                self._answered(topic, intent, waiter)
-            else:
-                waiter.add_done_callback(functools.partial(self._answered, topic, intent))
-
-        return job
-
-    def _answered(self, topic: str, intent: Intent, answer: asyncio.Future[Any]) -> None:
-        if not answer.cancelled() and (exc := answer.exception()) is not None:
-            self._failed(topic, intent, exc)
-
-    def _failed(self, topic: str, intent: Intent, exc: BaseException) -> None:
-        if isinstance(exc, Expired):
-            self.event("expired_ignored", topic=topic)
-            return
-        name = "send_failed" if intent.kind == "send" else "command_failed"
-        self.event(name, topic=topic, session=intent.session_id, error=str(exc))
-
-    def _request(self, action: str, message: IncomingMessage, deadline: float | None) -> None:
-        request = self._router.prepare(action, message.payload)
-
-        async def job() -> None:
-            response = await self._router.run(request, deadline=deadline)
-            self._respond(request, message, response)
-
-        lane = request.session_id
-        if lane is None:
-            self._spawn(job(), f"mqtt-bridge-request-{action}")
-        elif not self._enqueue(lane, job):
-            self._respond(request, message, {"status": "error", "error": "too many requests"})
-
-    def _respond(self, request: Request, message: IncomingMessage, response: Any) -> None:
-        if request.has_transaction and "transaction" not in response:
-            response["transaction"] = request.transaction
-        payload = dumps(response)
-        self._pub(self._topics.response(request.action), payload, retain=False)
-        if message.response_topic:
-            props: dict[str, Any] = {}
-            if message.correlation_data is not None:
-                props["correlation_data"] = message.correlation_data
-            self._pub(message.response_topic, payload, retain=False, properties=props or None)
-        if response.get("status") == "ok" and request.action == "config/reload":
-            self._publish_info()
-        if response.get("error") == EXPIRED:
-            self.event("expired_ignored", topic=message.topic)
+        self._incoming.handle(parsed, message, intake)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -54,8 +55,16 @@ def agent_display_state(agent: Mapping[str, Any] | None) -> str:
 
 
 def base_node_id(base: str) -> str:
-    """The base topic made safe for a discovery node id ([A-Za-z0-9_-])."""
-    return _NODE_UNSAFE.sub("_", base)
+    """The base topic made safe for a discovery node id ([A-Za-z0-9_-]).
+
+    A base that is already safe is used as it is; any other gets a short hash of the base
+    appended, so that bases which differ only in unsafe characters (`home/lkb`, `home_lkb`,
+    `home.lkb`) never share a node id (and Home Assistant devices).
+    """
+    safe = _NODE_UNSAFE.sub("_", base)
+    if safe == base:
+        return base
+    return f"{safe}_{hashlib.sha256(base.encode()).hexdigest()[:6]}"
 
 
 def bridge_node_id(topics: Topics) -> str:

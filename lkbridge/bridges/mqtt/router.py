@@ -9,15 +9,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import structlog
-
 from lkbridge.bridges.hub import Hub, HubError
 from lkbridge.bridges.mqtt.topics import json_type_name, session_id_problem
+from lkbridge.config.models import ALL_ACTIONS, ControlConfig
+from lkbridge.log import get_logger
 from lkbridge.messages import ReceivedMessage
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MAX_SEND_ID_LENGTH = 200
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON (values JSON cannot hold are written as their str())."""
+    return _encode(data).encode()
 
 
 class BadPayload(ValueError):
@@ -47,6 +55,7 @@ _KIND_NAMES: dict[_Kind, str] = {
     dict: "an object",
     bool: "true or false",
     (str, int, float): "a string or a number",
+    (str, type(None)): "a string or null",
 }
 
 
@@ -85,22 +94,37 @@ SPECS: dict[str, _Spec] = {
     "session/start": _Spec(_SESSION),
     "session/end": _Spec(_SESSION),
     "session/send": _Spec({"session": str, "text": str}, {"id": str}),
-    "session/history": _Spec(_SESSION),
+    "session/history": _Spec(_SESSION, {"limit": int, "before": str}),
     "session/restore": _Spec({"session": str, "messages": list}),
     "session/dismiss_error": _Spec(_SESSION),
-    "session/add": _Spec({"session": str, "config": dict}),
+    "session/add": _Spec(
+        {"session": str, "template": str}, {"agent_name": str, "agent_metadata": str}
+    ),
     "session/remove": _Spec(_SESSION),
     "config/reload": _Spec(),
     "health_check": _Spec(),
 }
 ACTIONS = tuple(SPECS)
 """Every action `{base}/bridge/request/<action>` accepts."""
+assert ACTIONS == ALL_ACTIONS, "config.models.ALL_ACTIONS and SPECS must list the same actions"
+
+HISTORY_PAGE = 50
+"""Messages in a session/history page when the request gives no limit."""
+HISTORY_PAGE_MAX = 200
+"""The largest `limit` a session/history request may ask for."""
+HISTORY_PAGE_BYTES = 262_144
+"""A page is also cut so that its JSON stays under this size (at least one message is sent)."""
+CONFIG_FIELD_REFUSED = (
+    "config: session/add no longer takes a session configuration; it takes a template of the"
+    " config file ([templates.NAME]): session, template and optionally agent_name and"
+    " agent_metadata"
+)
 
 _SEND_TOPIC = _Spec({"text": str}, {"id": str}, extra=())
 _COMMAND_TOPIC = _Spec({"command": str}, extra=())
 _MESSAGE = _Spec(
     {"id": str, "timestamp": (str, int, float), "type": str, "text": str},
-    {"final": bool, "session": str},
+    {"final": bool, "session": str, "reply_to": (str, type(None))},
     extra=(),
 )
 
@@ -223,6 +247,40 @@ def _parse_message(index: int, raw: object) -> dict[str, Any]:
         raise BadPayload(f"{where}: {exc}") from None
 
 
+def history_page(
+    session_id: str, messages: list[dict[str, Any]], limit: Any, before: Any
+) -> dict[str, Any]:
+    """One page of a history (oldest first within the page), newest page first.
+
+    `before` is the `next` cursor of the previous page: the id of its oldest message. The answer
+    is {"session", "messages", "next", "total"}; `next` is null on the last page, `total` counts
+    the whole history.
+    """
+    if limit is None:
+        limit = HISTORY_PAGE
+    if not isinstance(limit, int) or not 0 < limit <= HISTORY_PAGE_MAX:
+        raise BadPayload(f"limit: must be 1 to {HISTORY_PAGE_MAX}, got {limit!r}")
+    end = len(messages)
+    if before is not None:
+        end = next((i for i, m in enumerate(messages) if m.get("id") == before), -1)
+        if end < 0:
+            raise BadPayload(f"before: no message {before!r} in the history (it may have been"
+                             " trimmed or replaced); start again without before")
+    start = max(0, end - limit)
+    page = messages[start:end]
+    size = 0
+    keep = len(page)
+    for index in range(len(page) - 1, -1, -1):  # newest first, until the byte budget is spent
+        size += len(json.dumps(page[index], ensure_ascii=False)) + 1
+        if size > HISTORY_PAGE_BYTES and index < len(page) - 1:
+            keep = len(page) - 1 - index
+            break
+    page = page[len(page) - keep :]
+    first = end - len(page)
+    cursor = page[0]["id"] if page and first > 0 else None
+    return {"session": session_id, "messages": page, "next": cursor, "total": len(messages)}
+
+
 OVERSIZE_ECHO_FACTOR = 16
 """A too-large request is still read for its transaction when under this many times the limit."""
 
@@ -282,9 +340,12 @@ class Request:
 class Router:
     """Routes `bridge/request/<action>` payloads to the hub; every outcome is a response dict."""
 
-    def __init__(self, hub: Hub, *, max_payload_bytes: int = 65_536) -> None:
+    def __init__(
+        self, hub: Hub, *, max_payload_bytes: int = 65_536, control: ControlConfig | None = None
+    ) -> None:
         self._hub = hub
         self._max = max_payload_bytes
+        self._control = control or ControlConfig()
         self._handlers: dict[str, Handler] = {
             "session/start": self._start,
             "session/end": self._end,
@@ -313,7 +374,12 @@ class Router:
             known = ", ".join(ACTIONS)
             problem = f"unknown action {action!r}; known actions: {known}"
             return Request(action, problem=problem, transaction=tx, has_transaction=has_tx)
+        if not self._control.allows(action):
+            problem = f"action {action!r} is not allowed here ([control] actions)"
+            return Request(action, problem=problem, transaction=tx, has_transaction=has_tx)
         try:
+            if action == "session/add" and "config" in body:
+                raise BadPayload(CONFIG_FIELD_REFUSED)
             SPECS[action].check(body, action)
             if "session" in body:
                 session_problem = session_id_problem(body["session"])
@@ -343,17 +409,11 @@ class Router:
             return error(f"internal error: {type(exc).__name__}", tx, has_transaction=has_tx)
         return ok(data, tx, has_transaction=has_tx)
 
-    async def handle(
-        self, action: str, payload: bytes, *, deadline: float | None = None
-    ) -> dict[str, Any]:
-        """prepare() then run(): one request from payload bytes to response dict."""
-        return await self.run(self.prepare(action, payload), deadline=deadline)
+    async def _start(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.start_session(body["session"])).to_json()
 
-    async def _start(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.start_session(body["session"])
-
-    async def _end(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.end_session(body["session"])
+    async def _end(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._hub.end_session(body["session"])).to_json()
 
     async def _send(self, body: Mapping[str, Any]) -> Any:
         text, send_id = body["text"], body.get("id")
@@ -363,8 +423,10 @@ class Router:
         return await self._hub.send(body["session"], text, send_id=send_id)
 
     async def _history(self, body: Mapping[str, Any]) -> Any:
-        session_id = body["session"]
-        return {"session": session_id, "messages": self._hub.history(session_id)}
+        return history_page(
+            body["session"], self._hub.history(body["session"]),
+            body.get("limit"), body.get("before"),
+        )
 
     async def _restore(self, body: Mapping[str, Any]) -> Any:
         messages: list[dict[str, Any]] = []
@@ -377,8 +439,14 @@ class Router:
         self._hub.dismiss_error(body["session"])
         return {"session": body["session"]}
 
-    async def _add(self, body: Mapping[str, Any]) -> Any:
-        return await self._hub.add_session(body["session"], body["config"])
+    async def _add(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        snapshot = await self._hub.add_session(
+            body["session"],
+            body["template"],
+            agent_name=body.get("agent_name"),
+            agent_metadata=body.get("agent_metadata"),
+        )
+        return snapshot.to_json()
 
     async def _remove(self, body: Mapping[str, Any]) -> Any:
         return await self._hub.remove_session(body["session"])

@@ -5,15 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lkbridge.config.schema import RESERVED_SESSION_IDS
-from lkbridge.config.schema import SESSION_ID_PATTERN as CONFIG_SESSION_ID_RE
-
-# One definition of what a session id may be, shared with the config's validation.
-_SESSION_ID_RE = CONFIG_SESSION_ID_RE
-SESSION_ID_PATTERN = CONFIG_SESSION_ID_RE.pattern
-"""Ids that would collide with the `{base}/bridge/...` topics."""
-
-_TOPIC_FORBIDDEN = frozenset("+#\0")
+from lkbridge.config import schema
+from lkbridge.config.schema import bridge_subscriptions
+from lkbridge.mqtt.topic import base_topic_problem
 
 
 class SessionLeaf(StrEnum):
@@ -25,6 +19,7 @@ class SessionLeaf(StrEnum):
     AVAILABILITY = "availability"
     ERROR = "error"
     MESSAGE = "message"
+    EVENT = "event"
     SEND = "send"
     COMMAND = "command"
 
@@ -48,32 +43,15 @@ class ParsedTopic:
 
 
 def session_id_problem(session_id: object) -> str | None:
-    """Why session_id is not a valid session id, or None when it is."""
+    """Why session_id (decoded JSON) is not a valid session id, or None: the config's rule."""
     if not isinstance(session_id, str):
         return f"expected a string, got {json_type_name(session_id)}"
-    if not _SESSION_ID_RE.fullmatch(session_id):
-        return f"must match {SESSION_ID_PATTERN}, got {session_id!r}"
-    if session_id in RESERVED_SESSION_IDS:
-        return f"{session_id!r} is reserved for the bridge's own topics"
-    return None
+    return schema.session_id_problem(session_id)
 
 
 def is_valid_session_id(session_id: object) -> bool:
-    """True for ids matching [a-z0-9_-]{1,64} that are not reserved."""
+    """True for ids of 1 to 64 characters from a-z, 0-9, _ and - that are not reserved."""
     return session_id_problem(session_id) is None
-
-
-def base_topic_problem(base: str) -> str | None:
-    """Why base cannot be used as a base topic, or None."""
-    if not base:
-        return "must not be empty"
-    if base.startswith("/") or base.endswith("/") or "//" in base:
-        return "must not start or end with '/' or contain an empty level"
-    if _TOPIC_FORBIDDEN & set(base):
-        return "must not contain '+', '#' or NUL"
-    if base.startswith("$"):
-        return "must not start with '$'"
-    return None
 
 
 def json_type_name(value: object) -> str:
@@ -134,10 +112,7 @@ class Topics:
 
     def subscriptions(self, *, homeassistant: bool) -> list[str]:
         """The topic filters the bridge subscribes to."""
-        filters = [self.request_filter, self.send_filter, self.command_filter]
-        if homeassistant:
-            filters.append(self.ha_status)
-        return filters
+        return bridge_subscriptions(self.base, self.discovery_prefix, homeassistant)
 
     def response(self, action: str) -> str:
         """`{base}/bridge/response/<action>`."""
