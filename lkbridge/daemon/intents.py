@@ -8,8 +8,6 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from lkbridge.bridges.hub import Expired, HubError, Intent
 from lkbridge.daemon.journal import Journal, JournalEntry
 from lkbridge.daemon.store import StoreError
@@ -17,7 +15,12 @@ from lkbridge.daemon.store import StoreError
 if TYPE_CHECKING:
     from lkbridge.daemon.core import Daemon
 
-log = structlog.get_logger(__name__)
+from lkbridge.log import get_logger
+
+log = get_logger(__name__)
+
+UNJOURNALED = 0
+"""The sequence number of an intent carried out without a journal entry (the disk failed)."""
 
 
 def _settled(result: Any) -> asyncio.Future[Any]:
@@ -55,9 +58,10 @@ class Intents:
         try:
             seqs = iter(self.journal.add(accepted))
         except StoreError as exc:
+            # A failing disk (full, read-only) must not stop the daemon from serving: carry
+            # them out unjournaled (seq 0), as the history is kept in memory meanwhile.
             log.error("journal_not_saved", error=str(exc))
-            error = HubError("the command could not be stored; not carried out")
-            return [error if r == -1 else r for r in results]
+            seqs = iter([UNJOURNALED] * len(accepted))
         return [next(seqs) if r == -1 else r for r in results]
 
     def has(self, digest: bytes) -> bool:
@@ -99,6 +103,8 @@ class Intents:
         return _settled(result)
 
     def finish(self, seq: int) -> None:
+        if seq == UNJOURNALED:
+            return
         try:
             self.journal.finish(seq)
         except StoreError as exc:

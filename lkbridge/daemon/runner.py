@@ -373,7 +373,7 @@ class SessionRunner:
     def _finish(self, seq: int | None, send_id: str | None) -> None:
         """Journal entry carried out (and the send id remembered with it); never raises."""
         try:
-            if seq is not None:
+            if seq:  # 0: carried out without a journal entry (the disk was failing)
                 self.journal.finish(seq, send_id=(self.id, send_id) if send_id else None)
             elif send_id is not None:
                 self.store.remember_send_id(self.id, send_id)
