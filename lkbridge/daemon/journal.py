@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lkbridge.bridges.hub import Intent
 from lkbridge.daemon.store import MessageStore
+from lkbridge.messages import ReceivedMessage
 
 __all__ = ["DONE_KEPT", "Journal", "JournalEntry"]
 
@@ -65,12 +66,19 @@ class Journal:
                 )
         return seqs
 
-    def finish(self, seq: int, *, send_id: tuple[str, str] | None = None) -> None:
-        """Mark an entry carried out; `send_id=(session, id)` also remembers a delivered id."""
+    def finish(
+        self, seq: int, *, send_id: tuple[str, str] | None = None,
+        sent: tuple[str, ReceivedMessage] | None = None,
+    ) -> None:  # fmt: skip
+        """Mark an entry carried out; `send_id=(session, id)` also remembers a delivered id and
+        `sent=(session, message)` stores the sent text in the history, in the same transaction
+        (the loopback copy follows later: a kill in between must not leave it out)."""
         with self._store.transaction() as db:
             db.execute("UPDATE journal SET done = 1, text = NULL WHERE seq = ?", (seq,))
             if send_id is not None:
                 self._store.remember_send_id_in(db, *send_id)
+            if sent is not None:
+                self._store.upsert_in(db, *sent)
 
     def pending(self) -> list[JournalEntry]:
         """Entries not yet carried out, in the order they were received."""

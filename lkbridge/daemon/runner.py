@@ -347,7 +347,7 @@ class SessionRunner:
             # Pipelined, but bounded: wait for room rather than fail with a full queue.
             await self.session.wait_send_room()
             waiting = self.session.queue_text(
-                text, on_delivered=lambda _message: self._finish(seq, send_id)
+                text, on_delivered=lambda message: self._finish(seq, send_id, message)
             )
         return loop.create_task(self._answer(waiting, send_id, seq), name=f"send-{self.id}")
 
@@ -370,11 +370,17 @@ class SessionRunner:
                 del self._answers[next(iter(self._answers))]
         return answer | {"duplicate": False}
 
-    def _finish(self, seq: int | None, send_id: str | None) -> None:
-        """Journal entry carried out (and the send id remembered with it); never raises."""
+    def _finish(
+        self, seq: int | None, send_id: str | None, sent: SentMessage | None = None
+    ) -> None:
+        """Journal entry carried out (the send id remembered and the sent text stored with it,
+        in one transaction); never raises."""
         try:
             if seq:  # 0: carried out without a journal entry (the disk was failing)
-                self.journal.finish(seq, send_id=(self.id, send_id) if send_id else None)
+                record = (self.id, sent.as_received()) if sent is not None else None
+                self.journal.finish(
+                    seq, send_id=(self.id, send_id) if send_id else None, sent=record
+                )
             elif send_id is not None:
                 self.store.remember_send_id(self.id, send_id)
         except StoreError as exc:

@@ -363,6 +363,11 @@ class MessageStore:
         with self.transaction() as db:
             return self.remember_send_id_in(db, session_id, send_id, now=now)
 
+    def upsert_in(self, db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> None:
+        """upsert() inside a transaction the caller holds (see journal.py)."""
+        if _upsert(db, session_id, message):
+            self._evict(db, session_id)
+
     def remember_send_id_in(
         self, db: sqlite3.Connection, session_id: str, send_id: str, *, now: float | None = None
     ) -> bool:
