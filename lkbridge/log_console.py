@@ -100,6 +100,11 @@ def describe_event(event: str, fields: dict[str, Any], *, in_session: bool) -> s
     return words.replace("_", " ") if " " not in words else words
 
 
+# Control characters in a value (a newline, ESC, ...) are shown escaped: a text from a peer can
+# neither start a line that looks like lkbridge's nor send escape sequences to the terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def _value(value: Any) -> str:
     text = str(value)
     return repr(text) if (" " in text or not text) and not isinstance(value, int | float) else text
@@ -124,5 +129,5 @@ def render_console(logger: WrappedLogger, method_name: str, event_dict: EventDic
         parts.append(f"{logger_name}:")
     parts.append(sentence)
     extra = [f"{k}={_value(v)}" for k, v in fields.items() if k not in _HIDDEN]
-    line = " ".join(parts) + ("  " + " ".join(extra) if extra else "")
+    line = (" ".join(parts) + ("  " + " ".join(extra) if extra else "")).translate(_CONTROL)
     return f"{line}\n{exception}" if exception else line

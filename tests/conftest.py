@@ -15,6 +15,7 @@ import pytest
 from devstack.framework_agent import AgentUnavailable, FrameworkAgentProcess
 from devstack.livekit_server import LiveKitServer, ServerUnavailable, ensure_binary
 from devstack.mosquitto import Mosquitto, find_mosquitto
+from tests.support.daemon_proc import DaemonProcess
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_ADDR = os.environ.get("LKB_TEST_ADDR", "127.0.0.1")
@@ -199,3 +200,22 @@ def framework_agent_factory(
     yield make
     for agent in agents:
         agent.stop()
+
+
+@pytest.fixture
+def daemon_factory(
+    tmp_path: Path, livekit_server: LiveKitServer, log_dir: Path
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts lkbridge daemons (subprocesses) on a config; kills those still running after."""
+    procs: list[DaemonProcess] = []
+
+    def make(config: Path) -> DaemonProcess:
+        proc = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()

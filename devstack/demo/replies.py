@@ -143,6 +143,8 @@ def count_to(text: str) -> str | None:
     match = _COUNT_TO.search(text)
     if match is None:
         return None
+    if max(len(match[1] or ""), len(match[2])) > 12:  # int() refuses 4300+ digits (ValueError)
+        return f"I count at most {MAX_COUNT} numbers at a time."
     start, end = int(match[1] or 1), int(match[2])
     step = 1 if end >= start else -1
     if abs(end - start) + 1 > MAX_COUNT:

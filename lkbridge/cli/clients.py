@@ -105,6 +105,16 @@ def decode_json(payload: bytes) -> Any:
         return None
 
 
+# Everything but newline and tab below U+0020, DEL and the C1 range: ESC, CR, BEL, CSI...
+_UNPRINTABLE = {c: "\ufffd" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+
+
+def printable(text: str) -> str:
+    """Text from the broker or an agent, fit for a terminal: control characters (escape
+    sequences, carriage returns) become U+FFFD, so a peer cannot rewrite or script the screen."""
+    return text.translate(_UNPRINTABLE)
+
+
 Listener = Callable[[IncomingMessage], None]
 
 
@@ -264,6 +274,8 @@ class ReplyWatcher:
         self._sent_id: str | None = None
 
     def on_message(self, msg: IncomingMessage) -> None:
+        if self.answer.done():
+            return
         event = decode_json(msg.payload)
         if isinstance(event, dict) and event.get("session") == self.session:
             self._events.append(event)
@@ -276,7 +288,10 @@ class ReplyWatcher:
     def _scan(self) -> None:
         if self._sent_id is None or self.answer.done():
             return
-        for e in self._events:
+        # once our id is known each event is looked at once (a busy session must not make
+        # every new event re-scan all earlier ones)
+        events, self._events = self._events, []
+        for e in events:
             if e.get("reply_to") == self._sent_id and e.get("type") == "agent_transcript":
                 if e.get("final"):
                     self.answer.set_result(WaitOutcome("answered", str(e.get("text", ""))))
@@ -331,7 +346,7 @@ async def send(
                 "unanswered", None, f"the agent gave no final answer within {timeout:g} s"
             )
         if outcome.status == "answered":
-            print(outcome.text, file=out, flush=True)
+            print(printable(outcome.text or ""), file=out, flush=True)
         else:
             print(f"lkbridge send: {outcome.status}: {outcome.note}", file=err, flush=True)
         return _EXIT_CODES[outcome.status]
@@ -425,7 +440,7 @@ def render_status(status: dict[str, Any]) -> str:
                      + "  " + row[-1])
     if errors:
         lines += ["", "errors:", *errors]
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # retained payloads anyone with write access may set
 
 
 async def status(target: Target, *, as_json: bool = False, out: TextIO = sys.stdout) -> int:

@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from typing import Any, TextIO
 
-from lkbridge.cli.clients import BridgeClient, ClientError, Target, decode_json
+from lkbridge.cli.clients import BridgeClient, ClientError, Target, decode_json, printable
 from lkbridge.mqtt.client import IncomingMessage
 
 REPLY_GRACE = 30.0  # after end of input, seconds to wait for the answer still coming
@@ -78,6 +78,7 @@ class TranscriptPrinter:
         self.reply_done.clear()
 
     def note(self, text: str) -> None:
+        text = printable(text)
         prompted = self._prompted
         self._clear_prompt()
         self._close_line()
@@ -87,10 +88,10 @@ class TranscriptPrinter:
             self.prompt()
 
     def message(self, event: dict[str, Any]) -> None:
-        kind, msg_id = str(event.get("type")), str(event.get("id"))
-        text, final = str(event.get("text") or ""), bool(event.get("final"))
+        kind, msg_id = printable(str(event.get("type"))), str(event.get("id"))
+        text, final = printable(str(event.get("text") or "")), bool(event.get("final"))
         label = LABELS.get(kind, kind)
-        session = str(event.get("session") or "")
+        session = printable(str(event.get("session") or ""))
         if kind == "user_input":
             if self._own[text] > 0:
                 self._own[text] -= 1

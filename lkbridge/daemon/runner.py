@@ -98,6 +98,8 @@ class SessionRunner:
         self._supervisor: asyncio.Task[None] | None = None
         self._inflight_sends: set[str] = set()
         self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
+        self._conversations: dict[str, str] = {}  # sent message id -> conversation id (bounded)
+        self._sending = 0  # texts being delivered right now (see snapshot "sending")
         self._state_waiters: list[asyncio.Event] = []
         self.end_reason: str | None = None
         """Why the agent or room went away; kept in the retained state until the next start."""
@@ -161,7 +163,11 @@ class SessionRunner:
         return ErrorInfo(data["kind"], redact_text(data["message"]), data["at"])
 
     def message_event(self, message: ReceivedMessage) -> MessageEvent:
-        return MessageEvent(self.id, message)
+        conversation_id = None
+        if self._conversations:
+            key = message.reply_to if message.reply_to is not None else message.id
+            conversation_id = self._conversations.get(key)
+        return MessageEvent(self.id, message, conversation_id)
 
     def snapshot(self) -> SessionSnapshot:
         session = self.session
@@ -177,6 +183,9 @@ class SessionRunner:
             restarts=self.restarts,
             end_reason=self.end_reason,
             last_restart=self.last_restart,
+            # A reply that becomes final while another text is on its way was cut short by it
+            # (agents interrupt and finalise): answer waiters need to know (Wyoming bridge).
+            sending=self._sending,
             timestamp=utcnow().isoformat(timespec="milliseconds"),
         )
 
@@ -308,17 +317,20 @@ class SessionRunner:
             self._log.error("send_id_not_checked", error=str(exc))
             return False
 
-    async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+    async def send(
+        self, text: str, send_id: str | None, *, conversation_id: str | None = None
+    ) -> dict[str, Any]:
         """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
 
         The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
         first answer is no longer remembered (e.g. after a restart) id and timestamp are None.
         """
-        return await (await self.submit(text, send_id))
+        return await (await self.submit(text, send_id, conversation_id=conversation_id))
 
     async def submit(
-        self, text: str, send_id: str | None, *, seq: int | None = None
-    ) -> asyncio.Future[dict[str, Any]]:
+        self, text: str, send_id: str | None, *, seq: int | None = None,
+        conversation_id: str | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:  # fmt: skip
         """Queue a send behind the earlier ones and return the future of its answer (send()).
 
         Returns as soon as the text is in the session's outbox, so the next send can be queued
@@ -349,14 +361,18 @@ class SessionRunner:
             waiting = self.session.queue_text(
                 text, on_delivered=lambda message: self._finish(seq, send_id, message)
             )
-        return loop.create_task(self._answer(waiting, send_id, seq), name=f"send-{self.id}")
+            self._sending += 1
+        answer = self._answer(waiting, send_id, seq, conversation_id)
+        return loop.create_task(answer, name=f"send-{self.id}")
 
     async def _answer(
-        self, waiting: Awaitable[SentMessage | None], send_id: str | None, seq: int | None
-    ) -> dict[str, Any]:
+        self, waiting: Awaitable[SentMessage | None], send_id: str | None, seq: int | None,
+        conversation_id: str | None,
+    ) -> dict[str, Any]:  # fmt: skip
         try:
             sent = await waiting
         finally:
+            self._sending -= 1
             if send_id is not None:
                 self._inflight_sends.discard(send_id)
         if sent is None:
@@ -364,6 +380,12 @@ class SessionRunner:
             error = self.error_data()
             raise HubError(error.message if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
+        if conversation_id is not None:
+            # Recorded for the reply's message events (its reply_to is this message's id).
+            self._conversations[sent.id] = conversation_id
+            while len(self._conversations) > ANSWERS_KEPT:
+                del self._conversations[next(iter(self._conversations))]
+            answer["conversation_id"] = conversation_id
         if send_id is not None:
             self._answers[send_id] = answer
             while len(self._answers) > ANSWERS_KEPT:

@@ -109,6 +109,9 @@ def request_reload(
     """SIGHUP the daemon and wait for its verdict: (ok, message). ExecReload runs this, so
     `systemctl reload` fails when the new config is refused. Without $RUNTIME_DIRECTORY (not
     under systemd) only the signal is sent."""
+    if pid <= 0:
+        # kill(0) and kill(-1) would signal a whole process group or every process we may reach
+        return False, f"not a process id: {pid}"
     path = _verdict_path(environ)
     before = _read_verdict(path) if path is not None else None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +30,6 @@ def _state_is(connection: str, agent_state: str | None = None) -> Callable[[Seen
         return agent_state is None or (data.get("agent") or {}).get("state") == agent_state
 
     return check
-
-
-@pytest.fixture
-def daemon_factory(
-    tmp_path: Path, livekit_server: LiveKitServer, log_dir: Path
-) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def make(config: Path) -> DaemonProcess:
-        proc = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield make
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 async def _request(probe: MqttProbe, base: str, action: str, payload: Any, txn: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 import os
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +33,6 @@ LOADED_MESSAGES = max(40, int(os.environ.get("LKB_CONVERSATION_MESSAGES", "40"))
 def reply(text: str) -> str:
     """What the framework agent answers (devstack/framework_agent/worker.py)."""
     return f"You said: {text}"
-
-
-@pytest.fixture
-def daemon_factory(
-    tmp_path: Path, livekit_server: LiveKitServer, log_dir: Path
-) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def make(config: Path) -> DaemonProcess:
-        proc = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield make
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 async def test_session_replies_are_whole_tied_to_their_question_and_quiet(

@@ -7,7 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +24,6 @@ pytestmark = pytest.mark.e2e
 
 def agent_ready(m: Seen) -> bool:
     return bool(m.payload) and bool((m.json().get("agent") or {}).get("is_connected"))
-
-
-@pytest.fixture
-def daemon_factory(
-    tmp_path: Path, livekit_server: LiveKitServer, log_dir: Path
-) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def make(config: Path) -> DaemonProcess:
-        proc = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield make
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 async def send_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -84,6 +84,22 @@ def test_terminal_labels_are_coloured_unless_no_color(monkeypatch: pytest.Monkey
     assert out.getvalue() == "\x1b[36magent\x1b[0m: hi\n"
 
 
+def test_a_peers_escape_sequences_never_reach_the_terminal() -> None:
+    """Agent text and broker payloads are a stranger's: ESC (title, clipboard via OSC 52,
+    cursor moves) and CR (overwriting what was shown) must not reach the terminal as such."""
+    evil = "ok\x1b]52;c;cm0gLXJmIH4=\x07\rforged\x1b[2J"
+    out = FakeTty()
+    printer = TranscriptPrinter(out, tty=True)
+    printer.message(event("a1", evil, final=True) | {"session": "demo\x1b[8m"})
+    printer.note(f"error: {evil}")
+    shown = out.getvalue()
+    assert "\x07" not in shown and "forged" in shown and "\r" not in shown
+    assert "\x1b" not in shown.replace("\r\x1b[K", "")  # only the printer's own line clearing
+    plain = io.StringIO()
+    TranscriptPrinter(plain).message(event("a1", "two\nlines\tand a tab", final=True))
+    assert plain.getvalue() == "agent: two\nlines\tand a tab\n"  # newline and tab are kept
+
+
 def test_plain_printer_prints_final_lines_and_notes_cut_off_answers() -> None:
     out = io.StringIO()
     printer = TranscriptPrinter(out)
@@ -180,6 +196,12 @@ def test_render_status_table() -> None:
                                 "line", "one", "line", "two"]
     assert lines[4].split() == ["bad", "disconnected", "-", "-", "-", "-"]
     assert "  bad: config error: no such plugin" in lines
+    forged = render_status({
+        "broker": "b", "base_topic": "lkbridge", "bridge": {"state": "online", "info": None},
+        "sessions": {"x": {"state": {"connection_state": "\x1b[2Jconnected", "room": "r\rr",
+                                     "error": {"message": "\x1b]0;title\x07"}}}},
+    })
+    assert "\x1b" not in forged and "\r" not in forged and "\x07" not in forged
 
 
 def test_demo_replies() -> None:
@@ -262,6 +284,23 @@ async def test_reply_watcher_reports_interrupted_and_never_another_messages_answ
         other.on_message(msg({"event": "unanswered", "id": "x", "reason": reason,
                               "session": "demo"}))
         assert other.answer.result().status == expected
+
+
+async def test_reply_watcher_keeps_no_events_once_its_id_is_known() -> None:
+    """A busy session sends thousands of events while we wait: each is looked at once, not
+    kept and scanned again with every later one."""
+    from lkbridge.cli.clients import ReplyWatcher
+    from lkbridge.mqtt.client import IncomingMessage
+
+    watcher = ReplyWatcher("demo")
+    watcher.sent("mine")
+    for i in range(5000):
+        payload = json.dumps(event(f"a{i}", "chatter", True) | {"reply_to": f"other{i}"})
+        watcher.on_message(IncomingMessage("lkb/demo/message", payload.encode(), 1, False))
+    assert watcher._events == [] and not watcher.answer.done()
+    payload = json.dumps(event("a", "Hello", True) | {"reply_to": "mine"})
+    watcher.on_message(IncomingMessage("lkb/demo/message", payload.encode(), 1, False))
+    assert watcher.answer.result().text == "Hello"
 
 
 class FakeDaemon:

@@ -267,6 +267,24 @@ async def test_a_response_topic_outside_base_or_on_a_command_topic_is_refused(
     assert response_topic_problem("lkb/replies/me", "lkb", ["lkb/+/send"]) is None
 
 
+@pytest.mark.parametrize(
+    "topic", ["lkb/bridge/state", "lkb/bridge/event", "lkb/bridge/response/session/send",
+              "lkb/kitchen/state", "lkb/kitchen/message", "lkb/kitchen/event"],
+)
+async def test_a_response_topic_on_a_topic_the_bridge_publishes_is_refused(
+    bridge: MqttBridge, client: FakeClient, topic: str
+) -> None:
+    """A requester allowed to publish requests only could have the bridge publish a forged
+    state, an `unanswered` event or an answer for another requester's transaction."""
+    body = '{"transaction": "forged"}'
+    client.deliver("lkb/bridge/request/health_check", body, response_topic=topic)
+    await settle()
+    assert not [p for p in client.on(topic) if b"forged" in p.payload]
+    assert answers(client, "health_check")  # still answered on the standard topic
+    [refused] = [e for e in events(client) if e["event"] == "response_topic_refused"]
+    assert "publishes on" in refused["error"] and topic in refused["error"]
+
+
 # -- control is never stuck behind data ----------------------------------------------------------
 
 

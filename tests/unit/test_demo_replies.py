@@ -51,6 +51,8 @@ def test_counting() -> None:
     assert demo_reply("count from 3 to 1") == "3, 2, 1"
     assert demo_reply("please count up to 3") == "1, 2, 3"
     assert count_to(f"count to {MAX_COUNT + 1}") == f"I count at most {MAX_COUNT} numbers at a time."
+    assert count_to("count to " + "9" * 5000) == f"I count at most {MAX_COUNT} numbers at a time."
+    assert count_to(f"count from -{'9' * 5000} to 1") == f"I count at most {MAX_COUNT} numbers at a time."
     assert demo_reply("count the words in a b c") == "That is 3 words."
     assert demo_reply("count one") == "That is 1 word."
 

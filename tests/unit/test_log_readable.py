@@ -63,6 +63,19 @@ def test_session_events_read_as_sentences() -> None:
     ]
 
 
+def test_a_value_from_a_peer_cannot_start_a_line_or_reach_the_terminal() -> None:
+    stream = configure()
+    logger = log.get_logger("lkbridge.session.core").bind(session="kitchen")
+    forged = "bye\n12:00:00 session kitchen: agent admin joined\x1b]0;pwned\x07"
+    logger.warning("session_error_set", kind="connection", error=forged)
+    logger.info("transcript_merged", stream_id=forged)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "\x1b" not in stream.getvalue() and "\x07" not in stream.getvalue()
+    assert lines[0].endswith(r"error (connection): bye\x0a12:00:00 session kitchen: agent admin"
+                             r" joined\x1b]0;pwned\x07")
+
+
 @pytest.mark.parametrize("event", sorted(PHRASES))
 def test_every_phrase_reads_with_or_without_its_fields(event: str) -> None:
     assert describe_event(event, {}, in_session=True)

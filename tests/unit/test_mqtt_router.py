@@ -17,6 +17,7 @@ from lkbridge.bridges.mqtt.router import (
     Command,
     Router,
     SendPayload,
+    dumps,
     history_page,
     parse_command,
     parse_send,
@@ -157,7 +158,8 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("session/send", body({"session": "kitchen"}), "text: missing"),
     ("session/send", body({"session": "kitchen", "text": 42}), "text: expected a string, got number"),
     ("session/send", body({"session": "kitchen", "text": True}), "text: expected a string, got boolean"),
-    ("session/send", body({"session": "kitchen", "text": ""}), "text: must not be empty"),
+    ("session/send", body({"session": "kitchen", "text": ""}), "nothing to send: the text is empty"),
+    ("session/send", body({"session": "kitchen", "text": " \n"}), "nothing to send: the text is empty"),
     ("session/send", body({"session": "kitchen", "text": "a", "id": 3}), "id: expected a string, got number"),
     ("session/send", body({"session": "kitchen", "text": "a", "id": ""}), "id: must be 1 to 200 characters"),
     ("session/send", body({"session": "kitchen", "txt": "a"}), "unknown field 'txt'; session/send takes session, text, id, transaction"),
@@ -268,12 +270,14 @@ def test_parse_send(payload: bytes, expected: SendPayload) -> None:
 @pytest.mark.parametrize(
     ("payload", "error"),
     [
-        (b"", "payload is empty; expected the text to send"),
+        (b"", "nothing to send: the text is empty"),
+        (b"  \t ", "nothing to send: the text is empty"),
         (b"\xc3\x28", "payload is not valid UTF-8 (byte 0xc3 at position 0)"),
         (b"x" * 1025, "payload too large: 1025 bytes, over the limit of 1024"),
         (b'{"text": 1}', "text: expected a string, got number"),
         (b'{"id": "a"}', "text: missing"),
-        (b'{"text": ""}', "text: must not be empty"),
+        (b'{"text": ""}', "nothing to send: the text is empty"),
+        (b'{"text": "  "}', "nothing to send: the text is empty"),
         (b'{"text": "a", "id": 1}', "id: expected a string, got number"),
         (b'{"text": "a", "to": "b"}', "unknown field 'to'; the send topic takes text, id"),
     ],
@@ -333,3 +337,8 @@ def test_history_pages_walk_back_with_the_cursor() -> None:
     page = history_page("s", big, 200, None)
     assert len(json.dumps(page)) <= HISTORY_PAGE_BYTES + 20_000
     assert page["messages"][-1]["id"] == "b99" and page["next"] == page["messages"][0]["id"]
+    # the budget is bytes as published: 4-byte characters must not make a page 4 times larger
+    wide = [MESSAGE | {"id": f"w{i}", "text": "\U0001f600" * 5_000} for i in range(100)]
+    page = history_page("s", wide, 200, None)
+    assert len(dumps(page)) <= HISTORY_PAGE_BYTES + 20_000
+    assert page["messages"][-1]["id"] == "w99" and page["next"] == page["messages"][0]["id"]

@@ -216,5 +216,20 @@ def test_lkbridge_reload_fails_without_an_answer(tmp_path: Path) -> None:
         sleeper.wait()
 
 
+@pytest.mark.parametrize("pid", [0, -1, -4242])
+def test_lkbridge_reload_refuses_a_pid_that_names_a_group(
+    tmp_path: Path, pid: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kill(0) / kill(-1) / kill(-pgid) signal a process group or everything we may reach; the
+    # real os.kill is replaced so that a regression cannot hang up the test run's own processes
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(systemd.os, "kill", lambda p, s: signalled.append((p, s)))
+    ok, message = systemd.request_reload(
+        pid, timeout=0.2, environ={"RUNTIME_DIRECTORY": str(tmp_path)}
+    )
+    assert not ok and message == f"not a process id: {pid}"
+    assert signalled == []
+
+
 def test_verdict_needs_a_runtime_directory() -> None:
     assert systemd.write_reload_verdict(True, "x", environ={}) is False

@@ -17,6 +17,7 @@ from lkbridge.bridges.mqtt.router import (
     EXPIRED,
     BadPayload,
     Command,
+    EmptyText,
     Request,
     Router,
     dumps,
@@ -126,6 +127,10 @@ class Incoming:
                     raise BadPayload(f"{command.value} is not allowed here ([control] actions)")
                 intent = Intent(session_id, command.value, None, None, expires_at, key)
                 lanes = self._controls
+        except EmptyText as exc:
+            # A clear failure of this session's send (HA's notify can publish an empty text).
+            self._complain("send_failed", topic=message.topic, session=session_id, error=str(exc))
+            return
         except BadPayload as exc:
             self._complain("bad_payload", topic=message.topic, error=str(exc))
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from lkbridge.bridges.mqtt.topics import SessionLeaf
 from lkbridge.mqtt.types import topic_matches
 
 
@@ -35,11 +36,17 @@ def response_topic_problem(topic: str, base: str, own_filters: Iterable[str]) ->
 
     Answers go only under `{base}/` (never e.g. to Home Assistant's discovery topics, where the
     bridge may publish and the requester may not) and never to a topic the bridge itself acts on
-    (an answer published to `{base}/x/send` would be sent to the agent).
+    (an answer published to `{base}/x/send` would be sent to the agent), nor to one it publishes
+    on (`{base}/bridge/…`, `{base}/<id>/state`, `…/message`, `…/event`, …): a requester allowed
+    to publish requests only must not be able to put the bridge's name on a forged state, event
+    or someone else's answer.
     """
     if not topic.startswith(base + "/"):
         return f"response topic {topic!r} is not under {base}/"
     for own in own_filters:
         if topic_matches(own, topic):
             return f"response topic {topic!r} is one the bridge acts on ({own})"
+    for published in (f"{base}/bridge/#", *(f"{base}/+/{leaf.value}" for leaf in SessionLeaf)):
+        if topic_matches(published, topic):
+            return f"response topic {topic!r} is one the bridge publishes on ({published})"
     return None
