@@ -19,6 +19,7 @@ import tomli_w
 
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
+from lkbridge.bridges.mqtt.incoming import ENDED
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe
 
@@ -259,15 +260,24 @@ async def test_end_is_answered_while_sends_wait_for_an_absent_agent(
         for index in range(8):
             body = {"session": "lab", "text": f"hello {index}", "transaction": f"s{index}"}
             probe.publish(f"{base}/bridge/request/session/send", body)
-        await asyncio.sleep(1)  # the first send is under way, waiting for the agent
+        # The daemon takes requests in the order they arrive and runs them first come, first
+        # served: once a request published after the sends is answered, the first send is
+        # under way (waiting for the agent) and the other seven are queued behind it.
+        assert (await request(probe, base, "health_check", {}))["status"] == "ok"
         ended = await request(probe, base, "session/end", {"session": "lab"})
         assert ended["status"] == "ok" and ended["data"]["wanted"] is False
+        errors = []
         for index in range(8):
             answer = await probe.wait_for(
                 f"{base}/bridge/response/session/send",
                 lambda m, i=index: m.json().get("transaction") == f"s{i}", after=mark, timeout=15,
             )
             assert answer.json()["status"] == "error", answer.json()
+            errors.append(answer.json()["error"])
+        # What the answers say proves the sends were held when end came: the first one was
+        # being carried out, the seven behind it were still queued (none ran after end).
+        assert errors[0] != ENDED, errors
+        assert errors[1:] == [ENDED] * 7, errors
         assert (await request(probe, base, "health_check", {}))["status"] == "ok"
         assert daemon.stop() == 0
     finally:
