@@ -50,6 +50,7 @@ class SessionSnapshot:
     retry_in: float | None = None  # seconds until a scheduled restart
     end_reason: str | None = None  # why the agent or room went away (until the next start)
     last_restart: Mapping[str, Any] | None = None  # {"reason", "at"} of the last restart
+    sending: int | None = None  # texts on their way to the agent (None: no runner)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -64,7 +65,7 @@ class SessionSnapshot:
         if self.restarts is not None:  # a runner's snapshot: say why it went away, if it did
             data["end_reason"] = self.end_reason
             data["last_restart"] = dict(self.last_restart) if self.last_restart else None
-        for key in ("restarts", "timestamp", "retry_in"):
+        for key in ("restarts", "sending", "timestamp", "retry_in"):
             if (value := getattr(self, key)) is not None:
                 data[key] = value
         return data
@@ -76,10 +77,14 @@ class MessageEvent:
 
     session: str
     message: ReceivedMessage
+    conversation_id: str | None = None  # of the question this message answers (Assist), if any
 
     def to_json(self) -> dict[str, Any]:
-        """{id, timestamp, type, text, final, session}."""
-        return self.message.to_dict() | {"session": self.session}
+        """{id, timestamp, type, text, final, reply_to, session[, conversation_id]}."""
+        data = self.message.to_dict() | {"session": self.session}
+        if self.conversation_id is not None:
+            data["conversation_id"] = self.conversation_id
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,11 @@ class Hub(Protocol):
         """The session's current error, or None."""
         ...
 
+    def session_config(self, session_id: str) -> object:
+        """The session's current configuration, a `lkbridge.config.models.SessionConfig` (typed
+        `object` here so this seam imports nothing but errors and messages); UnknownSession."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """Bridge info: version, session ids, plugins, the effective config without secrets."""
         ...
@@ -171,10 +181,18 @@ class Hub(Protocol):
 
     async def end_session(self, session_id: str) -> SessionSnapshot: ...
 
-    async def send(self, session_id: str, text: str, *, send_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any]:
         """Send text to the agent; with send_id, a repeated id is acknowledged but not sent again.
 
-        Returns {"id", "timestamp", "text", "duplicate": bool}.
+        conversation_id (e.g. Home Assistant's) is recorded on the message events of the
+        agent's reply to this text. Returns {"id", "timestamp", "text", "duplicate": bool}.
         """
         ...
 

@@ -78,6 +78,11 @@ def check_config_file(path: str | Path) -> tuple[bool, str]:
     )
     if config.templates:
         summary += f"; {len(config.templates)} template(s) ({', '.join(config.templates)})"
+    for session_id, cfg in config.sessions.items():
+        if cfg.wyoming is not None:
+            where = f"{cfg.wyoming.host}:{cfg.wyoming.port}"
+            exposed = "" if cfg.wyoming.host.startswith("127.") else " (no authentication: LAN only)"
+            notes.append(f"{session_id}: Wyoming (Home Assistant Assist) on {where}{exposed}")
     return True, "\n".join([summary, *(f"  note: {n}" for n in notes)])
 
 

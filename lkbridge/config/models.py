@@ -41,6 +41,7 @@ __all__ = [
     "StateConfig",
     "TlsConfig",
     "TokenConfig",
+    "WyomingConfig",
     "default_client_id",
     "diff_configs",
 ]
@@ -171,6 +172,7 @@ class HomeAssistantConfig:
 
     enabled: bool = True
     discovery_prefix: str = "homeassistant"
+    name: str | None = None  # the bridge device's name; session devices are "<name> <id>"
 
 
 ALL_ACTIONS: tuple[str, ...] = (
@@ -264,6 +266,22 @@ TokenConfig = (
 
 
 @dataclass(frozen=True, slots=True)
+class WyomingConfig:
+    """[sessions.<id>.wyoming]: the session as a Wyoming `handle` service (Home Assistant Assist)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    name: str | None = None
+    languages: tuple[str, ...] = ()
+    answer_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_connections: int = 8
+    max_waiting: int = 4
+    max_text_length: int = 2000
+    zeroconf: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SessionConfig:
     """[sessions.<id>]: one agent session."""
 
@@ -285,6 +303,7 @@ class SessionConfig:
     senders: tuple[str, ...] = ("chat",)
     receivers: tuple[str, ...] = ("chat", "transcription")
     transports: FrozenMap[str, FrozenMap[str, Any]] = field(default_factory=FrozenMap)
+    wyoming: WyomingConfig | None = None
 
     def to_table(self) -> dict[str, Any]:
         """The TOML-able table (without the id); raises ConfigError if a secret is inline."""

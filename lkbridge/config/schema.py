@@ -39,6 +39,7 @@ from lkbridge.config.models import (
     StateConfig,
     TlsConfig,
     TokenConfig,
+    WyomingConfig,
     default_client_id,
 )
 from lkbridge.config.reader import (
@@ -165,6 +166,66 @@ def _parse_transports(session: TableReader, inline_ok: bool) -> FrozenMap[str, F
     return FrozenMap(transports)
 
 
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{1,8})*")
+
+
+def _parse_wyoming(session: TableReader, inline_ok: bool) -> WyomingConfig | None:
+    table = session.section("wyoming")
+    if table is None:
+        return None
+    if not inline_ok:
+        # A listening socket is the operator's decision, never a broker client's.
+        session.report("wyoming", "can only be set in the configuration file, not at runtime")
+        return None
+    port = table.integer("port", 0, 1, 65535)
+    if "port" not in table.data:
+        table.report("port", "is required (the TCP port Home Assistant connects to)")
+    languages = table._typed("languages", lambda v: isinstance(v, list), "an array of strings")
+    langs: list[str] = []
+    for index, item in enumerate([] if languages is MISSING else languages):
+        if not isinstance(item, str) or not _LANGUAGE.fullmatch(item):
+            shown = repr(item) if isinstance(item, str) else type_name(item)
+            table.problems.append(
+                Problem(
+                    f"{table.at('languages')}[{index}]",
+                    f"must be a language code like en or en-US, got {shown}",
+                )
+            )
+        elif item not in langs:
+            langs.append(item)
+    wyoming = WyomingConfig(
+        port=port,
+        host=table.string("host", "127.0.0.1"),
+        name=table.opt_string("name"),
+        languages=tuple(langs),
+        answer_timeout=table.positive_number("answer_timeout", 30.0),
+        idle_timeout=table.positive_number("idle_timeout", 60.0),
+        max_connections=table.integer("max_connections", 8, 1, 1000),
+        max_waiting=table.integer("max_waiting", 4, 1, 1000),
+        max_text_length=table.integer("max_text_length", 2000, 1, 60_000),
+        zeroconf=table.boolean("zeroconf", False),
+    )
+    table.finish()
+    return wyoming
+
+
+def _check_wyoming_ports(sessions: Mapping[str, SessionConfig], problems: list[Problem]) -> None:
+    """Two sessions cannot listen on the same port (a wildcard host overlaps every host)."""
+    taken: dict[int, list[tuple[str, str]]] = {}
+    for session_id, session in sessions.items():
+        if session.wyoming is None:
+            continue
+        host, port = session.wyoming.host, session.wyoming.port
+        for other_id, other_host in taken.get(port, []):
+            if host == other_host or "0.0.0.0" in (host, other_host) or "::" in (host, other_host):
+                problems.append(Problem(
+                    f"sessions.{session_id}.wyoming.port",
+                    f"port {port} is already used by sessions.{other_id}.wyoming",
+                ))  # fmt: skip
+                break
+        taken.setdefault(port, []).append((session_id, host))
+
+
 def _parse_session(session_id: str, table: TableReader, inline_ok: bool) -> SessionConfig | None:
     token = _parse_token(table, inline_ok)
     fields: dict[str, Any] = dict(
@@ -184,6 +245,7 @@ def _parse_session(session_id: str, table: TableReader, inline_ok: bool) -> Sess
         senders=table.names("senders", ("chat",)),
         receivers=table.names("receivers", ("chat", "transcription")),
         transports=_parse_transports(table, inline_ok),
+        wyoming=_parse_wyoming(table, inline_ok),
     )
     table.finish()
     return None if token is None else SessionConfig(id=session_id, token=token, **fields)
@@ -215,7 +277,11 @@ def _parse_templates(root: TableReader) -> dict[str, SessionConfig]:
             table.report(name, "template name must be 1 to 64 characters from a-z, 0-9, _ and -")
         elif section is not None:
             template = _parse_session(name, section, True)
-            if template is not None:
+            if template is not None and template.wyoming is not None:
+                # Every session made from it would want the same port.
+                section.report("wyoming", "cannot be in a template; give a session its own in"
+                               " [sessions.<id>.wyoming]")  # fmt: skip
+            elif template is not None:
                 templates[name] = template
     return templates
 
@@ -380,10 +446,12 @@ def _read_config(
     homeassistant = HomeAssistantConfig(
         enabled=ha_table.boolean("enabled", True),
         discovery_prefix=ha_table.topic("discovery_prefix", "homeassistant"),
+        name=ha_table.opt_string("name"),
     )
     control = _parse_control(_section(root, "control"))
     templates = _parse_templates(root)
     sessions = _parse_sessions(root, True)
+    _check_wyoming_ports(sessions, root.problems)
     reserved = bridge_subscriptions(
         mqtt.base_topic, homeassistant.discovery_prefix, homeassistant.enabled
     )

@@ -190,6 +190,12 @@ class Daemon:
             return self._config_error(session_id)
         return self._runner(session_id).error_data()
 
+    def session_config(self, session_id: str) -> SessionConfig:
+        cfg = self.config.sessions.get(session_id)
+        if cfg is None:
+            raise UnknownSession(session_id)
+        return cfg
+
     def info(self) -> dict[str, Any]:
         return {
             "version": __version__,
@@ -237,9 +243,16 @@ class Daemon:
         await runner.end()
         return runner.snapshot()
 
-    async def send(self, session_id: str, text: str, *, send_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any]:
         self._check_accepting()
-        return await self._runner(session_id).send(text, send_id)
+        return await self._runner(session_id).send(text, send_id, conversation_id=conversation_id)
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         runner = self._runner(session_id)
@@ -362,7 +375,12 @@ class Daemon:
             new_overrides = self.overrides.without_session(session_id, self.base_session_ids)
             self._write_overrides(new_overrides)
             self.overrides = new_overrides
-            self.config = new_overrides.apply(self.config)
+            # Gone from the effective config too (a session added at runtime is not in the
+            # base file, so applying the overrides alone would keep it): bridge/info stops
+            # listing it and the next reload does not remove it a second time.
+            self.config = new_overrides.apply(self.config).with_sessions(
+                cfg for sid, cfg in self.config.sessions.items() if sid != session_id
+            )
             await self._drop_runner(session_id, forget_history=True)
             return {"session": session_id, "removed": True}
 
@@ -569,7 +587,7 @@ class Daemon:
         parts = [f"{connected}/{len(self.runners)} session(s) connected"]
         if self.broken:
             parts.append(f"{len(self.broken)} broken")
-        parts.extend(b.status() for b in bridges)
+        parts.extend(line for b in bridges if (line := b.status()))  # "" says nothing
         if not self.store.persisted:
             parts.append("history not persisted")
         if self.overrides_problem is not None:

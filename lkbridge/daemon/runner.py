@@ -94,6 +94,8 @@ class SessionRunner:
         self._supervisor: asyncio.Task[None] | None = None
         self._inflight_sends: set[str] = set()
         self._answers: dict[str, dict[str, Any]] = {}  # send id -> first answer (bounded)
+        self._conversations: dict[str, str] = {}  # sent message id -> conversation id (bounded)
+        self._sending = 0  # texts being delivered right now (see snapshot "sending")
         self._state_waiters: list[asyncio.Event] = []
         self.end_reason: str | None = None
         """Why the agent or room went away; kept in the retained state until the next start."""
@@ -157,7 +159,11 @@ class SessionRunner:
         return ErrorInfo(data["kind"], redact_text(data["message"]), data["at"])
 
     def message_event(self, message: ReceivedMessage) -> MessageEvent:
-        return MessageEvent(self.id, message)
+        conversation_id = None
+        if self._conversations:
+            key = message.reply_to if message.reply_to is not None else message.id
+            conversation_id = self._conversations.get(key)
+        return MessageEvent(self.id, message, conversation_id)
 
     def snapshot(self) -> SessionSnapshot:
         session = self.session
@@ -173,6 +179,9 @@ class SessionRunner:
             restarts=self.restarts,
             end_reason=self.end_reason,
             last_restart=self.last_restart,
+            # A reply that becomes final while another text is on its way was cut short by it
+            # (agents interrupt and finalise): answer waiters need to know (Wyoming bridge).
+            sending=self._sending,
             timestamp=utcnow().isoformat(timespec="milliseconds"),
         )
 
@@ -304,7 +313,9 @@ class SessionRunner:
             self._log.error("send_id_not_checked", error=str(exc))
             return False
 
-    async def send(self, text: str, send_id: str | None) -> dict[str, Any]:
+    async def send(
+        self, text: str, send_id: str | None, *, conversation_id: str | None = None
+    ) -> dict[str, Any]:
         """Send text; a repeated send_id is acknowledged (duplicate: true) but not sent again.
 
         The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
@@ -320,15 +331,23 @@ class SessionRunner:
                     first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
                 return first | {"duplicate": True}
             self._inflight_sends.add(send_id)
+        self._sending += 1
         try:
             sent = await self.session.send_text(text)
         finally:
+            self._sending -= 1
             if send_id is not None:
                 self._inflight_sends.discard(send_id)
         if sent is None:
             error = self.error_data()
             raise HubError(error.message if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
+        if conversation_id is not None:
+            # Recorded for the reply's message events (its reply_to is this message's id).
+            self._conversations[sent.id] = conversation_id
+            while len(self._conversations) > ANSWERS_KEPT:
+                del self._conversations[next(iter(self._conversations))]
+            answer["conversation_id"] = conversation_id
         if send_id is not None:
             try:
                 self.store.remember_send_id(self.id, send_id)

@@ -137,6 +137,26 @@ async def test_home_assistant_entities_act_on_the_real_session(
                                               "typed into the text box"]
         assert event.json()["reply_to"] == asked[1]["id"]
 
+        # "Last reply": only finished agent replies reach its topic, retained, so a client that
+        # connects later (HA after a restart) gets the last one at once.
+        last_topic = cmps["last_message"]["state_topic"]
+        await probe.wait_for(last_topic, lambda m: m.json()["text"] == "You said: typed into the text box")
+        carried = [m.json() for m in probe.seen(last_topic)]
+        assert carried and all(m["type"] == "agent_transcript" and m["final"] for m in carried)
+        later = MqttProbe("127.0.0.1", mqtt_broker.port, last_topic)
+        try:
+            retained = await later.wait_for(last_topic, timeout=5)
+            assert retained.retain and retained.json()["text"] == "You said: typed into the text box"
+        finally:
+            later.close()
+
+        # An empty notify message is a clear failed send of this session.
+        mark = probe.mark()
+        probe.publish(cmps["send"]["command_topic"], "")
+        failed = await probe.wait_for(f"{base}/bridge/event", after=mark)
+        assert failed.json() == {"event": "send_failed", "topic": cmps["send"]["command_topic"],
+                                 "session": "porch", "error": "nothing to send: the text is empty"}  # fmt: skip
+
         # The enum sensor's state topic only ever carried one of its options.
         options = set(cmps["agent_state"]["options"])
         seen_states = {m.text for m in probe.seen(cmps["agent_state"]["state_topic"])}
@@ -235,6 +255,16 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
         assert gone.payload == b""
         await probe.wait_for(f"{base}/shed/availability", lambda m: m.payload == b"", after=mark)
         await probe.wait_for(f"{base}/shed/state", lambda m: m.payload == b"", after=mark)
+        # Gone from the daemon's config too: bridge/info no longer lists it (sessions nor
+        # config), and a reload (HA's "Reload configuration" button) does not remove it again.
+        info = await probe.wait_for(f"{base}/bridge/info", lambda m: "shed" not in
+                                    m.json()["sessions"], after=mark)  # fmt: skip
+        assert "shed" not in info.json()["config"]["sessions"]
+        mark = probe.mark()
+        reloaded = await request(probe, base, "config/reload", {})
+        assert reloaded["status"] == "ok" and reloaded["data"]["removed"] == [], reloaded
+        await probe.wait_for(f"{base}/bridge/info", after=mark)
+        assert [m for m in probe.seen()[mark:] if m.topic.endswith(f"{base}_shed/config")] == []
         assert daemon.stop() == 0
     finally:
         probe.close()

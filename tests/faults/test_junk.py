@@ -189,10 +189,10 @@ def send_is_valid(payload: bytes) -> bool:
         return False
     body = json_object(payload) if text.lstrip().startswith("{") else None
     if body is None:
-        return text != ""
+        return True  # empty or blank text is a failed send of that session, not junk
     send_id = body.get("id")
     return (
-        set(body) <= {"text", "id"} and isinstance(body.get("text"), str) and body["text"] != ""
+        set(body) <= {"text", "id"} and isinstance(body.get("text"), str)
         and (send_id is None or (isinstance(send_id, str) and 0 < len(send_id) <= 200))
     )
 

@@ -43,6 +43,7 @@ class FakeHub:
         self.sent_ids: set[str] = set()
         self.fail_with: Exception | None = None
         self.services: dict[str, Any] = {}
+        self.configs: dict[str, Any] = {}  # session id -> SessionConfig (session_config())
 
     def _get(self, session_id: str) -> dict[str, Any]:
         if self.fail_with is not None:
@@ -55,6 +56,12 @@ class FakeHub:
         """Update a session's state and emit its STATE event, as the daemon does."""
         self.sessions[session_id].update(changes)
         self.emit(HubEvent(HubEventKind.STATE, session_id, self.snapshot(session_id)))
+
+    def session_config(self, session_id: str) -> Any:
+        self._get(session_id)
+        if session_id not in self.configs:
+            raise UnknownSession(session_id)
+        return self.configs[session_id]
 
     def session_ids(self) -> list[str]:
         return list(self.sessions)
@@ -91,7 +98,12 @@ class FakeHub:
         return self.snapshot(session_id)
 
     async def send(
-        self, session_id: str, text: str, *, send_id: str | None = None
+        self,
+        session_id: str,
+        text: str,
+        *,
+        send_id: str | None = None,
+        conversation_id: str | None = None,
     ) -> dict[str, Any]:
         self._get(session_id)
         duplicate = send_id is not None and send_id in self.sent_ids
@@ -106,7 +118,7 @@ class FakeHub:
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         self._get(session_id)
-        return list(self.histories[session_id])
+        return list(self.histories.get(session_id, []))
 
     def restore(self, session_id: str, messages: list[dict[str, Any]]) -> int:
         self._get(session_id)
@@ -174,4 +186,6 @@ def snapshot_of(state: Mapping[str, Any]) -> SessionSnapshot:
         is_connected=state.get("connection_state") == "connected",
         agent=state.get("agent"),
         error=error_of(state.get("error")),
+        wanted=state.get("wanted", False),
+        sending=state.get("sending"),
     )

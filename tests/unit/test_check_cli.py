@@ -20,7 +20,9 @@ def _lkbridge(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_check_passes_on_the_example_config() -> None:
     out = _lkbridge("check", "-c", str(ROOT / "config.example.toml"), env={"LIVEKIT_API_SECRET": "s" * 32})
     assert out.returncode == 0, out.stderr
-    assert "OK" in out.stdout and len(out.stdout.strip().splitlines()) == 1
+    lines = out.stdout.strip().splitlines()
+    assert "OK" in lines[0]
+    assert lines[1:] == ["  note: kitchen: Wyoming (Home Assistant Assist) on 127.0.0.1:10700"]
 
 
 def test_check_names_every_problem_with_its_path(tmp_path: Path) -> None:

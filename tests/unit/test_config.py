@@ -56,6 +56,7 @@ from lkbridge.config.models import (
     PluginsConfig,
     StateConfig,
     TlsConfig,
+    WyomingConfig,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,9 +306,10 @@ def _model_keys() -> set[str]:
         LiteralTokenConfig,
         EndpointTokenConfig,
         DevelopmentTokenConfig,
+        WyomingConfig,
     ]
     fields = {f.name for m in models for f in dataclasses.fields(m)}
-    return (fields - {"id", "token", "transports", "tls"}) | {"source"}
+    return (fields - {"id", "token", "transports", "tls", "wyoming"}) | {"source"}
 
 
 def test_example_config_documents_every_key() -> None:

@@ -56,7 +56,7 @@ def session_config() -> dict[str, Any]:
 def test_device_and_origin(session_config: dict[str, Any]) -> None:
     device = session_config["device"]
     assert device["identifiers"] == ["home_lkbridge_aa9416_kitchen"]
-    assert device["name"] == "lkbridge kitchen"
+    assert device["name"] == "lkbridge home/lkbridge kitchen"
     assert device["via_device"] == bridge_node_id(TOPICS) == "home_lkbridge_aa9416_bridge"
     assert bridge_device_config(TOPICS)["device"]["identifiers"] == [device["via_device"]]
     for config in (session_config, bridge_device_config(TOPICS)):
@@ -94,7 +94,7 @@ def test_the_entities_issue_6_asks_for(session_config: dict[str, Any]) -> None:
         by_platform.setdefault(component["platform"], []).append(key)
     assert by_platform == {
         "sensor": ["agent_state", "last_message", "error"],
-        "binary_sensor": ["connectivity"],
+        "binary_sensor": ["connectivity", "problem"],
         "event": ["message"],
         "notify": ["send"],
         "text": ["text"],
@@ -232,6 +232,9 @@ def test_last_message_state_is_capped_and_attributes_keep_everything(
     session_config: dict[str, Any],
 ) -> None:
     component = session_config["components"]["last_message"]
+    # Only finished agent replies reach this retained topic (not partials, not the user's text).
+    assert component["state_topic"] == "home/lkbridge/kitchen/last_reply"
+    assert component["name"] == "Last reply"
     long_text = "word " * 200
     assert render(component["value_template"], message(long_text, True)) == long_text[:255]
     assert render(component["value_template"], message("hi", False)) == "hi"
@@ -246,18 +249,58 @@ def test_message_event_fires_for_finished_messages_only(session_config: dict[str
         assert fired["event_type"] == kind
         assert fired["text"] == 'say "hi"'
         assert fired["event_type"] in session_config["components"]["message"]["event_types"]
+        assert fired["reply_to"] is None and fired["conversation_id"] is None
+    answer = json.loads(message("It is noon", True)) | {"reply_to": "q1", "conversation_id": "c1"}
+    fired = json.loads(render(template, json.dumps(answer)))
+    assert (fired["reply_to"], fired["conversation_id"], fired["id"]) == ("q1", "c1", "m1")
 
 
 def test_error_sensor(session_config: dict[str, Any]) -> None:
     component = session_config["components"]["error"]
     no_error = json.dumps({"connection_state": "connected", "error": None})
-    assert render(component["value_template"], no_error) == "none"
+    assert render(component["value_template"], no_error) == "OK"
     assert json.loads(render(component["json_attributes_template"], no_error)) == {}
     error = {"kind": "connection", "message": "Connection failed: " + "x" * 300, "at": None}
     with_error = json.dumps({"error": error})
     assert render(component["value_template"], with_error) == error["message"][:255]
     assert json.loads(render(component["json_attributes_template"], with_error)) == error
-    assert render(component["value_template"], "{}") == "none"
+    assert render(component["value_template"], "{}") == "OK"
+    problem = session_config["components"]["problem"]
+    assert problem["device_class"] == "problem" and problem["state_topic"] == component["state_topic"]
+    assert render(problem["value_template"], no_error) == problem["payload_off"]
+    assert render(problem["value_template"], with_error) == problem["payload_on"]
+
+
+def test_icons_and_categories(session_config: dict[str, Any]) -> None:
+    components = session_config["components"]
+    for key in ("start", "end", "send", "text", "message", "dismiss_error", "last_message"):
+        assert components[key]["icon"].startswith("mdi:"), key
+    assert components["dismiss_error"]["entity_category"] == "config"
+    assert "entity_category" not in components["start"] and "entity_category" not in components["end"]
+    assert components["text"]["min"] == 1  # HA refuses an empty text in its own UI
+
+
+def test_two_daemons_with_the_same_session_id_have_distinct_device_names() -> None:
+    default = session_device_config(Topics("lkbridge"), "demo")
+    other = session_device_config(Topics("upstairs"), "demo")
+    named = session_device_config(Topics("pi3"), "demo", "Garage Pi")
+    assert default["device"]["name"] == "lkbridge demo"  # unchanged for the default base topic
+    assert other["device"]["name"] == "lkbridge upstairs demo"
+    assert named["device"]["name"] == "Garage Pi demo"
+    assert bridge_device_config(Topics("pi3"), "Garage Pi")["device"]["name"] == "Garage Pi"
+    assert [c["device"]["name"] for _, c in discovery_messages(Topics("pi3"), ["demo"], "G")] == [
+        "G", "G demo",
+    ]  # fmt: skip
+
+
+def test_bridge_events_fire_with_their_data() -> None:
+    component = bridge_device_config(TOPICS)["components"]["events"]
+    assert component["state_topic"] == TOPICS.bridge_event
+    failed = {"event": "send_failed", "topic": "t", "session": "kitchen", "error": "nothing"}
+    fired = json.loads(render(component["value_template"], json.dumps(failed)))
+    assert fired == failed | {"event_type": "send_failed"}
+    odd = json.loads(render(component["value_template"], json.dumps({"event": "plugin_failed"})))
+    assert odd["event_type"] == "other" and odd["event_type"] in component["event_types"]
 
 
 @pytest.mark.parametrize(

@@ -329,7 +329,6 @@ async def test_send_topic(bridge: MqttBridge, client: FakeClient, hub: FakeHub) 
 @pytest.mark.parametrize(
     ("topic", "payload", "error"),
     [
-        ("lkb/kitchen/send", b"", "payload is empty"),
         ("lkb/kitchen/send", b"\xff", "not valid UTF-8"),
         ("lkb/kitchen/send", b'{"text": 5}', "text: expected a string, got number"),
         ("lkb/kitchen/send", b"x" * 2000, "payload too large: 2000 bytes"),
@@ -347,6 +346,50 @@ async def test_bad_payloads_become_bridge_events(
     assert event["event"] == "bad_payload" and event["topic"] == topic
     assert error in event["error"]
     assert hub.calls == []
+
+
+@pytest.mark.parametrize("payload", [b"", b"   ", b'{"text": ""}', b'{"text": " ", "id": "k"}'])
+async def test_empty_text_is_a_failed_send_of_that_session(
+    bridge: MqttBridge, client: FakeClient, hub: FakeHub, payload: bytes
+) -> None:
+    """What HA's notify entity publishes for an empty message: a clear send_failed, not junk."""
+    client.deliver("lkb/kitchen/send", payload)
+    await settle()
+    assert events(client) == [{
+        "event": "send_failed", "topic": "lkb/kitchen/send", "session": "kitchen",
+        "error": "nothing to send: the text is empty",
+    }]  # fmt: skip
+    assert hub.calls == []
+
+
+async def test_last_reply_is_retained_for_final_agent_messages_only(
+    bridge: MqttBridge, client: FakeClient, hub: FakeHub
+) -> None:
+    await client.connect()
+    client.clear()
+    base = {"timestamp": "2026-01-01T00:00:00.000+00:00", "session": "kitchen"}
+    for kind, text, final in (
+        ("user_input", "what time is it", True),
+        ("agent_transcript", "It is", False),
+        ("agent_transcript", "It is noon.", True),
+        ("user_transcript", "thanks", True),
+    ):
+        data = {"id": text, "type": kind, "text": text, "final": final, "timestamp": base["timestamp"]}
+        event = MessageEvent("kitchen", ReceivedMessage.from_dict(data))
+        hub.emit(HubEvent(HubEventKind.MESSAGE, "kitchen", event))
+    [reply] = client.on("lkb/kitchen/last_reply")
+    assert reply.retain and json.loads(reply.payload)["text"] == "It is noon."
+    assert len(client.on("lkb/kitchen/message")) == 4
+
+    # Re-published from the history on every (re)connect, so a broker restart keeps it too.
+    hub.histories["kitchen"] = [json.loads(reply.payload), base | {"id": "x", "type": "user_input",
+                                                                  "text": "later", "final": True}]
+    client.clear()
+    bridge.publish_all()
+    assert json.loads(client.on("lkb/kitchen/last_reply")[0].payload)["text"] == "It is noon."
+
+    await hub.remove_session("kitchen")
+    assert client.on("lkb/kitchen/last_reply")[-1].payload == b""  # cleared with the session
 
 
 async def test_hub_refusals_become_bridge_events(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -92,6 +92,15 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
     )
 
 
+def is_final_reply(data: Any) -> bool:
+    """A finished agent message (what the retained `last_reply` topic carries)."""
+    return (
+        isinstance(data, Mapping)
+        and data.get("type") == "agent_transcript"
+        and data.get("final") is True
+    )
+
+
 class MqttBridge:
     """Maps the hub's sessions onto MQTT topics; `async with MqttBridge(hub, config):`.
 
@@ -113,6 +122,7 @@ class MqttBridge:
             config.mqtt.base_topic, config.homeassistant.discovery_prefix
         )
         self._ha = config.homeassistant.enabled
+        self._ha_name = config.homeassistant.name
         control = config.control
         self._router = Router(
             hub, max_payload_bytes=config.mqtt.max_payload_bytes, control=control
@@ -315,7 +325,22 @@ class MqttBridge:
         self._publish_error(session_id, error)
         if self._ha:
             topic = self._topics.discovery(session_node_id(self._topics, session_id))
-            self._pub(topic, dumps(session_device_config(self._topics, session_id)), retain=True)
+            config = session_device_config(self._topics, session_id, self._ha_name)
+            self._pub(topic, dumps(config), retain=True)
+        self._publish_last_reply(session_id)
+
+    def _publish_last_reply(self, session_id: str, data: Any = None) -> None:
+        """Retain the agent's last finished reply (from the history when data is None)."""
+        if data is None:
+            try:
+                history = self._hub.history(session_id)
+            except HubError:
+                return
+            data = next((m for m in reversed(history) if is_final_reply(m)), None)
+            if data is None:
+                return  # nothing yet: leave what the broker retains
+        topic = self._topic(session_id, SessionLeaf.LAST_REPLY)
+        self._pub(topic, dumps(data), retain=True)
 
     def publish_all(self) -> None:
         """Bridge state and info, every session's retained topics, and discovery."""
@@ -323,7 +348,8 @@ class MqttBridge:
         self._publish_info()
         if self._ha:
             topic = self._topics.discovery(bridge_node_id(self._topics))
-            self._pub(topic, dumps(bridge_device_config(self._topics)), retain=True)
+            config = bridge_device_config(self._topics, self._ha_name)
+            self._pub(topic, dumps(config), retain=True)
         for session_id in self._hub.session_ids():
             if self._bridgeable(session_id):
                 self._publish_session(session_id)
@@ -346,6 +372,7 @@ class MqttBridge:
             SessionLeaf.AGENT_STATE,
             SessionLeaf.ERROR,
             SessionLeaf.AVAILABILITY,
+            SessionLeaf.LAST_REPLY,
         ):
             self._pub(self._topic(session_id, leaf), b"", retain=True)
         self._topics.forget_session(session_id)
@@ -363,6 +390,10 @@ class MqttBridge:
             elif self._bridgeable(session_id):
                 self._publish_session(session_id)
                 self._pub(self._topic(session_id, SessionLeaf.MESSAGE), payload, retain=False)
+            else:
+                return
+            if is_final_reply(data.to_json()):
+                self._publish_last_reply(session_id, data.to_json())
         elif kind is HubEventKind.STATE:
             if session_id in self._sessions:
                 self._publish_state(session_id, data)

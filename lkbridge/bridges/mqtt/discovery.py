@@ -31,6 +31,21 @@ AGENT_STATE_OPTIONS: tuple[str, ...] = (
 
 EVENT_TYPES: tuple[str, ...] = tuple(t.value for t in MessageType)
 
+NO_ERROR = "OK"
+"""The error sensor's state when there is no error (HA would show `None` as unknown)."""
+
+BRIDGE_EVENT_TYPES: tuple[str, ...] = (
+    "send_failed",
+    "command_failed",
+    "bad_payload",
+    "session_added",
+    "session_removed",
+    "config_reloaded",
+    "config_reload_failed",
+    "other",
+)
+"""Event types of the bridge device's event entity; any other bridge event fires as `other`."""
+
 _AGENT_STATES = frozenset(state.value for state in AgentState)
 _NODE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -93,10 +108,18 @@ def _bridge_availability(topics: Topics) -> dict[str, Any]:
     }
 
 
-def bridge_device_config(topics: Topics) -> dict[str, Any]:
-    """The bridge device: its connectivity and a config reload button."""
+def bridge_name(topics: Topics, configured: str | None = None) -> str:
+    """The bridge device's name: `[homeassistant] name`, else lkbridge (plus a non-default base)."""
+    if configured:
+        return configured
+    return "lkbridge" if topics.base == "lkbridge" else f"lkbridge {topics.base}"
+
+
+def bridge_device_config(topics: Topics, name: str | None = None) -> dict[str, Any]:
+    """The bridge device: its connectivity, a config reload button and its events."""
     node = bridge_node_id(topics)
-    name = "lkbridge" if topics.base == "lkbridge" else f"lkbridge {topics.base}"
+    name = bridge_name(topics, name)
+    known = ", ".join(repr(t) for t in BRIDGE_EVENT_TYPES if t != "other")
     return {
         "device": {
             "identifiers": [node],
@@ -127,14 +150,38 @@ def bridge_device_config(topics: Topics) -> dict[str, Any]:
                 "command_topic": topics.request("config/reload"),
                 "payload_press": "{}",
                 "availability": [_bridge_availability(topics)],
+                "icon": "mdi:reload",
+                "qos": 1,
+            },
+            "events": {
+                "platform": "event",
+                "unique_id": f"{node}_events",
+                "name": "Events",
+                "entity_category": "diagnostic",
+                "state_topic": topics.bridge_event,
+                "event_types": list(BRIDGE_EVENT_TYPES),
+                # Every field of the event becomes event data (session, topic, error...).
+                "value_template": (
+                    "{% set kind = value_json.get('event') %}"
+                    f"{{{{ dict(value_json, event_type=(kind if kind in [{known}] else 'other'))"
+                    " | to_json }}"
+                ),
+                "availability": [_bridge_availability(topics)],
+                "icon": "mdi:bell-outline",
                 "qos": 1,
             },
         },
     }
 
 
-def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
-    """The device of one session, with every entity wired to the session's own topics."""
+def session_device_config(
+    topics: Topics, session_id: str, name: str | None = None
+) -> dict[str, Any]:
+    """The device of one session, with every entity wired to the session's own topics.
+
+    Its name is "<bridge name> <session id>", so the same session id on two daemons (different
+    base topics) gives two devices a user can tell apart.
+    """
     node = session_node_id(topics, session_id)
 
     def topic(leaf: SessionLeaf) -> str:
@@ -169,14 +216,16 @@ def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
             payload_on="ON",
             payload_off="OFF",
         ),
+        # The agent's last finished reply: a retained topic of its own, written once per reply
+        # (never for partial text nor the user's own), so it survives an HA restart.
         "last_message": entity(
             "last_message",
             "sensor",
-            "Last message",
-            state_topic=topic(SessionLeaf.MESSAGE),
+            "Last reply",
+            state_topic=topic(SessionLeaf.LAST_REPLY),
             value_template=f"{{{{ value_json.text[:{STATE_MAX_LENGTH}] }}}}",
-            json_attributes_topic=topic(SessionLeaf.MESSAGE),
-            icon="mdi:message-text",
+            json_attributes_topic=topic(SessionLeaf.LAST_REPLY),
+            icon="mdi:message-reply-text",
         ),
         "message": entity(
             "message",
@@ -189,19 +238,29 @@ def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
                 "{% if value_json.final %}"
                 "{{ {'event_type': value_json.type, 'id': value_json.id,"
                 " 'text': value_json.text, 'timestamp': value_json.timestamp,"
-                " 'session': value_json.session} | to_json }}"
+                " 'session': value_json.session,"
+                " 'reply_to': value_json.get('reply_to'),"
+                " 'conversation_id': value_json.get('conversation_id')} | to_json }}"
                 "{% endif %}"
             ),
+            icon="mdi:message-text-outline",
         ),
-        "send": entity("send", "notify", "Send", command_topic=topic(SessionLeaf.SEND)),
+        "send": entity(
+            "send",
+            "notify",
+            "Send",
+            command_topic=topic(SessionLeaf.SEND),
+            icon="mdi:message-arrow-right",
+        ),
         "text": entity(
             "text",
             "text",
             "Send text",
             command_topic=topic(SessionLeaf.SEND),
-            min=0,
+            min=1,  # HA itself refuses an empty text, with a message the user sees
             max=STATE_MAX_LENGTH,
             mode="text",
+            icon="mdi:keyboard",
         ),
         "error": entity(
             "error",
@@ -212,29 +271,45 @@ def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
             # Written so that no variable is ever undefined (HA logs a warning for each).
             value_template=(
                 "{% set error = value_json.get('error') %}"
-                f"{{{{ error.get('message', 'error')[:{STATE_MAX_LENGTH}] if error else 'none' }}}}"
+                f"{{{{ error.get('message', 'error')[:{STATE_MAX_LENGTH}] if error"
+                f" else '{NO_ERROR}' }}}}"
             ),
             json_attributes_topic=topic(SessionLeaf.STATE),
             json_attributes_template="{{ (value_json.get('error') or {}) | to_json }}",
             icon="mdi:alert-circle-outline",
         ),
+        "problem": entity(
+            "problem",
+            "binary_sensor",
+            "Problem",
+            device_class="problem",
+            entity_category="diagnostic",
+            state_topic=topic(SessionLeaf.STATE),
+            value_template="{{ 'ON' if value_json.get('error') else 'OFF' }}",
+            payload_on="ON",
+            payload_off="OFF",
+        ),
     }
-    for command, name in (
-        (Command.START, "Start"),
-        (Command.END, "End"),
-        (Command.DISMISS_ERROR, "Dismiss error"),
+    for command, label, icon, category in (
+        (Command.START, "Start", "mdi:play", None),
+        (Command.END, "End", "mdi:stop", None),
+        (Command.DISMISS_ERROR, "Dismiss error", "mdi:close-circle-outline", "config"),
     ):
+        options: dict[str, Any] = {"icon": icon}
+        if category is not None:
+            options["entity_category"] = category
         components[command.value] = entity(
             command.value,
             "button",
-            name,
+            label,
             command_topic=topic(SessionLeaf.COMMAND),
             payload_press=command.value,
+            **options,
         )
     return {
         "device": {
             "identifiers": [node],
-            "name": f"lkbridge {session_id}",
+            "name": f"{bridge_name(topics, name)} {session_id}",
             "manufacturer": "lkbridge",
             "model": "LiveKit agent session",
             "sw_version": __version__,
@@ -254,14 +329,16 @@ def session_device_config(topics: Topics, session_id: str) -> dict[str, Any]:
     }
 
 
-def discovery_messages(topics: Topics, session_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+def discovery_messages(
+    topics: Topics, session_ids: list[str], name: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """(topic, payload) of the bridge device first, then one per session."""
-    messages = [(topics.discovery(bridge_node_id(topics)), bridge_device_config(topics))]
+    messages = [(topics.discovery(bridge_node_id(topics)), bridge_device_config(topics, name))]
     for session_id in session_ids:
         messages.append(
             (
                 topics.discovery(session_node_id(topics, session_id)),
-                session_device_config(topics, session_id),
+                session_device_config(topics, session_id, name),
             )
         )
     return messages

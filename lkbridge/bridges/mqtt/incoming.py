@@ -14,6 +14,7 @@ from lkbridge.bridges.mqtt.router import (
     EXPIRED,
     BadPayload,
     Command,
+    EmptyText,
     Request,
     Router,
     dumps,
@@ -114,6 +115,10 @@ class Incoming:
                     raise BadPayload(f"{command.value} is not allowed here ([control] actions)")
                 job = self._command_job(message.topic, session_id, command, deadline)
                 lanes = self._controls
+        except EmptyText as exc:
+            # A clear failure of this session's send (HA's notify can publish an empty text).
+            self._complain("send_failed", topic=message.topic, session=session_id, error=str(exc))
+            return
         except BadPayload as exc:
             self._complain("bad_payload", topic=message.topic, error=str(exc))
             return

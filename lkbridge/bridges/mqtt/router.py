@@ -32,6 +32,16 @@ class BadPayload(ValueError):
     """A payload could not be used; str() says what was wrong, for the sender."""
 
 
+class EmptyText(BadPayload):
+    """Text to send that is empty or only white space: nothing the agent could answer."""
+
+    def __init__(self) -> None:
+        super().__init__(EMPTY_TEXT)
+
+
+EMPTY_TEXT = "nothing to send: the text is empty"
+
+
 class Command(StrEnum):
     """What the `{base}/{id}/command` topic accepts."""
 
@@ -212,11 +222,11 @@ def parse_send(payload: bytes, max_payload_bytes: int) -> SendPayload:
             _SEND_TOPIC.check(body, "the send topic")
             _check_send_id(body.get("id"))
             text, send_id = body["text"], body.get("id")
-            if not text:
-                raise BadPayload("text: must not be empty")
+            if not text.strip():
+                raise EmptyText()
             return SendPayload(text, send_id)
-    if not text:
-        raise BadPayload("payload is empty; expected the text to send")
+    if not text.strip():
+        raise EmptyText()
     return SendPayload(text)
 
 
@@ -417,8 +427,8 @@ class Router:
 
     async def _send(self, body: Mapping[str, Any]) -> Any:
         text, send_id = body["text"], body.get("id")
-        if not text:
-            raise BadPayload("text: must not be empty")
+        if not text.strip():
+            raise EmptyText()
         _check_send_id(send_id)
         return await self._hub.send(body["session"], text, send_id=send_id)
 

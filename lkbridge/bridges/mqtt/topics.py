@@ -19,6 +19,7 @@ class SessionLeaf(StrEnum):
     AVAILABILITY = "availability"
     ERROR = "error"
     MESSAGE = "message"
+    LAST_REPLY = "last_reply"
     EVENT = "event"
     SEND = "send"
     COMMAND = "command"
