@@ -260,10 +260,16 @@ async def test_end_is_answered_while_sends_wait_for_an_absent_agent(
         for index in range(8):
             body = {"session": "lab", "text": f"hello {index}", "transaction": f"s{index}"}
             probe.publish(f"{base}/bridge/request/session/send", body)
-        # The daemon takes requests in the order they arrive and runs them first come, first
-        # served: once a request published after the sends is answered, the first send is
-        # under way (waiting for the agent) and the other seven are queued behind it.
-        assert (await request(probe, base, "health_check", {}))["status"] == "ok"
+        # Wait until the daemon says a send is being carried out (waiting for the agent): the
+        # state's `sending`, read from the answer to a start (a no-op: it is running already).
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            started = await request(probe, base, "session/start", {"session": "lab"})
+            assert started["status"] == "ok", started
+            if started["data"].get("sending") == 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, started
+            await asyncio.sleep(0.05)
         ended = await request(probe, base, "session/end", {"session": "lab"})
         assert ended["status"] == "ok" and ended["data"]["wanted"] is False
         errors = []
