@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -12,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from lkbridge.daemon.clock import SteadyClock
 from lkbridge.daemon.syncer import WalSyncer
 from lkbridge.messages import MessageType, ReceivedMessage
 
@@ -126,6 +126,7 @@ class MessageStore:
         self.synchronous = synchronous
         self.syncer = WalSyncer(Path(f"{self.path}-wal"))
         self._last_sync: asyncio.Future[None] | None = None
+        self._clock: SteadyClock | None = None  # send-id times (see _send_id_now)
         self.in_memory = str(path) == ":memory:"
         self.write_error: str | None = None  # the last write's failure, until one succeeds
         try:
@@ -346,9 +347,19 @@ class MessageStore:
 
     # -- idempotent sends -------------------------------------------------------------------
 
+    def _send_id_now(self) -> float:
+        """The time send ids are stamped and expired by: a SteadyClock, so wall-clock jumps
+        while the daemon runs neither expire ids early nor keep them, and never below the
+        newest stamp already stored, so a clock set back between runs cannot make new ids
+        look older than old ones (the per-session limit drops the oldest first)."""
+        if self._clock is None:
+            newest = self.read("SELECT MAX(accepted_at) FROM send_ids", ())[0][0]
+            self._clock = SteadyClock(floor=float(newest) if isinstance(newest, int | float) else 0.0)
+        return self._clock.now()
+
     def seen_send_id(self, session_id: str, send_id: str, *, now: float | None = None) -> bool:
         """Whether a send with this id was already accepted (within the TTL)."""
-        cutoff = (time.time() if now is None else now) - self.send_id_ttl
+        cutoff = (self._send_id_now() if now is None else now) - self.send_id_ttl
         rows = self.read(
             "SELECT 1 FROM send_ids WHERE session_id = ? AND send_id = ? AND accepted_at > ?",
             (session_id, send_id, cutoff),
@@ -372,7 +383,7 @@ class MessageStore:
         self, db: sqlite3.Connection, session_id: str, send_id: str, *, now: float | None = None
     ) -> bool:
         """remember_send_id() inside a transaction the caller holds (see journal.py)."""
-        at = time.time() if now is None else now
+        at = self._send_id_now() if now is None else now
         db.execute(
             "DELETE FROM send_ids WHERE session_id = ? AND accepted_at <= ?",
             (session_id, at - self.send_id_ttl),
