@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, sdcard
 from bench.footprint import footprint, startup
-from bench.latency import send_latency, transcription_latency
+from bench.fsyncs import FsyncCounter
+from bench.latency import fsync_count, send_latency, transcription_latency
 from bench.mqttc import BenchMqtt
 from bench.notify import NotifyListener
 from bench.stack import MQTT_HOST, Stack, machine_info, running_stack
@@ -30,15 +31,16 @@ from bench.throughput import sustained
 from lkbridge.log import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("latency", "throughput", "footprint", "startup")
+SCENARIOS = ("latency", "throughput", "sdcard", "footprint", "startup")
 FULL = {
-    "messages": 1000, "warmup": 100, "duration": 60.0, "rates": [50, 100, 200, 300, 500, 750, 1000],
+    "messages": 500, "warmup": 50, "duration": 10.0, "rates": [100, 200, 300, 500, 750, 1000],
     "sessions": [1, 10, 50], "settle": 5.0, "window": 30.0, "runs": 5,
-    "startup_sessions": [1, 50],
+    "startup_sessions": [1, 50], "repeats": 3, "sd_iops": 100, "fsync_messages": 200,
 }  # fmt: skip
 QUICK = {
-    "messages": 200, "warmup": 20, "duration": 5.0, "rates": [100, 500],
+    "messages": 100, "warmup": 10, "duration": 3.0, "rates": [100, 500],
     "sessions": [1, 10], "settle": 2.0, "window": 5.0, "runs": 2, "startup_sessions": [1, 10],
+    "repeats": 2, "sd_iops": 100, "fsync_messages": 50,
 }  # fmt: skip
 
 
@@ -58,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", type=ints, help="throughput steps, msg/s (50,100,200,300,500,750,1000)")
     parser.add_argument("--sessions", type=ints, help="footprint session counts (1,10,50)")
     parser.add_argument("--runs", type=int, help="start-up runs per session count (5)")
+    parser.add_argument("--repeats", type=int, help="alternating (ABAB) repeats of benchmarks "
+                        "1-3 and the SD-card stand-in per target (3)")  # fmt: skip
+    parser.add_argument("--sd-iops", type=int, dest="sd_iops",
+                        help="write IOPS of the SD-card stand-in (100)")  # fmt: skip
+    parser.add_argument("--fsync-messages", type=int, dest="fsync_messages",
+                        help="messages per fsync-counting pass (200)")  # fmt: skip
     parser.add_argument("--only", type=lambda s: s.split(","), default=list(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")  # fmt: skip
     parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
@@ -115,7 +123,7 @@ class Run:
             self.results.setdefault(section, {}).setdefault(name, []).append(value)
 
     async def one_session(self, name: str) -> None:
-        """Benchmarks 1 to 3 on one process of `name` with one session."""
+        """Benchmarks 1 to 3 on one process of `name` with one session (one repeat)."""
         args, only = self.args, self.args.only
         target = await launch(
             name, self.stack, 1, self.log_dir, self.notify, profile=self.args.profile
@@ -129,18 +137,18 @@ class Run:
                 say(f"[{name}] 1. send → lk.chat latency, {args.messages} messages")
                 data = await self.guarded(f"{name} send latency", lambda: send_latency(
                     target, job, self.mqtt, messages=args.messages, warmup=args.warmup))  # fmt: skip
-                self.put("latency_send", name, data)
+                self.append("latency_send", name, data)
                 say(f"[{name}] 2. lk.transcription → message latency, {args.messages} chunks")
                 data = await self.guarded(f"{name} transcription latency",
                                           lambda: transcription_latency(
                     target, job, self.mqtt, messages=args.messages, warmup=args.warmup))  # fmt: skip
-                self.put("latency_transcription", name, data)
+                self.append("latency_transcription", name, data)
             if "throughput" in only:
                 say(f"[{name}] 3. sustained rates {args.rates} msg/s, {args.duration:g} s each")
                 data = await self.guarded(f"{name} throughput", lambda: sustained(
                     target, job, self.mqtt, rates=args.rates, duration=args.duration,
                     others=self.stack.server_pids, on_step=self.show_step))  # fmt: skip
-                self.put("throughput", name, data)
+                self.append("throughput", name, data)
         finally:
             await target.stop()
             await self.stack.wait_closed(jobs)
@@ -151,11 +159,54 @@ class Run:
             f"p50 {step['p50']} ms, p99 {step['p99']} ms, CPU {step['cpu_percent']} %, "
             f"machine {step['machine_busy_percent']} % busy{'' if step['ok'] else '  <- missed'}")  # fmt: skip
 
+    async def sd_session(self, name: str, mount: Path, count_fsyncs: bool) -> None:
+        """Benchmark 2 with the state directory on the SD-card stand-in (one repeat); with
+        count_fsyncs, afterwards an untimed pass that counts fsyncs per message (strace)."""
+        args = self.args
+        target = await launch(name, self.stack, 1, self.log_dir, self.notify, state_root=mount)
+        jobs = []
+        try:
+            jobs = await self.stack.jobs(1, 30.0)
+            job = jobs[0]
+            await asyncio.sleep(2.0)
+            say(f"[{name}] 6. lk.transcription → message latency, state on the SD-card stand-in")
+            data = await self.guarded(f"{name} SD-card transcription latency",
+                                      lambda: transcription_latency(
+                target, job, self.mqtt, messages=args.messages, warmup=args.warmup))  # fmt: skip
+            self.append("latency_transcription_sd", name, data)
+            if count_fsyncs and FsyncCounter.available():
+                say(f"[{name}] 7. fsyncs per message (strace, not timed)")
+                data = await self.guarded(f"{name} fsync count", lambda: fsync_count(
+                    target, job, self.mqtt, args.fsync_messages, self.log_dir))  # fmt: skip
+                self.put("fsyncs", name, data)
+                if data:
+                    say(f"  {data}")
+        finally:
+            await target.stop()
+            await self.stack.wait_closed(jobs)
+
     async def all(self) -> None:
         args = self.args
         if {"latency", "throughput"} & set(args.only):
-            for name in args.targets:
-                await self.guarded(f"{name} one-session benchmarks", lambda n=name: self.one_session(n))
+            # ABAB: the targets take turns, so a drift of the shared machine hits both alike.
+            for repeat in range(args.repeats):
+                for name in args.targets:
+                    say(f"-- repeat {repeat + 1}/{args.repeats}: {name}")
+                    await self.guarded(f"{name} one-session benchmarks",
+                                       lambda n=name: self.one_session(n))  # fmt: skip
+        if "sdcard" in args.only:
+            why = sdcard.available()
+            if why is not None:
+                self.errors.append(f"SD-card stand-in skipped: {why}")
+                say(f"  !! SD-card stand-in skipped: {why}")
+            else:
+                with sdcard.sd_card(self.log_dir, write_iops=args.sd_iops) as mount:
+                    for repeat in range(args.repeats):
+                        for name in args.targets:
+                            say(f"-- SD-card repeat {repeat + 1}/{args.repeats}: {name}")
+                            await self.guarded(f"{name} SD-card benchmark",
+                                               lambda n=name, first=repeat == 0:
+                                               self.sd_session(n, mount, first))  # fmt: skip
         if "footprint" in args.only:
             for count in args.sessions:
                 for name in args.targets:
@@ -203,7 +254,7 @@ async def main(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     results: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "run": run_name,
         "mode": " ".join(
             ["quick" if args.quick else "full"]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench.mqttc import BenchMqtt
@@ -165,3 +166,34 @@ async def transcription_latency(
         "chunks_per_reply": chunks_per_reply,
         "samples_ms": [round(s, 3) for s in samples],
     }
+
+
+async def fsync_count(
+    target: Launched, job: AgentJob, mqttc: BenchMqtt, messages: int, work_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """fsync/fdatasync calls per message, counted with strace in two untimed passes.
+
+    Transcription: `messages` chunks in replies of 10 (9 growing updates and the reply's final
+    message each). Sends: `messages` sends, one at a time. The process is idle before and after.
+    """
+    from bench.fsyncs import FsyncCounter
+
+    out: dict[str, Any] = {"messages": messages}
+    counter = FsyncCounter(target.pid, work_dir / f"fsyncs-{target.base}-transcription.txt")
+    counter.start()
+    data = await transcription_latency(target, job, mqttc, messages=messages, warmup=0)
+    await asyncio.sleep(1.0)
+    syncs = counter.stop()
+    finals = -(-messages // data["chunks_per_reply"])
+    out["transcription"] = {
+        "chunks": messages, "finals": finals, "fsyncs": syncs,
+        "fsyncs_per_chunk": round(syncs / messages, 3),
+        "fsyncs_per_final_if_none_per_chunk": round(syncs / finals, 3),
+    }
+    counter = FsyncCounter(target.pid, work_dir / f"fsyncs-{target.base}-send.txt")
+    counter.start()
+    await send_latency(target, job, mqttc, messages=messages, warmup=0)
+    await asyncio.sleep(1.0)
+    syncs = counter.stop()
+    out["send"] = {"sends": messages, "fsyncs": syncs, "fsyncs_per_send": round(syncs / messages, 3)}
+    return out

@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.judge import folded, runs, spread, targets, targets_markdown
+
 TARGETS = ("lkbridge", "baseline")
 LATENCIES = {
     "latency_send": "1. MQTT send → agent lk.chat handler",
     "latency_transcription": "2. agent lk.transcription chunk → MQTT message event",
+    "latency_transcription_sd": "6. chunk → message event, state on the SD-card stand-in",
 }
 P50_MARGIN_MS = 1.5
 P99_FACTOR = 1.5
@@ -60,23 +63,28 @@ def latency_table(data: dict[str, Any], *, markdown: bool = False) -> str:
     keys = ("p50", "p90", "p99", "max", "mean")
     rows: list[list[Any]] = []
     for name in TARGETS:
-        d = data.get(name)
+        d = folded(data.get(name))
         if d:
-            rows.append([name, *(fmt(d.get(k)) for k in keys), d.get("count"), d.get("lost")])
-    lkb, base = data.get("lkbridge"), data.get("baseline")
+            rows.append([name, *(fmt(d.get(k)) for k in keys), fmt(d.get("count"), 0),
+                         d.get("lost"), d["repeats"], spread(d["p99_runs"])])  # fmt: skip
+    lkb, base = folded(data.get("lkbridge")), folded(data.get("baseline"))
     if lkb and base:
-        rows.append(["lkbridge - baseline (ms)", *(fmt(lkb[k] - base[k]) for k in keys), "", ""])
-        rows.append(["lkbridge / baseline", *(ratio(lkb[k], base[k]) for k in keys), "", ""])
-    headers = ["ms", "p50", "p90", "p99", "max", "mean", "messages", "lost"]
+        rows.append(["lkbridge - baseline (ms)", *(fmt(lkb[k] - base[k]) for k in keys), "", "",
+                     "", ""])  # fmt: skip
+        rows.append(["lkbridge / baseline", *(ratio(lkb[k], base[k]) for k in keys), "", "", "",
+                     ""])  # fmt: skip
+    headers = ["ms (median of repeats)", "p50", "p90", "p99", "max", "mean", "messages",
+               "lost (all repeats)", "repeats", "p99 median (min to max)"]  # fmt: skip
     return table(headers, rows, markdown=markdown)
 
 
 def throughput_table(data: dict[str, Any], *, markdown: bool = False) -> str:
     rows = []
     for name in TARGETS:
-        for s in (data.get(name) or {}).get("steps", []):
+        steps = [(r, s) for r, res in enumerate(runs(data.get(name)), 1) for s in res["steps"]]
+        for repeat, s in steps:
             rows.append([
-                name, s["rate"], s["sent"], s["lost"], fmt(s["p50"]), fmt(s["p99"]),
+                f"{name} #{repeat}", s["rate"], s["sent"], s["lost"], fmt(s["p50"]), fmt(s["p99"]),
                 fmt(s["max"], 1), fmt(s["cpu_percent"], 0),
                 fmt(s.get("cpu_main_thread_percent"), 0), fmt(s["bench_cpu_percent"], 0),
                 fmt(s.get("livekit-server_cpu_percent"), 0), fmt(s.get("machine_busy_percent"), 0),
@@ -86,7 +94,8 @@ def throughput_table(data: dict[str, Any], *, markdown: bool = False) -> str:
                "loop thread %", "bench CPU %", "server CPU %", "machine busy %",
                "ok"]  # fmt: skip
     best = "  ".join(
-        f"{name}: {fmt((data.get(name) or {}).get('best_rate'))} msg/s" for name in TARGETS
+        f"{name}: {spread([float(r.get('best_rate') or 0) for r in runs(data.get(name))], 0)} msg/s"
+        for name in TARGETS
     )
     return table(headers, rows, markdown=markdown) + f"\n\nhighest rate with zero loss and " \
         f"p99 < 50 ms — {best}"  # fmt: skip
@@ -167,7 +176,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of issue 7 with the measured figure and whether it was met."""
     rows: list[dict[str, Any]] = []
     for key, title in LATENCIES.items():
-        lkb, base = (results.get(key) or {}).get("lkbridge"), (results.get(key) or {}).get("baseline")
+        if key == "latency_transcription_sd":
+            continue  # judged in issue 13's table
+        lkb = folded((results.get(key) or {}).get("lkbridge"))
+        base = folded((results.get(key) or {}).get("baseline"))
         if not (lkb and base):
             continue
         short = title.split(" ", 1)[1]
@@ -182,17 +194,18 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             "figure": f"{lkb['p99']:.2f} vs {base['p99']:.2f} ms ({ratio(lkb['p99'], base['p99'])})",
             "met": lkb["p99"] <= P99_FACTOR * base["p99"],
         })  # fmt: skip
-    steps = ((results.get("throughput") or {}).get("lkbridge") or {}).get("steps", [])
-    at_rate = [s for s in steps if s["rate"] == RATE_TARGET]
-    if steps:
-        if at_rate:
-            s = at_rate[0]
-            figure = f"{s['lost']} lost of {s['sent']}, p99 {s['p99']:.1f} ms"
-            met = s["lost"] == 0
+    tput_runs = runs((results.get("throughput") or {}).get("lkbridge"))
+    if tput_runs:
+        # Carried only with zero loss *and* p99 under 50 ms, in every repeat.
+        at_rate = [s for r in tput_runs for s in r["steps"] if s["rate"] == RATE_TARGET]
+        if len(at_rate) == len(tput_runs):
+            figure = "; ".join(f"{s['lost']} lost of {s['sent']}, p99 {s['p99']:.1f} ms"
+                               for s in at_rate)  # fmt: skip
+            met = all(s["lost"] == 0 and s["p99"] < 50 for s in at_rate)
         else:
-            figure, met = f"not reached (stopped at {steps[-1]['rate']} msg/s)", False
-        rows.append({"target": f"zero loss at {RATE_TARGET} msg/s through one session",
-                     "figure": figure, "met": met})  # fmt: skip
+            figure, met = f"not reached in {len(tput_runs) - len(at_rate)} repeat(s)", False
+        rows.append({"target": f"{RATE_TARGET} msg/s through one session: zero loss and"
+                     " p99 < 50 ms", "figure": figure, "met": met})  # fmt: skip
     foot = results.get("footprint") or {}
     lkb_f = {r["sessions"]: r for r in foot.get("lkbridge") or [] if "sessions" in r}
     base_f = {r["sessions"]: r for r in foot.get("baseline") or [] if "sessions" in r}
@@ -245,7 +258,27 @@ def sections(results: dict[str, Any], *, markdown: bool = False) -> list[tuple[s
     if results.get("startup"):
         out.append(("5. start-up: process start → READY=1",
                     startup_table(results["startup"], markdown=markdown)))  # fmt: skip
-    out.append(("targets", targets_table(results, markdown=markdown)))
+    fs = results.get("fsyncs") or {}
+    if fs:
+        rows = []
+        for name in TARGETS:
+            d = fs.get(name)
+            if d:
+                t, s = d["transcription"], d["send"]
+                rows.append([name, t["chunks"], t["finals"], t["fsyncs"], fmt(t["fsyncs_per_chunk"], 3),
+                             s["sends"], s["fsyncs"], fmt(s["fsyncs_per_send"], 3)])  # fmt: skip
+        out.append(("7. fsyncs per message (strace, untimed pass on the SD-card stand-in)", table(
+            ["target", "chunks", "of which finals", "fsyncs", "per chunk", "sends", "fsyncs",
+             "per send"], rows, markdown=markdown)))  # fmt: skip
+    out.append(("targets (issue 7)", targets_table(results, markdown=markdown)))
+    if markdown:
+        out.append(("targets (issue 13), judged on the median of repeats", targets_markdown(results)))
+    else:
+        rows = [[r["figure"], r["target"], r["measured"],
+                 "—" if r["met"] is None else ("met" if r["met"] else "MISSED")]
+                for r in targets(results)]  # fmt: skip
+        out.append(("targets (issue 13), judged on the median of repeats",
+                    table(["figure", "target", "measured", "verdict"], rows)))  # fmt: skip
     return out
 
 
@@ -288,7 +321,7 @@ def charts(results: dict[str, Any], prefix: Path) -> list[Path]:
         for ax, key in zip(axes, latency_keys, strict=True):
             pcts = ["p50", "p90", "p99", "max"]
             for offset, name in ((-0.2, "lkbridge"), (0.2, "baseline")):
-                d = results[key].get(name)
+                d = folded(results[key].get(name))
                 if not d:
                     continue
                 values = [d[p] for p in pcts]
@@ -299,7 +332,8 @@ def charts(results: dict[str, Any], prefix: Path) -> list[Path]:
             ax.set_ylabel("ms")
             ax.set_title(LATENCIES[key].split(" ", 1)[1], fontsize=10)
             ax.legend()
-        fig.suptitle(f"latency, one message at a time — {results['run']}", fontsize=10)
+        fig.suptitle(f"latency, one message at a time, median of repeats — {results['run']}",
+                     fontsize=10)  # fmt: skip
         fig.tight_layout()
         written.append(_save(fig, prefix, "latency"))
     foot = results.get("footprint") or {}
@@ -329,10 +363,12 @@ def charts(results: dict[str, Any], prefix: Path) -> list[Path]:
     if any(tput.get(n) for n in TARGETS):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for name in TARGETS:
-            steps = (tput.get(name) or {}).get("steps", [])
-            if steps:
-                ax.plot([s["rate"] for s in steps], [s["p99"] for s in steps], "o-",
-                        color=colors[name], label=f"{name} p99")  # fmt: skip
+            for repeat, result in enumerate(runs(tput.get(name))):
+                steps = result.get("steps", [])
+                if not steps:
+                    continue
+                ax.plot([s["rate"] for s in steps], [s["p99"] for s in steps], "o-", alpha=0.7,
+                        color=colors[name], label=f"{name} p99" if repeat == 0 else None)  # fmt: skip
                 lossy = [s for s in steps if s["lost"]]
                 ax.plot([s["rate"] for s in lossy], [s["p99"] for s in lossy], "x", ms=12,
                         color="red", label=f"{name}: messages lost" if lossy else None)  # fmt: skip

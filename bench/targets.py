@@ -111,10 +111,11 @@ def _spawn(
 
 async def launch(
     name: str, stack: Stack, count: int, work_dir: Path, notify: NotifyListener,
-    *, ready_timeout: float = 60.0, profile: bool = False,
+    *, ready_timeout: float = 60.0, profile: bool = False, state_root: Path | None = None,
 ) -> Launched:  # fmt: skip
     """Start target `name` with `count` sessions and wait for its READY=1.
 
+    `state_root`: where lkbridge's state directory goes (the SD-card stand-in).
     With `profile`, it runs under pyinstrument (bench/profiled.py), which writes
     `profile.pyisession` in its run directory when it exits.
     """
@@ -125,7 +126,8 @@ async def launch(
     env = {**os.environ, "NOTIFY_SOCKET": notify.path}
     if name == "lkbridge":
         config = run_dir / "config.toml"
-        config.write_text(daemon_config(stack, base, count, run_dir / "state"))
+        state = (state_root / base) if state_root is not None else run_dir / "state"
+        config.write_text(daemon_config(stack, base, count, state))
         env[SECRET_ENV] = stack.server.api_secret
         cmd = [sys.executable, "-m", "lkbridge", "run", "-c", str(config)]
     elif name == "baseline":

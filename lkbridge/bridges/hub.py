@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -14,6 +14,10 @@ from lkbridge.messages import ReceivedMessage
 
 class HubError(LkbridgeError):
     """A command could not be carried out; the message is a clear sentence for the requester."""
+
+
+class Expired(HubError):
+    """The command's message expiry ran out before it could be carried out."""
 
 
 class UnknownSession(HubError):
@@ -259,6 +263,24 @@ class HubEvent:
 
 HubListener = Callable[[HubEvent], None]
 
+INTENT_KINDS = ("send", "start", "end", "dismiss_error")
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A send or command a bridge received, to be journaled and carried out later, in order."""
+
+    session_id: str
+    kind: str  # one of INTENT_KINDS
+    text: str | None = None  # send
+    send_id: str | None = None  # send: the idempotency id, if any
+    expires_at: float | None = None  # wall clock (time.time()); None: never expires
+    digest: bytes | None = None  # identifies the received message (see Hub.journaled)
+
+    def __post_init__(self) -> None:
+        if self.kind not in INTENT_KINDS:
+            raise ValueError(f"unknown intent kind {self.kind!r}")
+
 
 class Hub(Protocol):
     """What a bridge may use. Every command raises HubError (or UnknownSession) with a clear text."""
@@ -304,6 +326,35 @@ class Hub(Protocol):
 
         conversation_id (e.g. Home Assistant's) is recorded on the message events of the
         agent's reply to this text. Returns {"id", "timestamp", "text", "duplicate": bool}.
+        """
+        ...
+
+    def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
+        """Store intents (one commit, which a killed process keeps) before the bridge carries
+        them out; the bridge acknowledges their messages once `durable()` returned.
+
+        Returns, per intent, its journal sequence number, or why it was refused at once.
+        """
+        ...
+
+    async def durable(self) -> None:
+        """Return once everything journaled so far is on disk (fsynced); HubError if it failed."""
+        ...
+
+    def drop(self, seq: int) -> None:
+        """Mark a journaled intent done without carrying it out (it was answered otherwise)."""
+        ...
+
+    def journaled(self, digest: bytes) -> bool:
+        """Whether a message with this digest is in the journal (a redelivery, not a new one)."""
+        ...
+
+    async def carry_out(self, seq: int, intent: Intent) -> Awaitable[dict[str, Any]]:
+        """Carry out a journaled intent, after the earlier ones of its session.
+
+        Returns once a send is queued for the agent (its answer is the awaitable: the next one
+        need not wait for it), or once a command is done. Failures (HubError, Expired) are
+        raised by the awaitable. The journal entry is marked carried out in every case.
         """
         ...
 

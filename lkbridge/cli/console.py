@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, TextIO
 
 from lkbridge.cli.clients import BridgeClient, ClientError, Target, decode_json, printable
@@ -38,8 +38,11 @@ class TranscriptPrinter:
         self._unfinished: tuple[str, str, str, str] | None = None  # (id, label, session, text)
         self._own = Counter[str]()  # texts we sent, whose loopback user_input is not shown
         self._last_state: tuple[Any, ...] | None = None
-        self.reply_done = asyncio.Event()
+        self.reply_done = asyncio.Event()  # set while no text of ours awaits its answer
         self.reply_done.set()
+        self._unknown = 0  # texts of ours being sent, whose message id the daemon has not said
+        self._awaited: set[str] = set()  # message ids of ours awaiting their answer
+        self._settled: deque[str] = deque(maxlen=256)  # ids answered before we knew them
 
     def _label(self, name: str, session: str = "") -> str:
         text = f"{session}/{name}" if self.session_label and session else name
@@ -75,7 +78,32 @@ class TranscriptPrinter:
     def expect_own(self, text: str) -> None:
         """We are sending text: its loopback event is not printed, and an answer is awaited."""
         self._own[text] += 1
+        self._unknown += 1
         self.reply_done.clear()
+
+    def sent(self, message_id: str | None) -> None:
+        """The daemon sent our text as message_id (None: it was not sent): its answer is the
+        agent transcript whose reply_to is that id, or an `unanswered` event for it."""
+        self._unknown = max(self._unknown - 1, 0)
+        if message_id is not None and message_id not in self._settled:
+            self._awaited.add(message_id)
+        self._check_done()
+
+    def unanswered(self, event: dict[str, Any]) -> None:
+        """The daemon's `unanswered` event: say so if it is about a text of ours."""
+        message_id = str(event.get("id"))
+        if message_id in self._awaited:
+            self.note(f"no answer to your message: {printable(str(event.get('reason')))}")
+        self._settle(message_id)
+
+    def _settle(self, message_id: str) -> None:
+        self._settled.append(message_id)
+        self._awaited.discard(message_id)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if not self._awaited and not self._unknown:
+            self.reply_done.set()
 
     def note(self, text: str) -> None:
         text = printable(text)
@@ -98,7 +126,12 @@ class TranscriptPrinter:
                 return
             final = True
         if kind == "agent_transcript" and final:
-            self.reply_done.set()
+            if "reply_to" in event:  # an answer to the message with that id (maybe not ours)
+                self._settle(str(event.get("reply_to")))
+            else:  # a daemon that does not tie answers to questions: any answer will do
+                self._awaited.clear()
+                self._unknown = 0
+                self.reply_done.set()
         if not self.tty:
             self._plain(msg_id, label, session, text, final)
             return
@@ -174,6 +207,11 @@ def listen(client: BridgeClient, printer: TranscriptPrinter, session: str = "+")
         if isinstance(event, dict) and not msg.retain:
             printer.message(event)
 
+    def on_event(msg: IncomingMessage) -> None:
+        event = decode_json(msg.payload)
+        if isinstance(event, dict) and event.get("event") == "unanswered" and not msg.retain:
+            printer.unanswered(event)
+
     def on_state(msg: IncomingMessage) -> None:
         snapshot = decode_json(msg.payload)
         if isinstance(snapshot, dict) and msg.topic != target.topic("bridge", "state"):
@@ -181,7 +219,9 @@ def listen(client: BridgeClient, printer: TranscriptPrinter, session: str = "+")
 
     client.on(target.topic(session, "message"), on_message)
     client.on(target.topic(session, "state"), on_state)
-    return [target.topic(session, "state"), target.topic(session, "message")]
+    client.on(target.topic(session, "event"), on_event)
+    return [target.topic(session, "state"), target.topic(session, "message"),
+            target.topic(session, "event")]
 
 
 async def first_done(*coros: Any, timeout: float | None = None) -> asyncio.Future[Any] | None:
@@ -211,9 +251,13 @@ async def converse(client: BridgeClient, session: str, printer: TranscriptPrinte
             continue
         printer.expect_own(line)
         answer = await client.request("session/send", {"session": session, "text": line})
-        if answer.get("status") != "ok":
-            printer.reply_done.set()
+        data = answer.get("data")
+        sent_id = data.get("id") if isinstance(data, dict) else None
+        if answer.get("status") != "ok" or not isinstance(sent_id, str):
+            printer.sent(None)
             printer.note(f"not sent: {answer.get('error')}")
+        else:
+            printer.sent(sent_id)
     # End of input: let an answer that is still coming finish.
     await first_done(printer.reply_done.wait(), stop.wait(), timeout=REPLY_GRACE)
 

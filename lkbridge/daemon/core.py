@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +23,7 @@ from lkbridge.bridges.hub import (
     HubEvent,
     HubEventKind,
     HubListener,
+    Intent,
     MessageEvent,
     ReloadResult,
     SessionChange,
@@ -40,8 +41,11 @@ from lkbridge.daemon import systemd
 from lkbridge.daemon.assembly import build_session
 from lkbridge.daemon.bridges import BridgeFailed, enter_bridges, no_bridge_refusal, wait_ready
 from lkbridge.daemon.changes import ConfigChanges
+from lkbridge.daemon.intents import Intents
+from lkbridge.daemon.journal import Journal
 from lkbridge.daemon.runner import SessionRunner
 from lkbridge.daemon.state import HistoryOpening, open_history
+from lkbridge.daemon.store import StoreError
 from lkbridge.log import get_logger, redact_text
 from lkbridge.messages import ReceivedMessage, utcnow
 from lkbridge.plugins.host import PluginHost, load_plugins
@@ -84,6 +88,7 @@ class Daemon:
             self.config.state.directory, history_limit=self.config.state.history_limit
         )
         self.store = self.history_opening.store
+        self.intents = Intents(self, Journal(self.store))
         self._startup_notices.extend(self.history_opening.notices)
         self.reload_error: str | None = None  # the last reload's failure, until one succeeds
         self.runners: dict[str, SessionRunner] = {}
@@ -199,6 +204,39 @@ class Daemon:
         if not self._accepting:
             raise HubError("lkbridge is shutting down")
 
+    check_accepting = _check_accepting
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def runner(self, session_id: str) -> SessionRunner:
+        """The session's runner; HubError (UnknownSession) when there is none."""
+        return self._runner(session_id)
+
+    def emit(self, event: HubEvent) -> None:
+        self._emit(event)
+
+    # -- hub: journaled intents (daemon/intents.py) ----------------------------------------
+
+    def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
+        return self.intents.add(intents)
+
+    async def durable(self) -> None:
+        try:
+            await self.store.durable()
+        except StoreError as exc:
+            raise HubError(str(exc)) from exc
+
+    def drop(self, seq: int) -> None:
+        self.intents.finish(seq)
+
+    def journaled(self, digest: bytes) -> bool:
+        return self.intents.has(digest)
+
+    async def carry_out(self, seq: int, intent: Intent) -> Awaitable[Any]:
+        return await self.intents.carry_out(seq, intent)
+
     async def start_session(self, session_id: str) -> SessionSnapshot:
         self._check_accepting()
         if session_id in self.broken and session_id in self.config.sessions:
@@ -288,7 +326,10 @@ class Daemon:
             self._emit(HubEvent(HubEventKind.ERROR, cfg.id, self.current_error(cfg.id)))
             return
         self.broken.pop(cfg.id, None)
-        runner = SessionRunner(cfg, session, self.store, self._emit, backoff=Backoff(*self._backoff))
+        runner = SessionRunner(
+            cfg, session, self.store, self._emit, backoff=Backoff(*self._backoff),
+            journal=self.intents.journal,
+        )  # fmt: skip
         self.runners[cfg.id] = runner
         restored = runner.restore_from_store()
         log.info("session_added", session=cfg.id, restored_messages=restored)
@@ -354,6 +395,7 @@ class Daemon:
             return 1
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)
+            unfinished = self.intents.pending()  # before a bridge journals anything new
             try:
                 bridges = await enter_bridges(stack, self, self.plugins, self.config)
             except BridgeFailed as exc:
@@ -372,6 +414,8 @@ class Daemon:
                 self._add_runner(cfg)
             for sid in list(self.runners):
                 self._launch(sid)
+            # What a previous run acknowledged but did not finish, before anything new.
+            self.intents.replay(unfinished)
             # READY once the bridges are up too (bounded: a broker outage is a status, not a
             # reason to hold back start-up).
             await wait_ready(bridges, self.bridge_ready_timeout)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -20,9 +20,10 @@ from lkbridge.bridges.hub import (
     SessionSnapshot,
 )
 from lkbridge.config.models import SessionConfig
+from lkbridge.daemon.journal import Journal
 from lkbridge.daemon.store import MessageStore, StoreError
 from lkbridge.log import get_logger, redact_text
-from lkbridge.messages import ReceivedMessage, utcnow
+from lkbridge.messages import ReceivedMessage, SentMessage, utcnow
 from lkbridge.session.agent import AgentFailure
 from lkbridge.session.core import Session
 from lkbridge.session.events import (
@@ -78,10 +79,13 @@ class SessionRunner:
         *,
         backoff: Backoff | None = None,
         stable_after: float = 30.0,
+        journal: Journal | None = None,
     ) -> None:
         self.cfg = cfg
         self.session = session
         self.store = store
+        self.journal = journal or Journal(store)
+        self._admission = asyncio.Lock()  # FIFO: sends enter the session's outbox in order
         self._emit = emit
         self.backoff = backoff or Backoff()
         self.stable_after = stable_after
@@ -321,24 +325,58 @@ class SessionRunner:
         The answer always has id, timestamp, text, duplicate and send_id; for a duplicate whose
         first answer is no longer remembered (e.g. after a restart) id and timestamp are None.
         """
-        await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
-        if send_id is not None:
+        return await (await self.submit(text, send_id, conversation_id=conversation_id))
+
+    async def submit(
+        self, text: str, send_id: str | None, *, seq: int | None = None,
+        conversation_id: str | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:  # fmt: skip
+        """Queue a send behind the earlier ones and return the future of its answer (send()).
+
+        Returns as soon as the text is in the session's outbox, so the next send can be queued
+        while this one is delivered (pipelined; the outbox keeps the order on the wire). `seq`
+        is its journal entry: marked carried out the moment the agent's transport has the text
+        (with the send id, in one transaction), or once the send failed.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._admission:
+            await self._wait_until_not_disconnected(self.cfg.agent_connect_timeout)
             # Memory first: the store may be failing (a full disk) and must not be the only
             # record, or a repeated id would be carried out again.
-            if send_id in self._inflight_sends or send_id in self._answers or self._stored(send_id):
+            if send_id is not None and (
+                send_id in self._inflight_sends or send_id in self._answers
+                or self._stored(send_id)
+            ):
+                self._finish(seq, None)
                 first = self._answers.get(send_id)
                 if first is None:
                     first = {"id": None, "timestamp": None, "text": text, "send_id": send_id}
-                return first | {"duplicate": True}
-            self._inflight_sends.add(send_id)
-        self._sending += 1
+                done: asyncio.Future[dict[str, Any]] = loop.create_future()
+                done.set_result(first | {"duplicate": True})
+                return done
+            if send_id is not None:
+                self._inflight_sends.add(send_id)
+            # Pipelined, but bounded: wait for room rather than fail with a full queue.
+            await self.session.wait_send_room()
+            waiting = self.session.queue_text(
+                text, on_delivered=lambda message: self._finish(seq, send_id, message)
+            )
+            self._sending += 1
+        answer = self._answer(waiting, send_id, seq, conversation_id)
+        return loop.create_task(answer, name=f"send-{self.id}")
+
+    async def _answer(
+        self, waiting: Awaitable[SentMessage | None], send_id: str | None, seq: int | None,
+        conversation_id: str | None,
+    ) -> dict[str, Any]:  # fmt: skip
         try:
-            sent = await self.session.send_text(text)
+            sent = await waiting
         finally:
             self._sending -= 1
             if send_id is not None:
                 self._inflight_sends.discard(send_id)
         if sent is None:
+            self._finish(seq, None)  # answered with a refusal (send_failed): done with it
             error = self.error_data()
             raise HubError(error.message if error is not None else "the message was not sent")
         answer = sent.to_dict() | {"send_id": send_id}
@@ -349,11 +387,23 @@ class SessionRunner:
                 del self._conversations[next(iter(self._conversations))]
             answer["conversation_id"] = conversation_id
         if send_id is not None:
-            try:
-                self.store.remember_send_id(self.id, send_id)
-            except StoreError as exc:
-                self._log.error("send_id_not_saved", error=str(exc))
             self._answers[send_id] = answer
             while len(self._answers) > ANSWERS_KEPT:
                 del self._answers[next(iter(self._answers))]
         return answer | {"duplicate": False}
+
+    def _finish(
+        self, seq: int | None, send_id: str | None, sent: SentMessage | None = None
+    ) -> None:
+        """Journal entry carried out (the send id remembered and the sent text stored with it,
+        in one transaction); never raises."""
+        try:
+            if seq:  # 0: carried out without a journal entry (the disk was failing)
+                record = (self.id, sent.as_received()) if sent is not None else None
+                self.journal.finish(
+                    seq, send_id=(self.id, send_id) if send_id else None, sent=record
+                )
+            elif send_id is not None:
+                self.store.remember_send_id(self.id, send_id)
+        except StoreError as exc:
+            self._log.error("send_id_not_saved", error=str(exc))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -11,12 +11,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from lkbridge.daemon.clock import SteadyClock
+from lkbridge.daemon.syncer import WalSyncer
 from lkbridge.messages import MessageType, ReceivedMessage
 
 __all__ = ["DATABASE_NAME", "MessageStore", "StoreError"]
 
 DATABASE_NAME = "lkbridge.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -38,11 +40,27 @@ CREATE TABLE IF NOT EXISTS send_ids (
     PRIMARY KEY (session_id, send_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS send_ids_by_time ON send_ids (session_id, accepted_at);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT,
+    send_id TEXT,
+    expires_at REAL,
+    digest BLOB,
+    received_at REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS journal_by_digest ON journal (digest);
+CREATE INDEX IF NOT EXISTS journal_pending ON journal (done, seq);
 """
 
 _MIGRATIONS = {
     # version 1 -> 2: agent replies say which user_input they answer
     2: "ALTER TABLE messages ADD COLUMN reply_to TEXT",
+    # version 2 -> 3: the command journal (its tables come with _SCHEMA, which always runs;
+    # the version keeps an older lkbridge, which would not replay it, from opening the file)
+    3: "SELECT 1",
 }
 
 
@@ -73,8 +91,13 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
 class MessageStore:
     """Message history per session (first-arrival order, bounded) and accepted send ids.
 
-    Durability contract: a write returns only after SQLite committed it (WAL, and
-    synchronous=FULL by default, so it survives power loss too, not only a killed process).
+    Durability contract (WAL, synchronous=NORMAL): every write returns only after SQLite
+    committed it, so a killed process (`kill -9`) never loses it. A *durable* write (final
+    messages, history replacements, journal entries) also asks for an fsync of the WAL, made in
+    a worker thread (WalSyncer: one fsync for every burst of requests, never on the event
+    loop); `durable()` waits for it, after which everything committed before survives a power
+    cut too. Growing (partial) transcript updates never ask for one. `synchronous="FULL"`
+    makes SQLite fsync every commit inline instead.
     Callers must store a message *before* publishing it; then a `kill -9` at any moment never
     loses anything that was already published.
 
@@ -89,7 +112,7 @@ class MessageStore:
         history_limit: int = 1000,
         send_id_limit: int = 10_000,
         send_id_ttl: float = 7 * 24 * 3600.0,
-        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         verify: bool = False,
     ) -> None:
         if history_limit < 0 or send_id_limit < 1 or send_id_ttl <= 0:
@@ -100,6 +123,10 @@ class MessageStore:
         self.history_limit = history_limit
         self.send_id_limit = send_id_limit
         self.send_id_ttl = send_id_ttl
+        self.synchronous = synchronous
+        self.syncer = WalSyncer(Path(f"{self.path}-wal"))
+        self._last_sync: asyncio.Future[None] | None = None
+        self._clock: SteadyClock | None = None  # send-id times (see _send_id_now)
         self.in_memory = str(path) == ":memory:"
         self.write_error: str | None = None  # the last write's failure, until one succeeds
         try:
@@ -123,7 +150,7 @@ class MessageStore:
             if not self.in_memory:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
-            with self._transaction() as db:
+            with self.transaction() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise StoreError(
@@ -190,7 +217,12 @@ class MessageStore:
         return self._db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; `durable` asks the syncer for an fsync after COMMIT.
+
+        With an event loop running the fsync happens in the syncer's thread (`durable()` waits
+        for it); without one, inline before this returns.
+        """
         db = self._conn()
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -208,8 +240,23 @@ class MessageStore:
             self.write_error = str(exc)
             raise StoreError(f"history database {self.path}: {exc}", corrupt=_is_corrupt(exc)) from exc
         self.write_error = None
+        if durable and self.synchronous != "FULL" and not self.in_memory:
+            synced = self.syncer.request()
+            if synced is not None:
+                synced.add_done_callback(_retrieve)
+            self._last_sync = synced
 
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+    async def durable(self) -> None:
+        """Wait until every durable write made so far is on disk (raises StoreError if not)."""
+        synced = self._last_sync
+        if synced is None:
+            return
+        try:
+            await asyncio.shield(synced)
+        except OSError as exc:
+            raise StoreError(f"history database {self.path}: fsync failed: {exc}") from exc
+
+    def read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -217,7 +264,7 @@ class MessageStore:
 
     @property
     def journal_mode(self) -> str:
-        return str(self._read("PRAGMA journal_mode", ())[0][0])
+        return str(self.read("PRAGMA journal_mode", ())[0][0])
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -226,10 +273,11 @@ class MessageStore:
         self.upsert_many(session_id, (message,))
 
     def upsert_many(self, session_id: str, messages: Iterable[ReceivedMessage]) -> None:
-        """Upsert several messages in one transaction, in order."""
-        with self._transaction() as db:
+        """Upsert several messages in one transaction, in order (durable if any is final)."""
+        batch = list(messages)
+        with self.transaction(durable=any(m.final for m in batch)) as db:
             inserted = False
-            for message in messages:
+            for message in batch:
                 inserted |= _upsert(db, session_id, message)
             if inserted:
                 self._evict(db, session_id)
@@ -247,7 +295,7 @@ class MessageStore:
 
     def load(self, session_id: str) -> list[ReceivedMessage]:
         """The session's history in first-arrival order (at most history_limit, newest kept)."""
-        rows = self._read(
+        rows = self.read(
             "SELECT id, timestamp, type, text, final, reply_to FROM ("
             " SELECT * FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?"
             ") ORDER BY seq",
@@ -272,7 +320,7 @@ class MessageStore:
 
     def replace(self, session_id: str, messages: Iterable[ReceivedMessage]) -> None:
         """Make the session's history exactly these messages (restore); later ids win."""
-        with self._transaction() as db:
+        with self.transaction(durable=True) as db:
             db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             for message in messages:
                 _upsert(db, session_id, message)
@@ -280,28 +328,39 @@ class MessageStore:
 
     def count(self, session_id: str) -> int:
         """How many messages are stored for the session."""
-        rows = self._read("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
+        rows = self.read("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
         return int(str(rows[0][0]))
 
     def session_ids(self) -> list[str]:
         """Sessions that have stored messages or send ids."""
-        rows = self._read(
+        rows = self.read(
             "SELECT session_id FROM messages UNION SELECT session_id FROM send_ids ORDER BY 1", ()
         )
         return [str(row[0]) for row in rows]
 
     def delete_session(self, session_id: str) -> None:
-        """Forget everything stored for a session."""
-        with self._transaction() as db:
+        """Forget everything stored for a session (its unfinished journal entries too)."""
+        with self.transaction(durable=True) as db:
             db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM send_ids WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM journal WHERE session_id = ?", (session_id,))
 
     # -- idempotent sends -------------------------------------------------------------------
 
+    def _send_id_now(self) -> float:
+        """The time send ids are stamped and expired by: a SteadyClock, so wall-clock jumps
+        while the daemon runs neither expire ids early nor keep them, and never below the
+        newest stamp already stored, so a clock set back between runs cannot make new ids
+        look older than old ones (the per-session limit drops the oldest first)."""
+        if self._clock is None:
+            newest = self.read("SELECT MAX(accepted_at) FROM send_ids", ())[0][0]
+            self._clock = SteadyClock(floor=float(newest) if isinstance(newest, int | float) else 0.0)
+        return self._clock.now()
+
     def seen_send_id(self, session_id: str, send_id: str, *, now: float | None = None) -> bool:
         """Whether a send with this id was already accepted (within the TTL)."""
-        cutoff = (time.time() if now is None else now) - self.send_id_ttl
-        rows = self._read(
+        cutoff = (self._send_id_now() if now is None else now) - self.send_id_ttl
+        rows = self.read(
             "SELECT 1 FROM send_ids WHERE session_id = ? AND send_id = ? AND accepted_at > ?",
             (session_id, send_id, cutoff),
         )
@@ -312,32 +371,43 @@ class MessageStore:
 
         Keeps at most send_id_limit ids per session and none older than send_id_ttl.
         """
-        at = time.time() if now is None else now
-        with self._transaction() as db:
-            db.execute(
-                "DELETE FROM send_ids WHERE session_id = ? AND accepted_at <= ?",
-                (session_id, at - self.send_id_ttl),
-            )
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO send_ids (session_id, send_id, accepted_at)"
-                " VALUES (?, ?, ?)",
-                (session_id, send_id, at),
-            )
-            if cursor.rowcount == 0:
-                return False
-            db.execute(
-                "DELETE FROM send_ids WHERE session_id = ? AND send_id IN ("
-                " SELECT send_id FROM send_ids WHERE session_id = ?"
-                " ORDER BY accepted_at DESC LIMIT -1 OFFSET ?)",
-                (session_id, session_id, self.send_id_limit),
-            )
-            return True
+        with self.transaction() as db:
+            return self.remember_send_id_in(db, session_id, send_id, now=now)
+
+    def upsert_in(self, db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> None:
+        """upsert() inside a transaction the caller holds (see journal.py)."""
+        if _upsert(db, session_id, message):
+            self._evict(db, session_id)
+
+    def remember_send_id_in(
+        self, db: sqlite3.Connection, session_id: str, send_id: str, *, now: float | None = None
+    ) -> bool:
+        """remember_send_id() inside a transaction the caller holds (see journal.py)."""
+        at = self._send_id_now() if now is None else now
+        db.execute(
+            "DELETE FROM send_ids WHERE session_id = ? AND accepted_at <= ?",
+            (session_id, at - self.send_id_ttl),
+        )
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO send_ids (session_id, send_id, accepted_at)"
+            " VALUES (?, ?, ?)",
+            (session_id, send_id, at),
+        )
+        if cursor.rowcount == 0:
+            return False
+        db.execute(
+            "DELETE FROM send_ids WHERE session_id = ? AND send_id IN ("
+            " SELECT send_id FROM send_ids WHERE session_id = ?"
+            " ORDER BY accepted_at DESC LIMIT -1 OFFSET ?)",
+            (session_id, session_id, self.send_id_limit),
+        )
+        return True
 
     # -- maintenance ------------------------------------------------------------------------
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity check: an empty list when the database is sound."""
-        rows = self._read("PRAGMA integrity_check", ())
+        rows = self.read("PRAGMA integrity_check", ())
         problems = [str(row[0]) for row in rows]
         return [] if problems == ["ok"] else problems
 
@@ -346,6 +416,7 @@ class MessageStore:
         db, self._db = self._db, None
         if db is None:
             return
+        self.syncer.close()
         try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -367,6 +438,12 @@ class MessageStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a sync's outcome seen (the syncer logs failures; durable() raises them)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _upsert(db: sqlite3.Connection, session_id: str, message: ReceivedMessage) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -64,6 +65,14 @@ log = get_logger(__name__)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the reconnect backoff
 
 
+@dataclass
+class _PendingAck:
+    gen: int
+    mid: int
+    qos: int
+    done: bool = False
+
+
 class MqttClient:
     """An MQTT connection that lives on the asyncio loop and reconnects forever.
 
@@ -88,6 +97,9 @@ class MqttClient:
         self._where = f"{s.host}:{s.port}"
         self._outbox = PublishQueue(s.queue_limit)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
+        self._acks: dict[int, _PendingAck] = {}  # manual_ack: received, in order of receipt
+        self._ack_seq = 0
+        self.stale_acks = 0  # acknowledgements not sent: their connection was gone
         self._window = s.max_inflight
         self._inbox = Inbox(s.incoming_limit)
         self._connect_hooks: Hooks[ConnectInfo] = Hooks()
@@ -112,6 +124,7 @@ class MqttClient:
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             reconnect_on_failure=False,
+            manual_ack=s.manual_ack,
             clean_session=None if self._v5 else not self._persistent,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
         )
@@ -124,7 +137,7 @@ class MqttClient:
         client.on_disconnect = lambda _c, _u, flags, rc, _p: self._io.post(
             self._handle_disconnect, self._gen, flags.is_disconnect_packet_from_server, rc
         )
-        client.on_message = lambda _c, _u, msg: self._io.post(self._handle_message, msg)
+        client.on_message = lambda _c, _u, msg: self._io.post(self._handle_message, self._gen, msg)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._io.post(self._handle_puback, mid, rc)
         client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._io.post(self._subs.suback, mid, rcs)
         client.on_socket_close = lambda _c, _u, sock: self._io.now(self._io.detach, sock.fileno())
@@ -268,6 +281,35 @@ class MqttClient:
         async for msg in self._inbox:
             yield msg
 
+    async def batches(self, limit: int = 256) -> AsyncIterator[list[IncomingMessage]]:
+        """As messages(), but everything already waiting at once (at most `limit` a batch)."""
+        async for batch in self._inbox.batches(limit):
+            yield batch
+
+    def ack(self, message: IncomingMessage) -> None:
+        """With `manual_ack`: acknowledge a received QoS>0 message (no-op for the others).
+
+        PUBACKs go out in the order the messages arrived (MQTT requires it): an early message
+        not yet acknowledged holds back the later ones. An acknowledgement for a message of an
+        earlier connection is never sent (its packet id may mean another message now); the
+        broker delivers that message again, with the DUP flag, after the reconnect.
+        """
+        pending = self._acks.get(message.ack_key)
+        if pending is None:
+            if message.ack_key:
+                self.stale_acks += 1
+            return
+        pending.done = True
+        while self._acks:
+            key, head = next(iter(self._acks.items()))
+            if not head.done:
+                break
+            del self._acks[key]
+            if head.gen == self._gen and self._connected:
+                self._paho.ack(head.mid, head.qos)
+            else:
+                self.stale_acks += 1
+
     async def _drain(self, timeout: float) -> None:
         """Wait for the outbox to empty and the acknowledgements, unless the connection goes."""
         idle = asyncio.create_task(self._idle.wait(), name="mqtt-close-idle")
@@ -390,6 +432,7 @@ class MqttClient:
             fut.set_exception(MqttError(f"{self._where} refused the connection: {rc}", rc.value))
             return
         receive_max = getattr(props, "ReceiveMaximum", None) or self._settings.max_inflight
+        self._drop_pending_acks()
         self._window = min(self._settings.max_inflight, receive_max)
         self._subs.resend(self._io.loop)
         self._connected = True
@@ -420,15 +463,24 @@ class MqttClient:
             reason = "connection lost" if str(rc) == "Unspecified error" else str(rc)
         self._disconnect_reason = reason
         self._connected = False
+        self._drop_pending_acks()
         self._up.clear()
         if (fut := self._connack) is not None and not fut.done():
             fut.set_exception(MqttError(f"{self._where} closed the connection: {reason}"))
         self._subs.connection_lost()
         self._lost.set()
 
-    def _handle_message(self, msg: paho.MQTTMessage) -> None:
-        if not self._inbox.put(incoming_message(msg)):
+    def _handle_message(self, gen: int, msg: paho.MQTTMessage) -> None:
+        key = 0
+        if self._settings.manual_ack and msg.qos > 0 and gen == self._gen and self._connected:
+            self._ack_seq += 1
+            key = self._ack_seq
+        if not self._inbox.put(incoming_message(msg, key)):
+            # Not acknowledged either: the broker delivers it again after the next reconnect.
             self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=self._inbox.dropped)
+            return
+        if key:
+            self._acks[key] = _PendingAck(gen, msg.mid, msg.qos)
 
     def _handle_puback(self, mid: int, rc: ReasonCode) -> None:
         topic = self._unacked.pop(mid, None)
@@ -437,6 +489,12 @@ class MqttClient:
         self._pump()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _drop_pending_acks(self) -> None:
+        """Forget acknowledgements owed on a connection that is gone (see ack())."""
+        if self._acks:
+            self.stale_acks += sum(1 for p in self._acks.values() if p.done)
+            self._acks.clear()
 
     def _pump(self) -> None:
         """Hand outbox messages to paho, in order, while connected and the window has room."""

@@ -41,8 +41,9 @@ def publish_properties(props: PublishProperties, expiry_left: int | None) -> Pro
     return out
 
 
-def incoming_message(msg: paho.MQTTMessage) -> IncomingMessage:
-    """A received paho message as ours (properties flattened, bytes copied)."""
+def incoming_message(msg: paho.MQTTMessage, ack_key: int = 0) -> IncomingMessage:
+    """A received paho message as ours (properties flattened, bytes copied); `ack_key` is what
+    MqttClient.ack() takes for it (0: nothing to acknowledge)."""
     props = getattr(msg, "properties", None)
 
     def get(name: str) -> Any:
@@ -59,6 +60,8 @@ def incoming_message(msg: paho.MQTTMessage) -> IncomingMessage:
         message_expiry_interval=get("MessageExpiryInterval"),
         content_type=get("ContentType"),
         user_properties=tuple((str(k), str(v)) for k, v in get("UserProperty") or ()),
+        dup=bool(msg.dup),
+        ack_key=ack_key,
     )
 
 
@@ -104,6 +107,8 @@ def configure(client: PahoClient, s: MqttSettings, *, v5: bool, persistent: bool
     if v5:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry if persistent else 0
+        if s.manual_ack:  # the broker never has more unacknowledged messages out to us
+            props.ReceiveMaximum = min(65535, s.incoming_limit)
     clean_start = not persistent if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
     client.connect_async(s.host, s.port, s.keepalive, clean_start=clean_start, properties=props)
 

@@ -85,6 +85,7 @@ class MqttSettings:
     connect_timeout: float = 5.0
     persistent_session: bool = True  # only with a client_id; see MqttClient's docstring
     session_expiry: int = 600  # v5: seconds the broker keeps our session while we are away
+    manual_ack: bool = False  # QoS>0 messages are acknowledged by ack(), not on receipt
 
     def __post_init__(self) -> None:
         if self.protocol not in ("5", "3.1.1"):
@@ -112,6 +113,8 @@ class IncomingMessage:
     content_type: str | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     received_at: float = field(default_factory=time.monotonic)  # time.monotonic() clock
+    dup: bool = False  # the broker delivers it again (it had no acknowledgement from us)
+    ack_key: int = 0  # with manual_ack: what MqttClient.ack() takes (0: nothing to acknowledge)
 
     def expired(self, now: float | None = None) -> bool:
         """True once the message expiry interval has run out since the message arrived."""
@@ -313,6 +316,20 @@ class Inbox:
         while (item := await self._queue.get()) is not None:
             yield item
         self._queue.put_nowait(None)  # so any other reader ends too
+
+    async def batches(self, limit: int) -> AsyncIterator[list[IncomingMessage]]:
+        """What is waiting, in order, as lists of at most `limit` (at least one each)."""
+        while (item := await self._queue.get()) is not None:
+            batch = [item]
+            while len(batch) < limit and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    yield batch
+                    self._queue.put_nowait(None)
+                    return
+                batch.append(more)
+            yield batch
+        self._queue.put_nowait(None)
 
 
 def backoff_delay(attempt: int, settings: MqttSettings) -> float:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
+from typing import Any
 
 from livekit import rtc
 
@@ -186,9 +187,32 @@ class Session(RoomWatch):
         Until the agent is active the text is held (see `SessionOptions.hold_until_agent`) and
         this waits for its delivery.
         """
+        return await self.queue_text(text)
+
+    async def wait_send_room(self) -> None:
+        """Wait until queue_text() would not fail for a full send queue (see send_queue_limit)."""
+        await self._outbox.wait_room()
+
+    def queue_text(
+        self, text: str, *, on_delivered: Callable[[SentMessage], None] | None = None
+    ) -> Coroutine[Any, Any, SentMessage | None]:
+        """send_text() in two steps: the text is queued (in order) now; await the result.
+
+        `on_delivered(message)` is called as soon as every sender has it, before the result is
+        ready and before anything else runs on the event loop.
+        """
         message = SentMessage(text=text)
+        hook = None if on_delivered is None else (lambda: on_delivered(message))
         try:
-            await self._outbox.submit(message)
+            queued = self._outbox.submit_nowait(message, hook)
+        except Exception as exc:
+            queued = asyncio.get_running_loop().create_future()
+            queued.set_exception(exc)
+        return self._sent(message, queued)
+
+    async def _sent(self, message: SentMessage, queued: asyncio.Future[None]) -> SentMessage | None:
+        try:
+            await queued
         except Exception as exc:
             self._log.warning("message_send_failed", message_id=message.id, error=str(exc))
             self._fail(SessionErrorKind.SENDER, exc)

@@ -18,6 +18,7 @@ from lkbridge.errors import (
 from lkbridge.log import get_logger
 from lkbridge.messages import SentMessage
 from lkbridge.session.agent import Agent, AgentLifecycle
+from lkbridge.transports.base import on_handover
 
 log = get_logger(__name__)
 
@@ -41,6 +42,16 @@ class _Entry:
     future: asyncio.Future[None]
     deadline: float
     held: bool = field(default=False)
+    on_delivered: Callable[[], None] | None = None
+
+    def handed_over(self) -> None:
+        """Call on_delivered once: when a sender says so (handed_over()), else after delivery."""
+        hook, self.on_delivered = self.on_delivered, None
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_delivered_failed", message_id=self.message.id)
 
 
 def agent_gate(
@@ -103,6 +114,7 @@ class Outbox:
         self._name = name
         self._entries: deque[_Entry] = deque()
         self._changed = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever a queued message is settled
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -116,8 +128,25 @@ class Outbox:
     def notify(self) -> None:
         self._changed.set()
 
+    async def wait_room(self) -> None:
+        """Return once submit() would not fail for a full queue (or the outbox is closed)."""
+        while not self._closed and len(self) >= self._limit:
+            self._room.clear()
+            await self._room.wait()
+
     async def submit(self, message: SentMessage) -> None:
         """Deliver message (possibly after holding it); raises why it could not be delivered."""
+        await self.submit_nowait(message)  # a cancelled caller cancels the future: skipped
+
+    def submit_nowait(
+        self, message: SentMessage, on_delivered: Callable[[], None] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue message now, behind those already queued; the future says how it went.
+
+        `on_delivered()` is called once, the moment a sender reports the message handed over
+        (transports.base.handed_over()) or else when the delivery returned, before anything
+        else runs on the loop (the daemon's journal marks the send carried out there).
+        """
         if self._closed:
             raise SessionClosedError("the session is closed")
         if len(self) >= self._limit:
@@ -125,16 +154,20 @@ class Outbox:
                 f"send queue is full ({self._limit} messages are waiting for the agent)"
             )
         loop = asyncio.get_running_loop()
-        entry = _Entry(message, loop.create_future(), deadline=loop.time() + self.hold_time)
+        entry = _Entry(
+            message, loop.create_future(), deadline=loop.time() + self.hold_time,
+            on_delivered=on_delivered,
+        )  # fmt: skip
         self._entries.append(entry)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=self._name)
         self._changed.set()
-        await entry.future  # a cancelled caller cancels the future; the worker skips it
+        return entry.future
 
     async def aclose(self) -> None:
         """Fail whatever is still queued with SessionClosedError and stop the worker."""
         self._closed = True
+        self._room.set()
         self._fail_all(SessionClosedError("the session was closed before the message was sent"))
         if self._task is not None:
             self._task.cancel()
@@ -146,8 +179,8 @@ class Outbox:
         while self._entries:
             self._settle(self._entries.popleft(), _fresh(error))
 
-    @staticmethod
-    def _settle(entry: _Entry, error: BaseException | None) -> None:
+    def _settle(self, entry: _Entry, error: BaseException | None) -> None:
+        self._room.set()
         if entry.future.done():
             return
         if error is None:
@@ -160,6 +193,7 @@ class Outbox:
         while True:
             while self._entries and self._entries[0].future.done():
                 self._entries.popleft()
+                self._room.set()
             if not self._entries:
                 self._changed.clear()
                 await self._changed.wait()
@@ -171,7 +205,8 @@ class Outbox:
                 bound = asyncio.timeout(self.send_timeout)
                 try:
                     async with bound:
-                        await self._deliver(entry.message)
+                        with on_handover(entry.handed_over):
+                            await self._deliver(entry.message)
                 except asyncio.CancelledError as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -185,6 +220,8 @@ class Outbox:
                             f"the message was not sent within {self.send_timeout:g} s"
                             " (a sender did not finish; it was cancelled)"
                         )
+                if error is None:
+                    entry.handed_over()
                 if self._entries and self._entries[0] is entry:
                     self._entries.popleft()
                 self._settle(entry, error)

@@ -23,10 +23,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from lkbridge.messages import ReceivedMessage, SentMessage
+
+_HANDOVER: ContextVar[Callable[[], None] | None] = ContextVar("lkbridge_handover", default=None)
+
+
+def handed_over() -> None:
+    """Say, from inside `send()`, that the message has just left for the agent.
+
+    The chat sender calls it the moment LiveKit has the whole text stream, before its loopback
+    copy is stored and published: the daemon marks a journaled send as carried out right then,
+    so a crash after this point does not send it again (docs/mqtt.md, "What survives").
+    """
+    hook = _HANDOVER.get()
+    if hook is not None:
+        hook()
+
+
+@contextlib.contextmanager
+def on_handover(hook: Callable[[], None]) -> Iterator[None]:
+    """Within this block (the same task), handed_over() calls hook."""
+    token = _HANDOVER.set(hook)
+    try:
+        yield
+    finally:
+        _HANDOVER.reset(token)
 
 if TYPE_CHECKING:
     from livekit import rtc

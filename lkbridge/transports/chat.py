@@ -7,7 +7,7 @@ from livekit import rtc
 from lkbridge.errors import NotConnectedError, TransportError
 from lkbridge.log import get_logger
 from lkbridge.messages import SentMessage
-from lkbridge.transports.base import ReceiverBase
+from lkbridge.transports.base import ReceiverBase, handed_over
 
 log = get_logger(__name__)
 
@@ -34,6 +34,7 @@ class TextMessageSender(ReceiverBase):
             raise NotConnectedError("cannot send a message before connecting to the room")
         try:
             await room.local_participant.send_text(message.text, topic=self.topic)
+            handed_over()  # first: the agent may already have it
         except rtc.StreamError as exc:
             raise TransportError(f"sending on {self.topic} failed: {exc.description}") from exc
         except Exception as exc:  # rtc raises bare Exceptions for a room torn down meanwhile

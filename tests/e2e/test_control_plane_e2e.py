@@ -19,6 +19,7 @@ import tomli_w
 
 from devstack.livekit_server import LiveKitServer
 from devstack.mosquitto import Mosquitto
+from lkbridge.bridges.mqtt.incoming import ENDED
 from tests.support.daemon_proc import DaemonProcess, daemon_config, session_toml
 from tests.support.mqtt_probe import MqttProbe
 
@@ -259,15 +260,30 @@ async def test_end_is_answered_while_sends_wait_for_an_absent_agent(
         for index in range(8):
             body = {"session": "lab", "text": f"hello {index}", "transaction": f"s{index}"}
             probe.publish(f"{base}/bridge/request/session/send", body)
-        await asyncio.sleep(1)  # the first send is under way, waiting for the agent
+        # Wait until the daemon says a send is being carried out (waiting for the agent): the
+        # state's `sending`, read from the answer to a start (a no-op: it is running already).
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            started = await request(probe, base, "session/start", {"session": "lab"})
+            assert started["status"] == "ok", started
+            if started["data"].get("sending") == 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, started
+            await asyncio.sleep(0.05)
         ended = await request(probe, base, "session/end", {"session": "lab"})
         assert ended["status"] == "ok" and ended["data"]["wanted"] is False
+        errors = []
         for index in range(8):
             answer = await probe.wait_for(
                 f"{base}/bridge/response/session/send",
                 lambda m, i=index: m.json().get("transaction") == f"s{i}", after=mark, timeout=15,
             )
             assert answer.json()["status"] == "error", answer.json()
+            errors.append(answer.json()["error"])
+        # What the answers say proves the sends were held when end came: the first one was
+        # being carried out, the seven behind it were still queued (none ran after end).
+        assert errors[0] != ENDED, errors
+        assert errors[1:] == [ENDED] * 7, errors
         assert (await request(probe, base, "health_check", {}))["status"] == "ok"
         assert daemon.stop() == 0
     finally:

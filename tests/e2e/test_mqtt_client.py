@@ -250,6 +250,42 @@ async def test_persistent_session_gets_queued_messages_and_broker_drops_expired(
         assert not msg.expired()
 
 
+async def test_manual_acks_go_out_in_order_and_unacked_messages_come_again(
+    mqtt_broker: Mosquitto, make_client: MakeClient, base: str
+) -> None:
+    """With manual_ack a message is acknowledged only by ack(), PUBACKs keep arrival order (an
+    early unacknowledged message holds back later ones), and what was not acknowledged when
+    the connection dropped comes again, flagged DUP; an ack owed on the old connection is never
+    sent on the new one (its packet id may name another message there)."""
+    pub = await make_client(mqtt_broker)
+    await pub.wait_connected(5)
+    sub = await make_client(mqtt_broker, manual_ack=True)
+    await sub.wait_connected(5)
+    await sub.subscribe(f"{base}/send")
+    messages = sub.messages()
+    for text in (b"m0", b"m1", b"m2"):
+        await pub.publish(f"{base}/send", text)
+    first = await receive(messages, 3)
+    assert [m.payload for m in first] == [b"m0", b"m1", b"m2"]
+    assert all(m.ack_key and not m.dup for m in first)
+    sub.ack(first[0])
+    sub.ack(first[2])  # held back: m1 is not acknowledged yet
+    await asyncio.sleep(0.3)
+    sub._io.abort()  # the connection drops (no DISCONNECT); the client reconnects
+    again = await receive(messages, 2)
+    assert [(m.payload, m.dup) for m in again] == [(b"m1", True), (b"m2", True)]
+    stale = sub.stale_acks
+    sub.ack(first[1])  # owed on the old connection: not sent, only counted
+    assert sub.stale_acks == stale + 1
+    for m in again:
+        sub.ack(m)
+    await asyncio.sleep(0.3)
+    sub._io.abort()
+    await sub.wait_connected(5)
+    with pytest.raises(TimeoutError):
+        await receive(messages, 1)  # everything acknowledged: nothing comes again
+
+
 # -- v5 and 3.1.1 -----------------------------------------------------------------------------
 
 

@@ -45,9 +45,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("fault ledger")
-    write(f"{'fault':<40} {'injected':>8} {'survived':>8} {'lost':>5}")
+    write(f"{'fault':<40} {'injected':>8} {'survived':>8} {'lost':>5} {'duplicated':>10}")
     for name, line in LEDGER.items():
-        write(f"{name:<40} {line.injected:>8} {line.survived:>8} {line.lost:>5}")
+        write(
+            f"{name:<40} {line.injected:>8} {line.survived:>8} {line.lost:>5}"
+            f" {line.duplicated:>10}"
+        )
         for note in line.notes:
             write(f"    {note}")
     folder = Path(os.environ.get("LKB_TEST_LOG_DIR", ROOT / "test-logs"))

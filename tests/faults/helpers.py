@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,51 @@ from tests.support.mqtt_probe import MqttProbe, Seen
 # -- the fault ledger: what each fault test injected, what the daemon survived, what was lost --
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One fault test's result, as an observer saw it."""
+
+    lost: int
+    duplicated: int
+
+
 @dataclass
 class FaultTally:
+    """One fault kind: what was injected, how often the process came through (alive, and
+    answering), and what an observer found missing or repeated among what it should have seen."""
+
     injected: int = 0
     survived: int = 0
     lost: int = 0
+    duplicated: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def record(
+        self, *, injected: int, survived: int, expected: Iterable[str] = (),
+        seen: Iterable[str] = (), note: str = "",
+    ) -> Outcome:  # fmt: skip
+        """Add a test's outcome; call it *before* asserting, so a failure is in the ledger too.
+
+        `expected`: what should have arrived (ids, texts); `seen`: everything the observer saw
+        of those, repeats included. lost = expected but never seen; duplicated = seen again.
+        """
+        wanted = set(expected)
+        counts = Counter(x for x in seen if x in wanted)
+        outcome = Outcome(
+            lost=sum(1 for x in wanted if not counts[x]),
+            duplicated=sum(n - 1 for n in counts.values() if n > 1),
+        )
+        return self.add(injected, survived, outcome.lost, outcome.duplicated, note)
+
+    def add(self, injected: int, survived: int, lost: int, duplicated: int, note: str = "") -> Outcome:
+        """Add counts an observer-based check computed itself (see record())."""
+        self.injected += injected
+        self.survived += survived
+        self.lost += lost
+        self.duplicated += duplicated
+        if note:
+            self.notes.append(note)
+        return Outcome(lost, duplicated)
 
 
 LEDGER: dict[str, FaultTally] = {}

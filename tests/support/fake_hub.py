@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from lkbridge.bridges.hub import (
@@ -15,6 +16,7 @@ from lkbridge.bridges.hub import (
     HubEvent,
     HubEventKind,
     HubListener,
+    Intent,
     MessageEvent,
     ReloadResult,
     SessionChange,
@@ -51,6 +53,8 @@ class FakeHub:
         self.sent_ids: set[str] = set()
         self.fail_with: Exception | None = None
         self.services: dict[str, Any] = {}
+        self.journaled_intents: list[Intent] = []
+        self.dropped: list[int] = []
         self.configs: dict[str, Any] = {}  # session id -> SessionConfig (session_config())
 
     def _get(self, session_id: str) -> dict[str, Any]:
@@ -123,6 +127,46 @@ class FakeHub:
             event = MessageEvent(session_id, ReceivedMessage.from_dict(message))
             self.emit(HubEvent(HubEventKind.MESSAGE, session_id, event))
         return {"id": send_id or "generated", "text": text, "duplicate": duplicate}
+
+    def journal(self, intents: Sequence[Intent]) -> list[int | HubError]:
+        results: list[int | HubError] = []
+        for intent in intents:
+            try:
+                self._get(intent.session_id)
+            except HubError as exc:
+                results.append(exc)
+                continue
+            self.journaled_intents.append(intent)
+            results.append(len(self.journaled_intents))
+        return results
+
+    async def durable(self) -> None:
+        return None
+
+    def drop(self, seq: int) -> None:
+        self.dropped.append(seq)
+
+    def journaled(self, digest: bytes) -> bool:
+        return any(i.digest == digest for i in self.journaled_intents)
+
+    async def carry_out(self, seq: int, intent: Intent) -> Awaitable[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        try:
+            if intent.kind == "send":
+                result = await self.send(intent.session_id, intent.text or "",
+                                         send_id=intent.send_id)
+            elif intent.kind == "start":
+                result = await self.start_session(intent.session_id)
+            elif intent.kind == "end":
+                result = await self.end_session(intent.session_id)
+            else:
+                self.dismiss_error(intent.session_id)
+                result = {}
+        except HubError as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
 
     def history(self, session_id: str) -> list[MessageEvent]:
         self._get(session_id)

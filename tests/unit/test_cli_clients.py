@@ -408,3 +408,32 @@ async def test_requests_without_a_daemon_say_so() -> None:
         out = io.StringIO()
         assert await status(target, out=out) == 1
         assert out.getvalue().startswith("lkbridge: not seen on 127.0.0.1:")
+
+
+async def test_chat_waits_for_the_answer_to_its_own_text_not_any_final_answer() -> None:
+    """An earlier reply cut off by our text ends final after we sent: that is not our answer
+    (`lkbridge chat` with piped input quit before its own answer came)."""
+    out = io.StringIO()
+    printer = TranscriptPrinter(out)
+    printer.expect_own("what is 2 + 2")
+    assert not printer.reply_done.is_set()
+    printer.sent("u1")
+    printer.message(event("a0", "You said:", True) | {"reply_to": "u0"})  # an older question's
+    assert not printer.reply_done.is_set()
+    printer.message(event("a1", "You said: what is 2 + 2", True) | {"reply_to": "u1"})
+    assert printer.reply_done.is_set()
+    # an answer may come before the daemon's response names our id
+    printer.expect_own("again")
+    printer.message(event("a2", "You said: again", True) | {"reply_to": "u2"})
+    assert not printer.reply_done.is_set()
+    printer.sent("u2")
+    assert printer.reply_done.is_set()
+    # a text of ours that will not be answered is not waited for
+    printer.expect_own("[silent] hello?")
+    printer.sent("u3")
+    printer.unanswered({"event": "unanswered", "id": "u3", "reason": "timed_out"})
+    assert printer.reply_done.is_set()
+    assert out.getvalue().splitlines()[-1] == "· no answer to your message: timed_out"
+    printer.expect_own("not sent")
+    printer.sent(None)
+    assert printer.reply_done.is_set()

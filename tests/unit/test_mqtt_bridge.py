@@ -50,6 +50,7 @@ class FakeClient:
         self.hooks: list[ConnectHook] = []
         self.incoming: asyncio.Queue[IncomingMessage | None] = asyncio.Queue()
         self.final: list[OutgoingMessage] | None = None
+        self.acked: list[IncomingMessage] = []
         self.outbox: PublishQueue | None = None
 
     async def __aenter__(self) -> FakeClient:
@@ -78,6 +79,13 @@ class FakeClient:
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         while (item := await self.incoming.get()) is not None:
             yield item
+
+    async def batches(self, limit: int = 256) -> AsyncIterator[list[IncomingMessage]]:
+        async for item in self.messages():
+            yield [item]
+
+    def ack(self, message: IncomingMessage) -> None:
+        self.acked.append(message)
 
     async def aclose(self, final: Iterable[OutgoingMessage] = (), timeout: float = 5.0) -> None:
         self.final = list(final)

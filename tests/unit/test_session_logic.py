@@ -38,7 +38,7 @@ from lkbridge.session.history import MessageHistory
 from lkbridge.session.options import describe_connect_error
 from lkbridge.session.outbox import Gate, GateDecision, Outbox
 from lkbridge.tokens.sources import CustomTokenSource
-from lkbridge.transports.base import MemoryReceiver, MemorySender
+from lkbridge.transports.base import MemoryReceiver, MemorySender, handed_over
 
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -521,6 +521,53 @@ async def test_a_sender_raising_cancelled_error_fails_that_send_not_the_outbox()
     second = await asyncio.wait_for(session.send_text("two"), 5)
     assert second is not None and sender.sent == ["<cancelled>", "two"]
     await session.aclose()
+
+
+async def test_outbox_reports_the_hand_over_once_when_the_sender_says_so() -> None:
+    """on_delivered runs at handed_over() inside the sender (before the rest of the delivery),
+    exactly once; without handed_over() it runs when the delivery returned."""
+    events: list[str] = []
+
+    async def deliver(message: SentMessage) -> None:
+        events.append(f"sent {message.text}")
+        if message.text == "tells":
+            handed_over()
+            handed_over()  # a second call changes nothing
+        await asyncio.sleep(0)
+        events.append(f"loopback {message.text}")
+
+    outbox = Outbox(deliver, GateSwitch(Gate.OPEN), limit=5, hold_time=5.0)
+    first = outbox.submit_nowait(SentMessage(text="tells"), lambda: events.append("handed tells"))
+    second = outbox.submit_nowait(SentMessage(text="quiet"), lambda: events.append("handed quiet"))
+    await asyncio.gather(first, second)
+    assert events == [
+        "sent tells", "handed tells", "loopback tells",
+        "sent quiet", "loopback quiet", "handed quiet",
+    ]  # fmt: skip
+    await outbox.aclose()
+
+
+async def test_outbox_does_not_report_a_failed_delivery_and_wait_room_waits() -> None:
+    handed: list[str] = []
+    release = asyncio.Event()
+
+    async def deliver(message: SentMessage) -> None:
+        await release.wait()
+        if message.text == "boom":
+            raise RuntimeError("boom")
+
+    outbox = Outbox(deliver, GateSwitch(Gate.OPEN), limit=2, hold_time=5.0)
+    sends = [outbox.submit_nowait(SentMessage(text=t), lambda t=t: handed.append(t))
+             for t in ("boom", "ok")]  # fmt: skip
+    room = asyncio.ensure_future(outbox.wait_room())
+    await asyncio.sleep(0.01)
+    assert not room.done()  # two queued, limit two
+    release.set()
+    await room
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError) and results[1] is None
+    assert handed == ["ok"]
+    await outbox.aclose()
 
 
 async def test_replies_are_tied_to_the_latest_delivered_text_and_outcomes_reported() -> None:

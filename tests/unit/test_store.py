@@ -329,7 +329,9 @@ def test_a_version_1_database_is_migrated_and_keeps_its_messages(tmp_path: Path)
     with MessageStore(path) as store:  # reopening a migrated database changes nothing
         assert ids(store.load("s")) == ["old", "new"]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 3  # reply_to, then the journal
+    tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "journal" in tables
     check.close()
 
 
@@ -362,12 +364,64 @@ def test_bad_arguments(tmp_path: Path) -> None:
         MessageStore(tmp_path / "db", synchronous="OFF")  # type: ignore[arg-type]
 
 
-def test_normal_synchronous_mode_is_available(tmp_path: Path) -> None:
-    with MessageStore(tmp_path / "db", synchronous="NORMAL") as store:
-        store.upsert("s", msg("a"))
-        assert store._conn().execute("PRAGMA synchronous").fetchone() == (1,)
+def test_synchronous_is_normal_between_durable_commits(tmp_path: Path) -> None:
     with MessageStore(tmp_path / "db") as store:
-        assert store._conn().execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        store.upsert("s", msg("a", final=False))
+        assert store._conn().execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        store.upsert("s", msg("a", final=True))  # durable: FULL only around its commit
+        assert store._conn().execute("PRAGMA synchronous").fetchone() == (1,)
+    with MessageStore(tmp_path / "db", synchronous="FULL") as store:
+        store.upsert("s", msg("b", final=False))
+        assert store._conn().execute("PRAGMA synchronous").fetchone() == (2,)
+
+
+FSYNC_SCRIPT = """
+import sys
+from datetime import UTC, datetime
+from lkbridge.bridges.hub import Intent
+from lkbridge.daemon.journal import Journal
+from lkbridge.daemon.store import MessageStore
+from lkbridge.messages import MessageType, ReceivedMessage
+store = MessageStore(sys.argv[1])
+journal = Journal(store)
+def m(i, final):
+    return ReceivedMessage(id=f"m{i}", timestamp=datetime.now(UTC),
+                           type=MessageType.AGENT_TRANSCRIPT, text="x" * i, final=final)
+print("mark", flush=True)
+what = sys.argv[2]
+for i in range(20):
+    if what == "partial":
+        store.upsert("s", m(1, False))
+    elif what == "final":
+        store.upsert("s", m(i, True))
+    elif what == "journal":
+        journal.add([Intent("s", "send", "hi")] * 5)
+    elif what == "finish":
+        journal.finish(i + 1, send_id=("s", f"id{i}"))
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize(("what", "expected"), [
+    ("partial", 0), ("final", 20), ("journal", 20), ("finish", 0),
+])  # fmt: skip
+def test_fsyncs_per_write(tmp_path: Path, what: str, expected: int) -> None:
+    """A growing transcript is never fsynced; a final message or a journal batch once each."""
+    script = tmp_path / "writes.py"
+    script.write_text(FSYNC_SCRIPT)
+    db = tmp_path / "db"
+    for step in ("journal", what):  # the first run creates the schema (and entries to finish)
+        out = subprocess.run(
+            ["strace", "-f", "-e", "trace=fsync,fdatasync", "-o", str(tmp_path / "trace"),
+             sys.executable, str(script), str(db), step],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    assert "mark" in out.stdout
+    calls = (tmp_path / "trace").read_text().splitlines()
+    syncs = [c for c in calls if "fsync(" in c or "fdatasync(" in c]
+    # Opening the store writes nothing durable once the schema exists; closing checkpoints
+    # (a few syncs of the WAL and the database, at most 4).
+    assert expected <= len(syncs) <= expected + 4, (what, syncs)
 
 
 def test_use_from_another_thread_is_refused(store: MessageStore) -> None:

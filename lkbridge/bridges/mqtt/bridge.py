@@ -29,6 +29,7 @@ from lkbridge.bridges.mqtt.discovery import (
     session_node_id,
 )
 from lkbridge.bridges.mqtt.incoming import Incoming
+from lkbridge.bridges.mqtt.intake import Intake
 from lkbridge.bridges.mqtt.reports import DropReports
 from lkbridge.bridges.mqtt.router import Router, dumps
 from lkbridge.bridges.mqtt.settings import OFFLINE, ONLINE, client_settings
@@ -412,19 +413,47 @@ class MqttBridge:
     # -- incoming ----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        async for message in self._client.messages():
+        async for batch in self._client.batches():
+            self._take(batch)
+
+    def _take(self, batch: list[IncomingMessage]) -> None:
+        """Handle what arrived together: sends and commands are journaled in one commit and
+        carried out at once; the batch is acknowledged once that commit is on disk.
+
+        (The client sends PUBACKs in arrival order, holding later ones back as needed.) A
+        daemon killed before the fsync still has the commit; a power cut before it may lose
+        it, but then the broker has no PUBACK and delivers the messages again.
+        """
+        intake = Intake()
+        for message in batch:
             # The bridge's own handling comes first and is never skipped: a transport
             # subscription cannot take the bridge's topics away (and may not overlap them).
             try:
-                self._dispatch(message)
+                self._dispatch(message, intake)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
             try:
                 self._service.dispatch(message)
             except Exception:
                 self._log.exception("mqtt_message_failed", topic=message.topic)
+        if intake.intents and self._incoming.journal(intake):
+            self._spawn(self._ack_when_durable(batch), "mqtt-bridge-ack")
+            return
+        for message in batch:
+            self._client.ack(message)
 
-    def _dispatch(self, message: IncomingMessage) -> None:
+    async def _ack_when_durable(self, batch: list[IncomingMessage]) -> None:
+        try:
+            await self._hub.durable()
+        except HubError as exc:
+            # Not acknowledged: the broker delivers these again after the next reconnect.
+            self._log.error("journal_not_durable", error=str(exc))
+            self.event("journal_not_durable", error=str(exc))
+            return
+        for message in batch:
+            self._client.ack(message)
+
+    def _dispatch(self, message: IncomingMessage, intake: Intake) -> None:
         parsed = self._topics.parse(message.topic)
         if parsed is None or self._stopping:
             return
@@ -433,4 +462,4 @@ class MqttBridge:
             if not message.retain and message.payload.strip() == b"online":
                 self._schedule_republish()
             return
-        self._incoming.handle(parsed, message)
+        self._incoming.handle(parsed, message, intake)

@@ -3,11 +3,14 @@ per-session lanes within the bounds of [control]."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from lkbridge.bridges.hub import Hub, HubError
+from lkbridge.bridges.hub import Expired, Hub, HubError, Intent
+from lkbridge.bridges.mqtt.intake import Intake, message_digest
 from lkbridge.bridges.mqtt.lanes import Job, Lanes
 from lkbridge.bridges.mqtt.limits import TokenBucket, response_topic_problem
 from lkbridge.bridges.mqtt.router import (
@@ -84,8 +87,9 @@ class Incoming:
         self._running = 0  # jobs running or waiting, bounded by max_requests_in_flight
         self._bucket = TokenBucket(control.requests_per_second, control.request_burst)
 
-    def handle(self, parsed: ParsedTopic, message: IncomingMessage) -> None:
-        """Carry out (or refuse, saying why) a request, send or command."""
+    def handle(self, parsed: ParsedTopic, message: IncomingMessage, intake: Intake) -> None:
+        """Carry out (or refuse, saying why) a request; a send or command goes into `intake`,
+        to be journaled with the rest of its batch (journal()) and then queued."""
         if not self._bucket.take():
             self._count("requests_refused")
             return
@@ -99,7 +103,15 @@ class Incoming:
             self._request(parsed.action, message, deadline)
             return
         session_id = parsed.session_id
+        key = message_digest(message.topic, message.payload)
+        if message.dup and self._hub.journaled(key):
+            return  # the broker's second copy of one already journaled: acknowledged only
         command: Command | None = None
+        expires_at = None
+        if message.message_expiry_interval:  # as wall-clock time: the journal outlives us
+            expires_at = time.time() + message.message_expiry_interval - (
+                time.monotonic() - message.received_at
+            )
         try:
             if not is_valid_session_id(session_id):
                 raise BadPayload(f"{session_id!r} is not a valid session id")
@@ -107,13 +119,13 @@ class Incoming:
                 if not self._control.allows("session/send"):
                     raise BadPayload("sending is not allowed here ([control] actions)")
                 send = parse_send(message.payload, self._max_payload)
-                job = self._send_job(message.topic, session_id, send.text, send.send_id, deadline)
+                intent = Intent(session_id, "send", send.text, send.send_id, expires_at, key)
                 lanes = self._data
             else:
                 command = parse_command(message.payload, self._max_payload)
                 if not self._control.allows(f"session/{command.value}"):
                     raise BadPayload(f"{command.value} is not allowed here ([control] actions)")
-                job = self._command_job(message.topic, session_id, command, deadline)
+                intent = Intent(session_id, command.value, None, None, expires_at, key)
                 lanes = self._controls
         except EmptyText as exc:
             # A clear failure of this session's send (HA's notify can publish an empty text).
@@ -122,16 +134,66 @@ class Incoming:
         except BadPayload as exc:
             self._complain("bad_payload", topic=message.topic, error=str(exc))
             return
-        if self._running >= self._control.max_requests_in_flight:
+        if self._running + intake.count() >= self._control.max_requests_in_flight:
             self._complain("command_dropped", topic=message.topic, error=self._busy())
             return
-        if lanes is self._controls and command is Command.END:
-            self._data.abandon(session_id, ENDED)  # queued sends are answered, not left waiting
-        if lanes is self._data:
-            job = self._after_control(session_id, job)
-        if not lanes.enqueue(session_id, self._counted(job)):
-            self._running -= 1  # never queued, so never run nor abandoned
-            self._complain("command_dropped", topic=message.topic, error="too many commands queued")
+        if self._expired(message.topic, deadline):
+            return
+        topic = message.topic
+
+        def enqueue(seq: int) -> None:
+            if lanes is self._controls and command is Command.END:
+                self._data.abandon(session_id, ENDED)  # queued sends are answered, not left
+            job = self._intent_job(topic, seq, intent)
+            if lanes is self._data:
+                job = self._after_control(session_id, job)
+            if not lanes.enqueue(session_id, self._counted(job)):
+                self._running -= 1  # never queued, so never run nor abandoned
+                self._hub.drop(seq)
+                self._complain("command_dropped", topic=topic, error="too many commands queued")
+
+        intake.add(topic, intent, enqueue)
+
+    def journal(self, intake: Intake) -> bool:
+        """Journal the batch's intents in one commit and queue them; True if any was journaled
+        (its messages are then acknowledged once the journal is on disk: Hub.durable())."""
+        results = self._hub.journal([item.intent for item in intake.intents])
+        journaled = False
+        for item, result in zip(intake.intents, results, strict=True):
+            if isinstance(result, HubError):
+                self._failed(item.topic, item.intent, result)
+            else:
+                journaled = True
+                item.enqueue(result)
+        return journaled
+
+    def _intent_job(self, topic: str, seq: int, intent: Intent) -> Job:
+        """Carry out a journaled send or command; a send's answer is awaited aside (the lane
+        goes on with the next one: pipelined, in order)."""
+
+        async def run() -> None:
+            answer = asyncio.ensure_future(await self._hub.carry_out(seq, intent))
+            if answer.done():
+                self._answered(topic, intent, answer)
+            else:
+                answer.add_done_callback(functools.partial(self._answered, topic, intent))
+
+        def abandon(reason: str) -> None:
+            self._hub.drop(seq)
+            self._failed(topic, intent, HubError(reason))
+
+        return Job(run, abandon)
+
+    def _answered(self, topic: str, intent: Intent, answer: asyncio.Future[Any]) -> None:
+        if not answer.cancelled() and (exc := answer.exception()) is not None:
+            self._failed(topic, intent, exc)
+
+    def _failed(self, topic: str, intent: Intent, exc: BaseException) -> None:
+        if isinstance(exc, Expired):
+            self._complain("expired_ignored", topic=topic)
+            return
+        name = "send_failed" if intent.kind == "send" else "command_failed"
+        self._complain(name, topic=topic, session=intent.session_id, error=str(exc))
 
     def _after_control(self, session_id: str, job: Job) -> Job:
         """job, run only once the session's control commands received before it have run (a
@@ -180,43 +242,6 @@ class Incoming:
             self._complain("expired_ignored", topic=topic)
             return True
         return False
-
-    def _send_job(
-        self, topic: str, session_id: str, text: str, send_id: str | None, deadline: float | None
-    ) -> Job:
-        async def run() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                await self._hub.send(session_id, text, send_id=send_id)
-            except HubError as exc:
-                self._complain("send_failed", topic=topic, session=session_id, error=str(exc))
-
-        def abandon(reason: str) -> None:
-            self._complain("send_failed", topic=topic, session=session_id, error=reason)
-
-        return Job(run, abandon)
-
-    def _command_job(
-        self, topic: str, session_id: str, command: Command, deadline: float | None
-    ) -> Job:
-        async def run() -> None:
-            if self._expired(topic, deadline):
-                return
-            try:
-                if command is Command.START:
-                    await self._hub.start_session(session_id)
-                elif command is Command.END:
-                    await self._hub.end_session(session_id)
-                else:
-                    self._hub.dismiss_error(session_id)
-            except HubError as exc:
-                self._complain("command_failed", topic=topic, session=session_id, error=str(exc))
-
-        def abandon(reason: str) -> None:
-            self._complain("command_failed", topic=topic, session=session_id, error=reason)
-
-        return Job(run, abandon)
 
     def _request(self, action: str, message: IncomingMessage, deadline: float | None) -> None:
         request = self._router.prepare(action, message.payload)

@@ -38,4 +38,5 @@ def client_settings(mqtt: MqttConfig, topics: Topics) -> MqttSettings:
         tls=tls,
         will=WillMessage(topics.bridge_state, OFFLINE, qos=1, retain=True),
         queue_limit=mqtt.queue_limit,
+        manual_ack=True,  # a send or command is acknowledged once journaled (or refused)
     )
