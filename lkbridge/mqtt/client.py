@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -15,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lkbridge.log import get_logger
+from lkbridge.mqtt.acks import AckOrder
 from lkbridge.mqtt.paho_io import (
     PahoClient,
     PahoOnLoop,
@@ -44,7 +44,6 @@ from lkbridge.mqtt.types import (
     check_properties,
     check_qos,
     check_topic,
-    os_reason,
 )
 
 __all__ = [
@@ -63,14 +62,6 @@ __all__ = [
 
 log = get_logger(__name__)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the reconnect backoff
-
-
-@dataclass
-class _PendingAck:
-    gen: int
-    mid: int
-    qos: int
-    done: bool = False
 
 
 class MqttClient:
@@ -97,9 +88,7 @@ class MqttClient:
         self._where = f"{s.host}:{s.port}"
         self._outbox = PublishQueue(s.queue_limit)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes handed to paho
-        self._acks: dict[int, _PendingAck] = {}  # manual_ack: received, in order of receipt
-        self._ack_seq = 0
-        self.stale_acks = 0  # acknowledgements not sent: their connection was gone
+        self._acks = AckOrder()  # manual_ack: what is owed a PUBACK, in order of receipt
         self._window = s.max_inflight
         self._inbox = Inbox(s.incoming_limit)
         self._connect_hooks: Hooks[ConnectInfo] = Hooks()
@@ -289,26 +278,16 @@ class MqttClient:
     def ack(self, message: IncomingMessage) -> None:
         """With `manual_ack`: acknowledge a received QoS>0 message (no-op for the others).
 
-        PUBACKs go out in the order the messages arrived (MQTT requires it): an early message
-        not yet acknowledged holds back the later ones. An acknowledgement for a message of an
-        earlier connection is never sent (its packet id may mean another message now); the
-        broker delivers that message again, with the DUP flag, after the reconnect.
+        PUBACKs go out in the order the messages arrived, and never on a later connection than
+        the message's own: the broker delivers that one again, with the DUP flag (mqtt/acks.py).
         """
-        pending = self._acks.get(message.ack_key)
-        if pending is None:
-            if message.ack_key:
-                self.stale_acks += 1
-            return
-        pending.done = True
-        while self._acks:
-            key, head = next(iter(self._acks.items()))
-            if not head.done:
-                break
-            del self._acks[key]
-            if head.gen == self._gen and self._connected:
-                self._paho.ack(head.mid, head.qos)
-            else:
-                self.stale_acks += 1
+        connected = self._connected
+        self._acks.ack(message.ack_key, gen=self._gen, connected=connected, send=self._paho.ack)
+
+    @property
+    def stale_acks(self) -> int:
+        """Acknowledgements not sent: the connection their message came on was gone."""
+        return self._acks.stale
 
     async def _drain(self, timeout: float) -> None:
         """Wait for the outbox to empty and the acknowledgements, unless the connection goes."""
@@ -385,33 +364,15 @@ class MqttClient:
             await asyncio.sleep(backoff_delay(attempt, self._settings))
 
     async def _connect_once(self) -> None:
-        """Open the socket in a thread (DNS, TCP, TLS can block), then wait for CONNACK here.
+        """Open the socket (paho_io.PahoOnLoop.open), then wait for CONNACK here.
 
-        While the thread runs, the loop does not touch paho: nothing is attached yet, and
         publish/subscribe only reach paho when connected.
         """
         self._gen += 1
         self._lost.clear()
         self._disconnect_reason = ""
-        if self._paho.socket() is not None:  # an aborted attempt paho never noticed
-            self._io.force_close()
-        loop = asyncio.get_running_loop()
-        thread = loop.run_in_executor(None, self._paho.reconnect)
-        try:
-            rc = await asyncio.shield(thread)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await thread
-            if (sock := self._paho.socket()) is not None:
-                sock.close()
-            raise
-        except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS, timeout
-            raise MqttError(f"cannot connect to {self._where}: {os_reason(exc)}") from exc
-        sock = self._paho.socket()
-        if rc != paho.MQTT_ERR_SUCCESS or sock is None:
-            raise MqttError(f"cannot connect to {self._where}: {paho.error_string(rc)}")
-        self._io.attach(sock)
-        self._connack = fut = loop.create_future()
+        await self._io.open(self._where)
+        self._connack = fut = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await fut
@@ -432,7 +393,7 @@ class MqttClient:
             fut.set_exception(MqttError(f"{self._where} refused the connection: {rc}", rc.value))
             return
         receive_max = getattr(props, "ReceiveMaximum", None) or self._settings.max_inflight
-        self._drop_pending_acks()
+        self._acks.connection_gone()
         self._window = min(self._settings.max_inflight, receive_max)
         self._subs.resend(self._io.loop)
         self._connected = True
@@ -463,7 +424,7 @@ class MqttClient:
             reason = "connection lost" if str(rc) == "Unspecified error" else str(rc)
         self._disconnect_reason = reason
         self._connected = False
-        self._drop_pending_acks()
+        self._acks.connection_gone()
         self._up.clear()
         if (fut := self._connack) is not None and not fut.done():
             fut.set_exception(MqttError(f"{self._where} closed the connection: {reason}"))
@@ -473,14 +434,11 @@ class MqttClient:
     def _handle_message(self, gen: int, msg: paho.MQTTMessage) -> None:
         key = 0
         if self._settings.manual_ack and msg.qos > 0 and gen == self._gen and self._connected:
-            self._ack_seq += 1
-            key = self._ack_seq
+            key = self._acks.expect(gen, msg.mid, msg.qos)
         if not self._inbox.put(incoming_message(msg, key)):
             # Not acknowledged either: the broker delivers it again after the next reconnect.
+            self._acks.forget(key)
             self._warn("mqtt_incoming_dropped", topic=msg.topic, dropped=self._inbox.dropped)
-            return
-        if key:
-            self._acks[key] = _PendingAck(gen, msg.mid, msg.qos)
 
     def _handle_puback(self, mid: int, rc: ReasonCode) -> None:
         topic = self._unacked.pop(mid, None)
@@ -489,12 +447,6 @@ class MqttClient:
         self._pump()
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _drop_pending_acks(self) -> None:
-        """Forget acknowledgements owed on a connection that is gone (see ack())."""
-        if self._acks:
-            self.stale_acks += sum(1 for p in self._acks.values() if p.done)
-            self._acks.clear()
 
     def _pump(self) -> None:
         """Hand outbox messages to paho, in order, while connected and the window has room."""

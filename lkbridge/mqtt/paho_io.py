@@ -21,6 +21,7 @@ from lkbridge.mqtt.types import (
     MqttError,
     MqttSettings,
     PublishProperties,
+    os_reason,
     tls_context,
 )
 
@@ -169,6 +170,30 @@ class PahoOnLoop:
         self.loop.add_reader(self.fd, self.on_readable)
         if self.paho.want_write():
             self.loop.add_writer(self.fd, self.paho.loop_write)
+
+    async def open(self, where: str) -> None:
+        """Open paho's socket in a thread (DNS, TCP, TLS can block), then drive it from the loop.
+
+        While the thread runs, the loop does not touch paho: nothing is attached yet. MqttError
+        when it cannot be opened; a cancelled open closes the socket the thread made.
+        """
+        if self.paho.socket() is not None:  # an aborted attempt paho never noticed
+            self.force_close()
+        thread = asyncio.get_running_loop().run_in_executor(None, self.paho.reconnect)
+        try:
+            rc = await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await thread
+            if (sock := self.paho.socket()) is not None:
+                sock.close()
+            raise
+        except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS, timeout
+            raise MqttError(f"cannot connect to {where}: {os_reason(exc)}") from exc
+        sock = self.paho.socket()
+        if rc != paho.MQTT_ERR_SUCCESS or sock is None:
+            raise MqttError(f"cannot connect to {where}: {paho.error_string(rc)}")
+        self.attach(sock)
 
     def on_readable(self) -> None:
         self.paho.loop_read()
