@@ -247,7 +247,9 @@ class PublishQueue:
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
     Low-priority messages (request answers) may fill only three quarters of it, so state and
-    message events still fit when a request flood fills the queue.
+    message events still fit when a request flood fills the queue. A retained message replaces
+    the one still waiting for the same topic (a subscriber would only keep the newest anyway),
+    and takes its place in the bound, so a long outage cannot fill the queue with old states.
     """
 
     def __init__(self, limit: int) -> None:
@@ -255,10 +257,13 @@ class PublishQueue:
         self.dropped = 0  # total
         self.dropped_since_mark = 0  # since take_dropped_since_mark()
         self.expired = 0
+        self.replaced = 0  # retained messages that a newer one for their topic replaced
         self._items: deque[QueuedMessage] = deque()
+        self._retained: dict[str, QueuedMessage] = {}  # topic -> the retained one waiting
+        self._stale: set[int] = set()  # id() of replaced messages still in _items
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) - len(self._stale)
 
     def room(self, priority: Priority) -> int:
         """How many messages of this priority the outbox may hold."""
@@ -269,10 +274,16 @@ class PublishQueue:
         return self.limit
 
     def put(self, msg: QueuedMessage, priority: Priority = Priority.NORMAL) -> bool:
-        if len(self._items) >= self.room(priority):
+        older = self._retained.get(msg.topic) if msg.retain else None
+        if older is None and len(self) >= self.room(priority):
             self.dropped += 1
             self.dropped_since_mark += 1
             return False
+        if older is not None:
+            self._stale.add(id(older))
+            self.replaced += 1
+        if msg.retain:
+            self._retained[msg.topic] = msg
         self._items.append(msg)
         return True
 
@@ -281,6 +292,11 @@ class PublishQueue:
         now = time.monotonic() if now is None else now
         while self._items:
             msg = self._items.popleft()
+            if id(msg) in self._stale:
+                self._stale.discard(id(msg))
+                continue
+            if msg.retain and self._retained.get(msg.topic) is msg:
+                del self._retained[msg.topic]
             left = msg.expiry_left(now)
             if left == 0:
                 self.expired += 1

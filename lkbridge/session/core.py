@@ -220,7 +220,12 @@ class Session(RoomWatch):
         return message
 
     async def _deliver(self, message: SentMessage) -> None:
-        await self._transports.send(message)
+        self._replies.begin(message.id)
+        try:
+            await self._transports.send(message)
+        except BaseException:
+            self._replies.abandon(message.id)
+            raise
         self._replies.sent(message.id)
         timeout = self._options.reply_timeout
         if timeout is not None:

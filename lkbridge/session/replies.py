@@ -67,6 +67,8 @@ class ReplyTracker:
         self._outcomes: OrderedDict[str, ReplyOutcome] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[ReplyOutcome]]] = {}
         self._on_settled = on_settled
+        # message being delivered -> what was latest before it (to go back to if it fails)
+        self._before: OrderedDict[str, str | None] = OrderedDict()
 
     def outcome(self, message_id: str) -> ReplyOutcome | None:
         return self._outcomes.get(message_id)
@@ -77,18 +79,36 @@ class ReplyTracker:
     def reply_so_far(self, message_id: str) -> ReceivedMessage | None:
         return self._pending.get(message_id)
 
-    def sent(self, message_id: str) -> None:
-        """The senders delivered message_id: newer than everything before it."""
-        previous = self.latest_sent
+    def begin(self, message_id: str) -> None:
+        """The senders start delivering message_id. A reply whose first chunk arrives from now
+        on answers it: a quick agent can answer before the delivery has returned."""
+        self._before[message_id] = self.latest_sent
         self.latest_sent = message_id
+        if message_id not in self._outcomes:
+            self._pending[message_id] = None
+        while len(self._pending) > OUTCOMES_KEPT:
+            self._pending.popitem(last=False)
+        while len(self._before) > OUTCOMES_KEPT:
+            self._before.popitem(last=False)
+
+    def abandon(self, message_id: str) -> None:
+        """The delivery of message_id failed (its sender reports why): it was never sent."""
+        before = self._before.pop(message_id, None)
+        if self.latest_sent == message_id:
+            self.latest_sent = before
+        self._pending.pop(message_id, None)
+
+    def sent(self, message_id: str) -> None:
+        """The senders delivered message_id: what was sent before it and is still waiting for
+        its answer is interrupted."""
+        if message_id not in self._before:
+            self.begin(message_id)
+        previous = self._before.pop(message_id)
         if previous is not None and previous in self._pending:
             reply = self._pending[previous]
             self._settle(
                 ReplyOutcome(ReplyStatus.INTERRUPTED, previous, reply, superseded_by=message_id)
             )
-        self._pending[message_id] = None
-        while len(self._pending) > OUTCOMES_KEPT:
-            self._pending.popitem(last=False)
 
     def tag(self, message: ReceivedMessage, previous: ReceivedMessage | None) -> ReceivedMessage:
         """The message as it is to be stored: agent transcripts get their reply_to."""
@@ -120,6 +140,7 @@ class ReplyTracker:
         for message_id, reply in list(self._pending.items()):
             self._settle(ReplyOutcome(ReplyStatus.ENDED, message_id, reply))
         self.latest_sent = None
+        self._before.clear()
 
     def _settle(self, outcome: ReplyOutcome) -> None:
         self._pending.pop(outcome.message_id, None)

@@ -117,9 +117,11 @@ async def test_livekit_server_killed_and_restarted(
                       if m.topic == f"{base}/{sid}/state" and m.payload]
             assert any("retry_in" in s for s in states), "the pending restart is on the state topic"
             reasons = [s["end_reason"] for s in states if "retry_in" in s]
-            # the room went first; a restart before the new worker registered may then time out
+            # The room went first. A restart while the server is still starting fails to
+            # connect; one before the new worker registered times out waiting for the agent.
             assert reasons[0] in {"room_disconnected", "server_shutdown"}, reasons
-            assert set(reasons[1:]) <= {"agent_join_timeout", "room_disconnected"}, reasons
+            later = {"agent_join_timeout", "room_disconnected", "connect_failed"}
+            assert set(reasons[1:]) <= later, reasons
             assert up.json()["end_reason"] is None
             assert up.json()["last_restart"]["reason"] in reasons
 

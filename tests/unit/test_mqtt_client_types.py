@@ -41,6 +41,29 @@ def test_outbox_is_fifo_bounded_and_counts_what_it_drops() -> None:
     assert box.put(queued(9))  # room again
 
 
+def test_a_retained_message_replaces_the_one_waiting_for_its_topic() -> None:
+    box = PublishQueue(limit=3)
+
+    def retained(topic: str, value: str) -> QueuedMessage:
+        return QueuedMessage(topic, value.encode(), 1, True, None, 100.0)
+
+    assert box.put(retained("s/state", "connecting"))
+    assert box.put(queued(1))
+    assert box.put(retained("s/state", "connected"))  # replaces "connecting": still 2 waiting
+    assert box.put(queued(2))
+    assert (len(box), box.replaced, box.dropped) == (3, 1, 0)
+    assert not box.put(queued(3))  # full: an event is dropped and counted
+    assert box.put(retained("s/state", "listening"))  # a newer state always fits
+    assert not box.put(retained("s/other", "x"))  # a new retained topic does not
+    popped = [box.pop(now=100.0) for _ in range(4)]
+    assert [(p[0].topic, p[0].payload) for p in popped if p] == [
+        ("t/1", b"1"), ("t/2", b"2"), ("s/state", b"listening")
+    ]
+    assert popped[3] is None and len(box) == 0
+    assert box.put(retained("s/state", "gone"))  # sent ones are not replaced
+    assert box.pop(now=100.0) is not None and box.replaced == 2
+
+
 def test_outbox_counts_down_message_expiry_and_discards_expired() -> None:
     box = PublishQueue(limit=10)
     box.put(queued(0, expiry=1, at=100.0))

@@ -121,3 +121,29 @@ async def test_close_wakes_waiters_with_ended() -> None:
     await asyncio.sleep(0)
     f.tracker.close()
     assert (await waiter).status is ReplyStatus.ENDED
+
+
+def test_a_reply_that_arrives_before_the_delivery_returned_answers_the_message_being_sent() -> None:
+    # A quick agent (or a busy client) can have the whole answer in before send_text returns.
+    f = Fixture()
+    f.tracker.sent("m1")
+    f.receive(agent("SG_1", "You said: m1", final=True))
+    f.tracker.begin("m2")
+    assert f.receive(agent("SG_2", "You said: m2", final=True)).reply_to == "m2"
+    f.tracker.sent("m2")
+    outcome = f.tracker.outcome("m2")
+    assert outcome is not None and outcome.status is ReplyStatus.ANSWERED
+    assert outcome.text == "You said: m2"
+    first = f.tracker.outcome("m1")
+    assert first is not None and first.status is ReplyStatus.ANSWERED
+
+
+def test_a_failed_delivery_gives_the_replies_back_to_what_was_sent_before() -> None:
+    f = Fixture()
+    f.tracker.sent("m1")
+    f.tracker.begin("m2")
+    f.tracker.abandon("m2")
+    assert f.tracker.latest_sent == "m1" and not f.tracker.is_pending("m2")
+    assert f.receive(agent("SG_1", "You said: m1", final=True)).reply_to == "m1"
+    outcome = f.tracker.outcome("m1")
+    assert outcome is not None and outcome.status is ReplyStatus.ANSWERED
