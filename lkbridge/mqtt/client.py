@@ -212,7 +212,10 @@ class MqttClient:
         check_qos(qos)
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         props = check_properties(properties) if properties else None
-        if not self._outbox.put(QueuedMessage(topic, data, qos, retain, props), priority):
+        message = QueuedMessage(topic, data, qos, retain, props)
+        # While disconnected a newer retained value replaces the one waiting (an outage must
+        # not fill the queue with old states); connected, every value is sent in order.
+        if not self._outbox.put(message, priority, replace=not self._connected):
             limit, dropped = self._outbox.limit, self._outbox.dropped
             self._warn("mqtt_queue_full", limit=limit, dropped=dropped)
             return False

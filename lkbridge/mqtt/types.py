@@ -247,9 +247,9 @@ class PublishQueue:
 
     What does not fit is dropped and counted; what expires while waiting is discarded, counted.
     Low-priority messages (request answers) may fill only three quarters of it, so state and
-    message events still fit when a request flood fills the queue. A retained message replaces
-    the one still waiting for the same topic (a subscriber would only keep the newest anyway),
-    and takes its place in the bound, so a long outage cannot fill the queue with old states.
+    message events still fit when a request flood fills the queue. A retained message may
+    replace the one still waiting for the same topic (a new subscriber would only get the newest
+    anyway) and take its place in the bound, so a long outage cannot fill it with old states.
     """
 
     def __init__(self, limit: int) -> None:
@@ -273,8 +273,12 @@ class PublishQueue:
             return self.limit + REPORT_ROOM
         return self.limit
 
-    def put(self, msg: QueuedMessage, priority: Priority = Priority.NORMAL) -> bool:
-        older = self._retained.get(msg.topic) if msg.retain else None
+    def put(
+        self, msg: QueuedMessage, priority: Priority = Priority.NORMAL, *, replace: bool = True
+    ) -> bool:
+        """Queue msg; False when it is dropped (counted). `replace`: a retained msg replaces
+        the one waiting for its topic."""
+        older = self._retained.get(msg.topic) if msg.retain and replace else None
         if older is None and len(self) >= self.room(priority):
             self.dropped += 1
             self.dropped_since_mark += 1

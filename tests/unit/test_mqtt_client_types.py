@@ -64,6 +64,17 @@ def test_a_retained_message_replaces_the_one_waiting_for_its_topic() -> None:
     assert box.pop(now=100.0) is not None and box.replaced == 2
 
 
+def test_retained_messages_are_all_kept_when_replacing_is_off() -> None:
+    # connected, every value goes out in order (a receiver error per bad payload, say)
+    box = PublishQueue(limit=5)
+    for value in (b"a", b"b", b"c"):
+        assert box.put(QueuedMessage("s/error", value, 1, True, None, 100.0), replace=False)
+    assert len(box) == 3 and box.replaced == 0
+    assert box.put(QueuedMessage("s/error", b"d", 1, True, None, 100.0))  # replaces "c" only
+    popped = [box.pop(now=100.0) for _ in range(4)]
+    assert [p[0].payload for p in popped if p] == [b"a", b"b", b"d"]
+
+
 def test_outbox_counts_down_message_expiry_and_discards_expired() -> None:
     box = PublishQueue(limit=10)
     box.put(queued(0, expiry=1, at=100.0))
