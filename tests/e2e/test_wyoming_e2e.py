@@ -308,6 +308,7 @@ async def test_an_earlier_reply_finishing_late_is_not_the_answer(
         probe.close()
 
 
+@pytest.mark.conversation  # also run with the CPU loaded (make test)
 async def test_assist_with_an_agent_on_the_real_agents_framework(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
     framework_agent: Any, daemons: Callable[[Path], DaemonProcess], base: str,
