@@ -255,7 +255,8 @@ class Session(RoomWatch):
         if timer is not None:
             timer.cancel()
         if outcome.status is not ReplyStatus.ANSWERED:
-            self._log.info(
+            # debug: at a high send rate every send interrupts the one before; the event says it
+            self._log.debug(
                 "message_unanswered", message_id=outcome.message_id, reason=outcome.status.value
             )
             self._emit(
