@@ -147,6 +147,23 @@ def cpu_load() -> Iterator[int]:
             proc.wait(10)
 
 
+_CONVERSATION_SUMMARIES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def conversation_summary(request: pytest.FixtureRequest) -> list[str]:
+    """Lines a conversation test reports; printed at the end of the run (CI keeps them)."""
+    return request.config.stash.setdefault(_CONVERSATION_SUMMARIES, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = terminalreporter.config.stash.get(_CONVERSATION_SUMMARIES, [])
+    if lines:
+        terminalreporter.section("replies whole (conversation tests)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if CPU_LOAD:
         count = CPU_LOAD * (os.cpu_count() or 1)

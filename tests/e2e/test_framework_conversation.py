@@ -96,6 +96,7 @@ async def test_many_replies_are_stored_and_published_whole(
     daemon_factory: Callable[..., DaemonProcess],
     cpu_load: int,
     log_dir: Path,
+    conversation_summary: list[str],
 ) -> None:
     """The issue-10 defect: under CPU load, replies were stored and published as their last
     chunk only. Every final text (SQLite and MQTT) must be the agent's whole reply, and no
@@ -164,7 +165,11 @@ async def test_many_replies_are_stored_and_published_whole(
         }
         with (log_dir / "conversation-load-summary.jsonl").open("a") as out:
             out.write(json.dumps(summary) + "\n")
-        print(f"\nconversation summary: {summary}")
+        conversation_summary.append(
+            f"{LOADED_MESSAGES} replies with {cpu_load} busy-loop process(es) beside: "
+            f"{len(rows)} stored, {len(stored_bad)} stored corrupted, {len(published_bad)}"
+            f" published final corrupted, {len(two_texts)} ids final with two texts"
+        )
         assert len(rows) == LOADED_MESSAGES, rows
         assert stored_bad == [], stored_bad[:5]
         assert published_bad == [], published_bad[:5]
