@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +46,6 @@ def names() -> tuple[str, str]:
     return f"bridge-{tag}", f"ha-{tag}"
 
 
-@pytest.fixture
-def daemons(
-    tmp_path: Path, livekit_server: LiveKitServer, log_dir: Path
-) -> Iterator[Callable[[Path], DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(config: Path) -> DaemonProcess:
-        proc = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
-
-
 def make_config(
     tmp_path: Path, broker: Mosquitto, server: LiveKitServer, names: tuple[str, str],
     sessions: dict[str, str | None], **session_options: Any,
@@ -92,7 +74,7 @@ async def request(
 @pytest.mark.conversation
 async def test_home_assistant_entities_act_on_the_real_session(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    framework_agent: FrameworkAgentProcess, daemons: Callable[[Path], DaemonProcess],
+    framework_agent: FrameworkAgentProcess, daemon_factory: Callable[[Path], DaemonProcess],
     names: tuple[str, str],
 ) -> None:  # fmt: skip
     """Discovery payloads are pressed like HA does: buttons start/end, notify and text send;
@@ -104,7 +86,7 @@ async def test_home_assistant_entities_act_on_the_real_session(
     )
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#", f"{prefix}/#")
     try:
-        daemons(config)
+        daemon_factory(config)
         device_topic = f"{prefix}/device/{base}_porch/config"
         discovery = (await probe.wait_for(device_topic, lambda m: bool(m.payload))).json()
         bridge_device = await probe.wait_for(f"{prefix}/device/{base}_bridge/config")
@@ -183,7 +165,7 @@ async def test_home_assistant_entities_act_on_the_real_session(
 
 async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_correlation(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    daemons: Callable[[Path], DaemonProcess], names: tuple[str, str],
+    daemon_factory: Callable[[Path], DaemonProcess], names: tuple[str, str],
 ) -> None:  # fmt: skip
     base, _ = names
     config = make_config(
@@ -192,7 +174,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     probe.publish(f"{base}/lab/command", "start", retain=True)  # a stale retained command
     try:
-        daemons(config)
+        daemon_factory(config)
         ignored = await probe.wait_for(
             f"{base}/bridge/event", lambda m: m.json().get("event") == "retained_ignored"
         )
@@ -226,7 +208,7 @@ async def test_retained_commands_are_ignored_and_v5_requests_are_answered_with_c
 
 async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    daemons: Callable[[Path], DaemonProcess], names: tuple[str, str],
+    daemon_factory: Callable[[Path], DaemonProcess], names: tuple[str, str],
 ) -> None:  # fmt: skip
     base, prefix = names
     config = make_config(
@@ -236,7 +218,7 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
     try:
         template = session_toml("shed", livekit_server, None, autostart=False)
         config.write_text(config.read_text() + template.replace("[sessions.", "[templates."))
-        daemon = daemons(config)
+        daemon = daemon_factory(config)
         await probe.wait_for(f"{base}/bridge/state", is_json(ONLINE))
         added = await request(probe, base, "session/add", {"session": "shed", "template": "shed"})
         assert added["status"] == "ok", added
@@ -272,7 +254,7 @@ async def test_sessions_added_and_removed_over_mqtt_appear_and_vanish(
 
 async def test_clean_stop_and_kill_both_leave_the_bridge_offline(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    daemons: Callable[[Path], DaemonProcess], names: tuple[str, str],
+    daemon_factory: Callable[[Path], DaemonProcess], names: tuple[str, str],
 ) -> None:  # fmt: skip
     base, _ = names
     config = make_config(
@@ -280,7 +262,7 @@ async def test_clean_stop_and_kill_both_leave_the_bridge_offline(
     )
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        daemon = daemons(config)
+        daemon = daemon_factory(config)
         await probe.wait_for(f"{base}/bridge/state", is_json(ONLINE))
         await probe.wait_for(f"{base}/lab/availability", lambda m: m.text == "online")
         mark = probe.mark()
@@ -288,7 +270,7 @@ async def test_clean_stop_and_kill_both_leave_the_bridge_offline(
         await probe.wait_for(f"{base}/bridge/state", is_json(OFFLINE), after=mark)
         await probe.wait_for(f"{base}/lab/availability", lambda m: m.text == "offline", after=mark)
 
-        daemon = daemons(config)
+        daemon = daemon_factory(config)
         await probe.wait_for(f"{base}/bridge/state", is_json(ONLINE), after=mark)
         mark = probe.mark()
         daemon.kill()
@@ -307,7 +289,7 @@ async def test_clean_stop_and_kill_both_leave_the_bridge_offline(
 
 async def test_an_expired_send_is_not_delivered_late(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess],
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[[Path], DaemonProcess],
     names: tuple[str, str],
 ) -> None:  # fmt: skip
     """Sends queued by the broker while the daemon is down: expired ones never reach the agent."""
@@ -316,14 +298,14 @@ async def test_an_expired_send_is_not_delivered_late(
     config = make_config(tmp_path, mqtt_broker, livekit_server, names, {"den": agent.agent_name})
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        daemon = daemons(config)
+        daemon = daemon_factory(config)
         await probe.wait_for(f"{base}/den/state", state_is("connected", "listening"), timeout=20)
         daemon.kill()  # its persistent MQTT session keeps the subscriptions; the broker queues
         await probe.wait_for(f"{base}/bridge/state", is_json(OFFLINE), timeout=10)
         probe.publish(f"{base}/den/send", "stale: expires in 1 s", expiry=1)
         probe.publish(f"{base}/den/send", "fresh: expires in 120 s", expiry=120)
         await asyncio.sleep(2.5)
-        daemons(config)
+        daemon_factory(config)
         await agent.wait_for_job(20)  # the first run's
         job = await agent.wait_for_job(20)  # after the restart, in a fresh room
         chat = await asyncio.wait_for(job.chat.get(), 20)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +40,6 @@ def wyoming_table(session_id: str, port: int, **options: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-def daemons(
-    tmp_path: Path, livekit_server: LiveKitServer, log_dir: Path
-) -> Iterator[Callable[[Path], DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(config: Path) -> DaemonProcess:
-        proc = DaemonProcess(config, livekit_server, log_dir / f"daemon-{tmp_path.name}.log")
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.stop()
-
-
 async def wait_listening(port: int, proc: DaemonProcess, timeout: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -89,14 +71,14 @@ async def ask(port: int, text: str, conversation_id: str | None = None,
 
 
 def start_daemon(tmp_path: Path, broker: Mosquitto, server: LiveKitServer,
-                 daemons: Callable[[Path], DaemonProcess], sessions: dict[str, tuple[str | None, int, dict[str, Any], dict[str, Any]]],
+                 daemon_factory: Callable[[Path], DaemonProcess], sessions: dict[str, tuple[str | None, int, dict[str, Any], dict[str, Any]]],
                  base: str) -> DaemonProcess:  # fmt: skip
     tables = ""
     for sid, (agent_name, port, session_options, wyoming_options) in sessions.items():
         tables += session_toml(sid, server, agent_name, **session_options)
         tables += wyoming_table(sid, port, **wyoming_options)
     extra = '[homeassistant]\nenabled = false\n'
-    return daemons(daemon_config(tmp_path, broker.port, tables, base_topic=base, extra=extra))
+    return daemon_factory(daemon_config(tmp_path, broker.port, tables, base_topic=base, extra=extra))
 
 
 @pytest.fixture
@@ -106,7 +88,7 @@ def base() -> str:
 
 async def test_describe_then_questions_get_their_own_answers(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess], base: str,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[[Path], DaemonProcess], base: str,
 ) -> None:  # fmt: skip
     """describe → info with one installed handle program; a question → its own final answer,
     correlated in the MQTT message events (reply_to, conversation_id); questions at once on
@@ -116,7 +98,7 @@ async def test_describe_then_questions_get_their_own_answers(
     porch, kitchen = free_port(), free_port()
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons, {
+        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemon_factory, {
             "porch": (agent.agent_name, porch, {}, {"name": "Porch agent", "languages": ["en", "de"]}),
             "kitchen": (other.agent_name, kitchen, {}, {}),
         }, base)  # fmt: skip
@@ -165,7 +147,7 @@ async def test_describe_then_questions_get_their_own_answers(
 
 async def test_no_answer_is_not_handled_with_a_sentence(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess], base: str,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[[Path], DaemonProcess], base: str,
     unique_name: Callable[[str], str],
 ) -> None:  # fmt: skip
     """Empty question, session not started, agent that never comes, agent that never answers,
@@ -176,7 +158,7 @@ async def test_no_answer_is_not_handled_with_a_sentence(
     ports = {name: free_port() for name in ("idle", "absent", "silent", "slow", "ending")}
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons, {
+        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemon_factory, {
             "idle": (slow.agent_name, ports["idle"], {"autostart": False}, {}),
             "absent": (unique_name("nobody"), ports["absent"], {"agent_connect_timeout": 2}, {}),
             "silent": (silent.agent_name, ports["silent"], {}, {"answer_timeout": 3}),
@@ -229,14 +211,14 @@ async def test_no_answer_is_not_handled_with_a_sentence(
 
 async def test_client_leaving_mid_answer_and_old_clients(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess], base: str,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[[Path], DaemonProcess], base: str,
 ) -> None:  # fmt: skip
     """A client that hangs up mid-answer harms nothing; a client writing the 1.7-era wire form
     (no select-program, reads only `handled`) gets exactly one `handled` and nothing else; a
     newer client's select-program is ignored."""
     agent = await scripted_agent(chunk_size=2, chunk_delay=0.1)
     port = free_port()
-    proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons,
+    proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemon_factory,
                         {"porch": (agent.agent_name, port, {}, {})}, base)  # fmt: skip
     await wait_listening(port, proc)
 
@@ -275,7 +257,7 @@ async def test_client_leaving_mid_answer_and_old_clients(
 
 async def test_an_earlier_reply_finishing_late_is_not_the_answer(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    scripted_agent: Callable[..., Any], daemons: Callable[[Path], DaemonProcess], base: str,
+    scripted_agent: Callable[..., Any], daemon_factory: Callable[[Path], DaemonProcess], base: str,
 ) -> None:  # fmt: skip
     """The answer is the reply to the question's own message (reply_to), not merely the next
     final agent message: a reply to an earlier MQTT message that ends while the question waits
@@ -284,7 +266,7 @@ async def test_an_earlier_reply_finishing_late_is_not_the_answer(
     port = free_port()
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons,
+        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemon_factory,
                             {"porch": (agent.agent_name, port, {}, {})}, base)  # fmt: skip
         await wait_listening(port, proc)
         job = await agent.wait_for_job(20)
@@ -311,14 +293,14 @@ async def test_an_earlier_reply_finishing_late_is_not_the_answer(
 @pytest.mark.conversation  # also run with the CPU loaded (make test)
 async def test_assist_with_an_agent_on_the_real_agents_framework(
     tmp_path: Path, livekit_server: LiveKitServer, mqtt_broker: Mosquitto,
-    framework_agent: Any, daemons: Callable[[Path], DaemonProcess], base: str,
+    framework_agent: Any, daemon_factory: Callable[[Path], DaemonProcess], base: str,
 ) -> None:  # fmt: skip
     """The same contract with a LiveKit Agents worker: its own answer, two at once, an answer
     cut short by another message (the framework interrupts and finalises it), no answer."""
     port = free_port()
     probe = MqttProbe("127.0.0.1", mqtt_broker.port, f"{base}/#")
     try:
-        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemons, {
+        proc = start_daemon(tmp_path, mqtt_broker, livekit_server, daemon_factory, {
             "hall": (framework_agent.agent_name, port, {"agent_connect_timeout": 60},
                      {"answer_timeout": 30}),
         }, base)  # fmt: skip
